@@ -1,0 +1,77 @@
+"""The ObjectStore port: buckets of bytes, streamed files, presigned URLs.
+
+Keys are plain strings (`/`-separated, never URL-encoded at this level). Callers put the namespace
+at the start of every key they write, so tenants never share a key.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from events.lifecycle import Lifecycle
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    etag: str | None = None  # without quotes
+    content_type: str | None = None
+    version_id: str | None = None
+    last_modified: datetime | None = None
+
+
+class ObjectStore(Lifecycle, abc.ABC):
+    """Every method raises `NotConnected` before `connect()`; missing objects raise `NotFound`."""
+
+    @abc.abstractmethod
+    async def ensure_bucket(self, bucket: str) -> None:
+        """Create the bucket if it does not exist (idempotent)."""
+
+    @abc.abstractmethod
+    async def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
+        """Write an object atomically: readers see the old or the new bytes, never a part."""
+
+    @abc.abstractmethod
+    async def put_file(self, bucket: str, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
+        """Stream a local file into the store without reading it whole into memory."""
+
+    @abc.abstractmethod
+    async def get_bytes(self, bucket: str, key: str) -> bytes:
+        """The whole object. Raises `NotFound` naming bucket and key."""
+
+    @abc.abstractmethod
+    async def download_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        """Stream an object to a local file (parents created)."""
+
+    @abc.abstractmethod
+    async def head(self, bucket: str, key: str) -> ObjectInfo | None:
+        """Metadata, or None when the object does not exist."""
+
+    @abc.abstractmethod
+    def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object under `prefix`, in key order (async generator)."""
+
+    @abc.abstractmethod
+    async def delete(self, bucket: str, key: str) -> None:
+        """Remove an object; deleting a missing object is not an error."""
+
+    @abc.abstractmethod
+    async def presign_put(
+        self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None
+    ) -> str:
+        """A URL that lets a client without credentials PUT this one key until it expires.
+        When `content_type` is given the client must send that Content-Type."""
+
+    @abc.abstractmethod
+    async def presign_get(self, bucket: str, key: str, *, expires_in: int = 3600) -> str:
+        """A URL that lets a client without credentials GET this one key until it expires."""
+
+    @abc.abstractmethod
+    def url(self, bucket: str, key: str) -> str:
+        """The address plugin code resolves with `open_asset`: `s3://bucket/key` or `file:///...`."""
