@@ -92,7 +92,8 @@ class VectorIndex(Lifecycle, abc.ABC):
         limit: int = 10,
         where: Mapping[str, Any] | None = None,
     ) -> list[Hit]:
-        """Nearest points by the vector's distance, best first (higher score is better)."""
+        """Nearest points, best first. `score` is the engine's: similarity for cosine and dot
+        (higher is better), distance for euclid (lower is better)."""
 
     @abc.abstractmethod
     async def count(self, name: str, where: Mapping[str, Any] | None = None) -> int:
