@@ -72,6 +72,11 @@ class ObjectStore(Lifecycle, abc.ABC):
     async def presign_get(self, bucket: str, key: str, *, expires_in: int = 3600) -> str:
         """A URL that lets a client without credentials GET this one key until it expires."""
 
+    def http_routers(self) -> list:
+        """FastAPI routers the REST app must serve for this store (the local store serves its
+        presigned URLs itself); none for stores that have their own endpoint."""
+        return []
+
     @abc.abstractmethod
     def url(self, bucket: str, key: str) -> str:
         """The address plugin code resolves with `open_asset`: `s3://bucket/key` or `file:///...`."""

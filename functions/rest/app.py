@@ -1,0 +1,115 @@
+"""The REST adapter: a FastAPI app under /v1 over the same platform the functions use.
+
+Routes map a request onto a handler or a repository call and its result onto a response; every
+route that names a namespace first checks the caller's key is scoped to it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from events.lifecycle import Health
+from functions.rest.errors import install_error_handlers
+from functions.tenancy import Principal, Tenancy
+from infra.bootstrap import Platform
+
+
+class CreateNamespace(BaseModel):
+    namespace_name: str = Field(description="Lowercase name, 3-63 characters.", examples=["acme"])
+    description: str | None = Field(default=None, description="Free text.")
+
+
+class Namespace(BaseModel):
+    namespace_name: str = Field(description="Namespace name.", examples=["acme"])
+    description: str | None = Field(default=None)
+    created_at: str = Field(description="ISO 8601 creation time.")
+
+
+class NamespaceList(BaseModel):
+    namespaces: list[Namespace]
+
+
+class CreateApiKey(BaseModel):
+    name: str | None = Field(default=None, description="A label for the key.", examples=["ci"])
+
+
+class ApiKeyIssued(BaseModel):
+    api_key: str = Field(description="The key; shown only this once.")
+    key_id: str = Field(description="Public id of the key.")
+    namespace: str = Field(description="The namespace the key is scoped to.")
+
+
+class HealthReport(BaseModel):
+    status: str = Field(description="`ok`, `degraded` (some port degraded) or `down` (some port down).")
+    ports: dict[str, Health]
+
+
+def _tenancy(request: Request) -> Tenancy:
+    return request.app.state.tenancy
+
+
+async def authenticated(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    token = None
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+    return await _tenancy(request).authenticate(token)
+
+
+async def namespace_scope(namespace: str, principal: Annotated[Principal, Depends(authenticated)]) -> str:
+    """Path parameter `namespace`, checked against the key's scope (403 outside it)."""
+    principal.require(namespace)
+    return namespace
+
+
+Auth = Annotated[Principal, Depends(authenticated)]
+ScopedNamespace = Annotated[str, Depends(namespace_scope)]
+
+
+def _routes() -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/health", response_model=HealthReport, tags=["platform"])
+    async def health(request: Request) -> Any:
+        ports = await request.app.state.platform.health()
+        states = {h.status for h in ports.values()}
+        status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
+        body = HealthReport(status=status, ports=ports).model_dump(mode="json")
+        return JSONResponse(body, status_code=503 if status == "down" else 200)
+
+    @router.post("/namespaces", status_code=201, response_model=Namespace, tags=["namespaces"])
+    async def create_namespace(body: CreateNamespace, principal: Auth, request: Request) -> Any:
+        principal.require_admin()
+        return await _tenancy(request).create_namespace(body.namespace_name, description=body.description)
+
+    @router.get("/namespaces", response_model=NamespaceList, tags=["namespaces"])
+    async def list_namespaces(principal: Auth, request: Request) -> Any:
+        return {"namespaces": await _tenancy(request).list_namespaces(principal)}
+
+    @router.get("/namespaces/{namespace}", response_model=Namespace, tags=["namespaces"])
+    async def get_namespace(namespace: ScopedNamespace, request: Request) -> Any:
+        return await _tenancy(request).get_namespace(namespace)
+
+    @router.post("/namespaces/{namespace}/api-keys", status_code=201, response_model=ApiKeyIssued, tags=["namespaces"])
+    async def issue_key(namespace: ScopedNamespace, request: Request, body: CreateApiKey | None = None) -> Any:
+        token, record = await _tenancy(request).issue_key(namespace, name=body.name if body else None)
+        return {"api_key": token, "key_id": record["key_id"], "namespace": namespace}
+
+    return router
+
+
+def create_app(platform: Platform) -> FastAPI:
+    """The app over a platform that the caller connects and closes."""
+    app = FastAPI(title="Sluice", version="0.1.0", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
+    app.state.platform = platform
+    app.state.tenancy = Tenancy(platform.catalog, platform.admin_key)
+    install_error_handlers(app)
+    app.include_router(_routes())
+    for router in platform.store.http_routers():
+        app.include_router(router)
+    return app

@@ -1,0 +1,78 @@
+"""One settings object for the whole platform: `SLUICE_*` environment variables, or a TOML file
+named by `SLUICE_SETTINGS_FILE` (environment variables win over the file)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="forbid")
+
+    data_dir: Path = Field(default=Path.home() / ".sluice", description="Where embedded adapters keep their state.")
+    host: str = Field(default="127.0.0.1", description="REST bind address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="REST port.")
+    public_url: str | None = Field(default=None, description="Base URL clients use (presigned URLs); default http://host:port.")
+    admin_key: SecretStr | None = Field(default=None, description="Admin API key; generated into the data dir when unset.")
+    topic_prefix: str = Field(default="sluice", pattern=r"^[a-zA-Z0-9._-]+$", description="Prefix of every topic.")
+    log_level: str = Field(default="INFO")
+    log_json: bool | None = Field(default=None, description="JSON logs; default: JSON when stderr is not a terminal.")
+
+    bus: Literal["sqlite", "memory", "kafka"] | None = Field(
+        default=None, description="Event bus; default kafka when kafka_bootstrap is set, else the durable sqlite log."
+    )
+    kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers, host:port[,host:port].")
+
+    object_store: Literal["local", "s3"] | None = Field(default=None, description="Default s3 when s3_endpoint_url is set.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3 / MinIO endpoint; unset with object_store=s3: AWS.")
+    s3_region: str = Field(default="us-east-1")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+    mongo_url: str | None = Field(default=None, description="MongoDB URL; unset: the embedded SQLite catalog.")
+    mongo_database: str = Field(default="sluice")
+
+    qdrant_url: str | None = Field(default=None, description="Qdrant server URL; unset: the embedded engine.")
+    qdrant_api_key: SecretStr | None = None
+
+    compute: Literal["ray", "none"] = Field(default="ray", description="`none` runs without Ray (handlers that need it fail).")
+    ray_address: str | None = Field(default=None, description="Existing Ray cluster; unset: a local Ray.")
+    ray_num_cpus: int | None = Field(default=None, description="CPUs for the local Ray (default: all).")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        settings_file = os.environ.get("SLUICE_SETTINGS_FILE")
+        if settings_file:
+            if not Path(settings_file).is_file():
+                raise FileNotFoundError(f"SLUICE_SETTINGS_FILE={settings_file} does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=settings_file))
+        return tuple(sources)
+
+    @property
+    def effective_bus(self) -> str:
+        return self.bus or ("kafka" if self.kafka_bootstrap else "sqlite")
+
+    @property
+    def effective_object_store(self) -> str:
+        return self.object_store or ("s3" if self.s3_endpoint_url else "local")
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
