@@ -26,7 +26,8 @@ def _settings(args: argparse.Namespace, **extra: Any):
 
 # --- sluice up ---------------------------------------------------------------------------------
 
-async def _up(args: argparse.Namespace) -> int:
+async def _up(args: argparse.Namespace, on_ready=None) -> int:
+    """Run until Ctrl-C (or until `on_ready(settings)` returns, when given: the demo)."""
     import uvicorn
 
     from functions.idempotency import IdempotencyStore
@@ -60,6 +61,7 @@ async def _up(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    exit_code = 0
     try:
         await runner.start()
         serving = asyncio.create_task(server.serve())
@@ -69,6 +71,13 @@ async def _up(args: argparse.Namespace) -> int:
             serving.result()
             return 1  # bind failure: uvicorn already logged it
         print(f"sluice: serving {settings.effective_public_url}/v1 (health: /v1/health); Ctrl-C stops", flush=True)
+        if on_ready is not None:
+            ready = asyncio.create_task(on_ready(settings, platform))
+            await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                exit_code = ready.result()
+                if exit_code or not getattr(args, "keep_running", False):
+                    stop.set()
         await stop.wait()
         print("sluice: stopping", flush=True)
         server.should_exit = True
@@ -77,7 +86,29 @@ async def _up(args: argparse.Namespace) -> int:
         await runner.stop()
         await platform.close()
     print("sluice: stopped", flush=True)
-    return 0
+    return exit_code
+
+
+async def _smoke_check(settings, platform) -> int:
+    """The demo for now: what a new user checks first, through the REST API as a client would."""
+    base = settings.effective_public_url
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        health = (await client.get("/v1/health")).json()
+        print(f"demo: health {health['status']}: " + ", ".join(f"{k}={v['adapter']}:{v['status']}" for k, v in health["ports"].items()))
+        keyless = await client.get("/v1/namespaces")
+        print(f"demo: a request without a key -> {keyless.status_code} {keyless.json()['error']['type']}")
+        admin = {"Authorization": f"Bearer {platform.admin_key}"}
+        name = "demo"
+        r = await client.post("/v1/namespaces", json={"namespace_name": name}, headers=admin)
+        print(f"demo: create namespace {name!r} -> {r.status_code}")
+        r = await client.post(f"/v1/namespaces/{name}/api-keys", json={"name": "demo"}, headers=admin)
+        key = r.json()["api_key"]
+        seen = (await client.get("/v1/namespaces", headers={"Authorization": f"Bearer {key}"})).json()["namespaces"]
+        other = await client.get("/v1/namespaces/elsewhere", headers={"Authorization": f"Bearer {key}"})
+        print(f"demo: a key scoped to {name!r} sees {[n['namespace_name'] for n in seen]}, elsewhere -> {other.status_code}")
+    ok = health["status"] == "ok" and keyless.status_code == 401 and other.status_code == 403 and len(seen) == 1
+    print("demo: OK" if ok else "demo: FAILED")
+    return 0 if ok else 1
 
 
 # --- sluice events tail ------------------------------------------------------------------------
@@ -182,6 +213,12 @@ def _build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print raw envelopes")
     tail.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
 
+    demo = sub.add_parser("demo", help="start the embedded stack, check it end to end through REST, stop")
+    demo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    demo.add_argument("--port", type=int, default=None)
+    demo.add_argument("--host", default=None)
+    demo.add_argument("--keep-running", action="store_true", help="stay up after the checks")
+
     sub.add_parser("health", help="the platform's health")
     ns = sub.add_parser("namespace", help="namespaces").add_subparsers(dest="ns_command", required=True)
     create = ns.add_parser("create", help="create a namespace (admin key)")
@@ -200,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     match args.command:
         case "up":
             return asyncio.run(_up(args))
+        case "demo":
+            return asyncio.run(_up(args, on_ready=_smoke_check))
         case "events":
             return asyncio.run(_tail(args))
         case "health":
