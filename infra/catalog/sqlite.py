@@ -1,0 +1,418 @@
+"""The Catalog on an embedded SQLite file: the default when no MongoDB is configured.
+
+Layout: one table per kind, `kind_<kind> (key TEXT PRIMARY KEY, doc TEXT NOT NULL)`, created on
+first use; `doc` is the record as JSON, `id` included. The `kind_` prefix keeps a kind such as
+`sqlite_stat1` clear of the names SQLite reserves.
+
+Concurrency: one file is shared by the server's event loop and by other processes (Ray workers
+write documents while the server writes tasks). Each catalog owns one connection on one worker
+thread, so SQLite never runs on the event loop and a connection never crosses threads. The file
+is in WAL mode (readers never wait for the writer), `synchronous=FULL` (a commit survives power
+loss), and every write is a `BEGIN IMMEDIATE` transaction: it takes the write lock up front,
+waiting up to `busy_timeout` for another writer, so a read-then-write (update's compare-and-set)
+neither loses a race nor fails on a lock upgrade. A lock still held after the timeout, or an I/O
+failure, surfaces as `TransientError`.
+
+Filters compile to parameterised SQL over `json_each` with MongoDB's meaning:
+- a value matches only values of its own JSON type: `1` matches `1.0` but never `"1"` or `true`;
+- a field holding an array matches when any element does: `{"tags": "a"}` matches `["a", "b"]`;
+- `None` matches null or a missing field; `$ne` and `$nin` are the exact negations of `$eq`/`$in`;
+- ranges compare numbers with numbers and strings with strings (by code point), nothing else.
+Operands are JSON scalars (`$in`/`$nin`: a list of them; `$exists`: a bool). Dotted paths walk
+objects only; MongoDB also walks into arrays of objects, so such filters are not portable.
+Ordering follows MongoDB's type order: null and missing first, then numbers, strings, objects,
+booleans; ties by key. `descending` reverses the whole order, the key tie-break included. (MongoDB
+sorts an array by its smallest or largest element; here arrays sort after objects, so ordering by
+a field that holds arrays is not portable.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from events.errors import AlreadyExists, InvalidInput, TransientError
+from events.lifecycle import Health
+from infra.catalog.base import FIELD_RE, Catalog, Doc, Where, check_kind, check_where
+
+BUSY_TIMEOUT_S = 30.0
+RESERVED_FIELDS = frozenset({"_id"})  # MongoDB's key field: kept out so both adapters store the same records
+
+# Primary result codes that mean "try again later": locked past the timeout, I/O, disk full, cannot open.
+_TRANSIENT_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
+})
+_RANGES = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
+# MongoDB's sort order across types; missing and null share the first place.
+_TYPE_RANK = (
+    "CASE json_type(doc, ?) WHEN 'integer' THEN 1 WHEN 'real' THEN 1 WHEN 'text' THEN 2 WHEN 'object' THEN 3 "
+    "WHEN 'array' THEN 4 WHEN 'true' THEN 5 WHEN 'false' THEN 5 ELSE 0 END"
+)
+
+Sql = tuple[str, list[Any]]  # a fragment and its parameters
+T = TypeVar("T")
+
+
+class SqliteCatalog(Catalog):
+    adapter_name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # used on the worker thread only
+        self._tables: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        if self._executor is not None:  # connected already
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-catalog-sqlite")
+        try:
+            await self._call(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def _close(self) -> None:
+        try:
+            await self._call(self._shut)
+        finally:
+            self._executor.shutdown(wait=True)  # the close above was its last job: returns at once
+            self._executor = None
+
+    async def _health(self) -> Health:
+        detail: dict[str, Any] = {"path": str(self._path)}
+        try:
+            detail["journal_mode"] = await self._call(self._journal_mode)
+        except Exception as exc:  # noqa: BLE001 - health reports the failure instead of raising it
+            return Health(status="down", adapter=self.adapter_name, detail={**detail, "reason": str(exc)})
+        return Health(status="ok", adapter=self.adapter_name, detail=detail)
+
+    # -- the port --------------------------------------------------------------------------------
+
+    async def insert(self, kind: str, key: str, doc: Doc) -> Doc:
+        self._require_connected()
+        check_kind(kind)
+        return await self._call(self._insert, kind, key, doc)
+
+    async def upsert(self, kind: str, key: str, doc: Doc) -> Doc:
+        self._require_connected()
+        check_kind(kind)
+        (text,) = await self._call(self._upsert, kind, [(key, doc)])
+        return json.loads(text)
+
+    async def upsert_many(self, kind: str, docs: Sequence[tuple[str, Doc]]) -> int:
+        self._require_connected()
+        check_kind(kind)
+        return len(await self._call(self._upsert, kind, list(docs)))
+
+    async def get(self, kind: str, key: str) -> Doc | None:
+        self._require_connected()
+        check_kind(kind)
+        return await self._call(self._get, kind, key)
+
+    async def update(self, kind: str, key: str, changes: Doc, *, expect: Where | None = None) -> Doc | None:
+        self._require_connected()
+        check_kind(kind)
+        _check_changes(changes)
+        return await self._call(self._update, kind, key, changes, _compile_where(expect))
+
+    async def delete(self, kind: str, key: str) -> bool:
+        self._require_connected()
+        check_kind(kind)
+        return await self._call(self._delete, kind, "key = ?", [key]) == 1
+
+    async def delete_many(self, kind: str, where: Where) -> int:
+        self._require_connected()
+        check_kind(kind)
+        sql, params = _compile_where(where)
+        return await self._call(self._delete, kind, sql, params)
+
+    async def find(
+        self,
+        kind: str,
+        where: Where | None = None,
+        *,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Doc]:
+        self._require_connected()
+        check_kind(kind)
+        _check_page(limit, offset)
+        where_sql, where_params = _compile_where(where)
+        order_sql, order_params = _compile_order(order_by, descending)
+        sql = f"WHERE {where_sql} ORDER BY {order_sql} LIMIT ? OFFSET ?"
+        params = [*where_params, *order_params, -1 if limit is None else limit, offset]
+        return await self._call(self._find, kind, sql, params)
+
+    async def count(self, kind: str, where: Where | None = None) -> int:
+        self._require_connected()
+        check_kind(kind)
+        sql, params = _compile_where(where)
+        return await self._call(self._count, kind, sql, params)
+
+    # -- the worker thread -----------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the connection's thread; SQLite's "try again" failures become TransientError."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _TRANSIENT_CODES:
+                raise TransientError(
+                    f"SQLite catalog unavailable: {exc}", details={"sqlite_error": getattr(exc, "sqlite_errorname", "")}
+                ) from exc
+            raise
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            _enable_wal(conn)
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._tables.clear()
+
+    def _shut(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _journal_mode(self) -> str:
+        return self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+    def _table(self, kind: str) -> str:
+        """The quoted table of `kind`, created on first use outside any transaction, so a rolled
+        back write never undoes it. `check_kind` allows only [a-z0-9_]: the name is safe to quote."""
+        table = f'"kind_{kind}"'
+        if table not in self._tables:
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+            self._tables.add(table)
+        return table
+
+    def _insert(self, kind: str, key: str, doc: Doc) -> Doc:
+        text = _encode_record(key, doc)
+        table = self._table(kind)
+        try:
+            with _immediate(self._conn) as conn:
+                conn.execute(f"INSERT INTO {table} (key, doc) VALUES (?, ?)", (key, text))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"{kind} {key!r} already exists", details={"kind": kind, "key": key}) from exc
+        return json.loads(text)
+
+    def _upsert(self, kind: str, docs: list[tuple[str, Doc]]) -> list[str]:
+        rows = [(key, _encode_record(key, doc)) for key, doc in docs]
+        table = self._table(kind)
+        with _immediate(self._conn) as conn:
+            conn.executemany(
+                f"INSERT INTO {table} (key, doc) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc", rows
+            )
+        return [text for _, text in rows]
+
+    def _get(self, kind: str, key: str) -> Doc | None:
+        row = self._conn.execute(f"SELECT doc FROM {self._table(kind)} WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _update(self, kind: str, key: str, changes: Doc, expect: Sql) -> Doc | None:
+        _encode_record(key, changes)  # rejects a value that is not JSON before taking the lock
+        table = self._table(kind)
+        expect_sql, expect_params = expect
+        with _immediate(self._conn) as conn:
+            row = conn.execute(f"SELECT doc FROM {table} WHERE key = ? AND {expect_sql}", (key, *expect_params)).fetchone()
+            if row is None:
+                return None
+            text = _encode_record(key, {**json.loads(row[0]), **changes})
+            conn.execute(f"UPDATE {table} SET doc = ? WHERE key = ?", (text, key))
+        return json.loads(text)
+
+    def _delete(self, kind: str, where_sql: str, params: list[Any]) -> int:
+        table = self._table(kind)
+        with _immediate(self._conn) as conn:
+            return conn.execute(f"DELETE FROM {table} WHERE {where_sql}", params).rowcount
+
+    def _find(self, kind: str, clauses: str, params: list[Any]) -> list[Doc]:
+        rows = self._conn.execute(f"SELECT doc FROM {self._table(kind)} {clauses}", params).fetchall()
+        return [json.loads(doc) for (doc,) in rows]
+
+    def _count(self, kind: str, where_sql: str, params: list[Any]) -> int:
+        return self._conn.execute(f"SELECT count(*) FROM {self._table(kind)} WHERE {where_sql}", params).fetchone()[0]
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (a no-op once it is). The switch needs an exclusive lock that SQLite
+    does not wait for, so processes opening a new file at the same moment retry until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds the write lock from its first statement to COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def _encode_record(key: str, doc: Doc) -> str:
+    """The stored JSON of a record: `doc` with `id` set to `key`; InvalidInput when it is not JSON."""
+    if not isinstance(doc, Mapping):
+        raise InvalidInput(f"a catalog record must be an object, got {type(doc).__name__}", details={"key": key})
+    reserved = RESERVED_FIELDS.intersection(doc)
+    if reserved:
+        raise InvalidInput(f"field {min(reserved)!r} is reserved", details={"key": key, "field": min(reserved)})
+    try:
+        text = json.dumps({**doc, "id": key}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text.encode("utf-8")  # lone surrogates cannot be stored
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"record {key!r} is not plain JSON: {exc}", details={"key": key}) from exc
+    return text
+
+
+def _check_changes(changes: Doc) -> None:
+    """`update` sets top-level fields: names without dots or a leading `$` (MongoDB's $set reads
+    those as paths and operators)."""
+    if not isinstance(changes, Mapping):
+        raise InvalidInput(f"changes must be an object, got {type(changes).__name__}")
+    for name in changes:
+        if not isinstance(name, str) or not name or "." in name or name.startswith("$") or name in RESERVED_FIELDS:
+            raise InvalidInput(f"cannot set field {name!r}: use a top-level field name", details={"field": str(name)})
+
+
+def _check_page(limit: int | None, offset: int) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise InvalidInput(f"limit must be a non-negative integer, got {limit!r}", details={"limit": str(limit)})
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidInput(f"offset must be a non-negative integer, got {offset!r}", details={"offset": str(offset)})
+
+
+# -- filters ---------------------------------------------------------------------------------------
+
+
+def _compile_where(where: Where | None) -> Sql:
+    """The SQL condition (over the column `doc`) equivalent to a MongoDB filter."""
+    check_where(where)
+    parts = [_condition(field, condition) for field, condition in (where or {}).items()]
+    if not parts:
+        return "1", []
+    return " AND ".join(sql for sql, _ in parts), [param for _, params in parts for param in params]
+
+
+def _compile_order(order_by: str | None, descending: bool) -> Sql:
+    direction = "DESC" if descending else "ASC"
+    if order_by is None:
+        return f"key {direction}", []
+    if not isinstance(order_by, str) or not FIELD_RE.match(order_by):
+        raise InvalidInput(f"invalid field path {order_by!r} in order_by", details={"order_by": str(order_by)})
+    path = f"$.{order_by}"
+    return f"{_TYPE_RANK} {direction}, json_extract(doc, ?) {direction}, key {direction}", [path, path]
+
+
+def _condition(field: str, condition: Any) -> Sql:
+    op, operand = next(iter(condition.items())) if isinstance(condition, Mapping) else ("$eq", condition)
+    path = f"$.{field}"
+    if op in ("$eq", "$ne"):
+        sql, params = _equals_any(path, [_scalar(field, op, operand)])
+    elif op in ("$in", "$nin"):
+        if not isinstance(operand, (list, tuple)):
+            raise InvalidInput(f"{op} on {field!r} takes a list", details={"field": field, "operator": op})
+        sql, params = _equals_any(path, [_scalar(field, op, value) for value in operand])
+    elif op == "$exists":
+        if not isinstance(operand, bool):
+            raise InvalidInput(f"$exists on {field!r} takes true or false", details={"field": field, "operator": op})
+        return f"json_type(doc, ?) IS {'NOT ' if operand else ''}NULL", [path]
+    else:
+        sql, params = _in_range(path, _RANGES[op], _bound(field, op, operand))
+    return (f"NOT {sql}", params) if op in ("$ne", "$nin") else (sql, params)
+
+
+def _any_element(path: str, predicate: str, params: list[Any]) -> Sql:
+    """The value at `path` (or, for an array, any of its elements) satisfies `predicate`, which
+    reads `e.type` (a JSON type name) and `e.atom` (the SQL value). An object's members are skipped:
+    their `e.key` is text, where an array's is an index and a scalar's is null."""
+    return (
+        f"EXISTS (SELECT 1 FROM json_each(doc, ?) AS e WHERE typeof(e.key) <> 'text' AND ({predicate}))",
+        [path, *params],
+    )
+
+
+def _equals_any(path: str, values: Sequence[Any]) -> Sql:
+    predicates: list[str] = []
+    params: list[Any] = []
+    numbers = [v for v in values if _is_number(v)]
+    strings = [v for v in values if isinstance(v, str)]
+    for type_names, group in (("'integer', 'real'", numbers), ("'text'", strings)):
+        if group:
+            predicates.append(f"(e.type IN ({type_names}) AND e.atom IN ({', '.join('?' * len(group))}))")
+            params.extend(group)
+    predicates += [f"e.type = '{name}'" for name, const in (("true", True), ("false", False), ("null", None))
+                   if any(v is const for v in values)]
+    parts = [_any_element(path, " OR ".join(predicates), params)] if predicates else []
+    if any(v is None for v in values):
+        parts.append(("json_type(doc, ?) IS NULL", [path]))  # None also matches a missing field
+    if not parts:
+        return "0", []
+    return f"({' OR '.join(sql for sql, _ in parts)})", [param for _, ps in parts for param in ps]
+
+
+def _in_range(path: str, sql_op: str, bound: int | float | str) -> Sql:
+    type_names = "'text'" if isinstance(bound, str) else "'integer', 'real'"
+    return _any_element(path, f"e.type IN ({type_names}) AND e.atom {sql_op} ?", [bound])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scalar(field: str, op: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)) or (_is_number(value) and _storable(value)):
+        return value
+    raise InvalidInput(
+        f"{op} on {field!r} compares with a JSON scalar (string, number, bool or null), got {type(value).__name__}",
+        details={"field": field, "operator": op},
+    )
+
+
+def _bound(field: str, op: str, value: Any) -> int | float | str:
+    if isinstance(value, str) or (_is_number(value) and _storable(value)):
+        return value
+    raise InvalidInput(
+        f"{op} on {field!r} takes a number or a string, got {type(value).__name__}", details={"field": field, "operator": op}
+    )
+
+
+def _storable(number: int | float) -> bool:
+    """Finite, and an integer fits 64 bits (as in SQLite and BSON)."""
+    return -(2**63) <= number < 2**63 if isinstance(number, int) else math.isfinite(number)
