@@ -1,0 +1,302 @@
+"""`SqliteLogBus`: the durable embedded bus of `sluice up`, one SQLite file in WAL mode.
+
+Work pending at a crash resumes after a restart: a publish returns once its transaction is synced
+to disk, and committed offsets live in the same file. Several processes may publish to and consume
+from one file: writes take the lock up front (`BEGIN IMMEDIATE`), offsets are allocated inside the
+write transaction, and a busy file is waited for (`busy_timeout`). Group membership is kept in the
+file too, with leases, so members in different processes share a group's partitions.
+
+All SQLite work runs on one dedicated thread with its own connection, so the event loop never
+blocks on disk. A fetch wakes at once on a publish from this bus and otherwise looks again every
+`poll_interval_s` for other processes' writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from events.bus import Message
+from events.errors import TransientError
+from infra.bus._log import LogBus, LogStorage, Member
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    topic      TEXT PRIMARY KEY,
+    partitions INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic       TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    topic     TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset    INTEGER NOT NULL,
+    key       BLOB,
+    value     BLOB NOT NULL,
+    headers   TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    group_id  TEXT NOT NULL,
+    topic     TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset    INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id   TEXT NOT NULL,
+    member_id  TEXT NOT NULL,
+    topics     TEXT NOT NULL,
+    joined_ms  INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+);
+"""
+
+
+def _encode_headers(headers: tuple[tuple[str, bytes], ...]) -> str:
+    return json.dumps([[name, base64.b64encode(value).decode()] for name, value in headers])
+
+
+def _decode_headers(text: str) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, base64.b64decode(value)) for name, value in json.loads(text))
+
+
+class SqliteLogStorage(LogStorage):
+    """The log in a SQLite file; every method is one step on the storage's own thread."""
+
+    def __init__(self, path: Path, *, poll_interval_s: float = 0.05, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.poll_interval_s = poll_interval_s
+        self._busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-bus-sqlite")
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _run(self, step: Callable[..., T], *args: Any) -> T:
+        """Run one step on the storage thread; a busy or failing file is a transient error."""
+        assert self._executor is not None, "storage is not open"
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, step, *args)
+        except sqlite3.OperationalError as exc:
+            raise TransientError(f"sqlite bus {self.path}: {exc}", details={"path": str(self.path)}) from exc
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")  # a publish survives power loss once it returns
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that holds the lock from the start, so reads inside it stay true."""
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        assert self._db is not None
+        return self._db
+
+    async def create_topic(self, topic: str, partitions: int) -> int:
+        return await self._run(self._create_topic, topic, partitions)
+
+    def _create_topic(self, topic: str, partitions: int) -> int:
+        row = self._conn.execute("SELECT partitions FROM topics WHERE topic = ?", (topic,)).fetchone()
+        if row is not None:
+            return row[0]
+        with self._write() as db:
+            if db.execute("INSERT OR IGNORE INTO topics VALUES (?, ?)", (topic, partitions)).rowcount:
+                db.executemany("INSERT INTO partitions VALUES (?, ?, 0)", [(topic, p) for p in range(partitions)])
+            return db.execute("SELECT partitions FROM topics WHERE topic = ?", (topic,)).fetchone()[0]
+
+    async def append(
+        self, topic: str, partition: int, value: bytes, key: bytes | None,
+        headers: tuple[tuple[str, bytes], ...], timestamp_ms: int,
+    ) -> int:
+        return await self._run(self._append, topic, partition, value, key, _encode_headers(headers), timestamp_ms)
+
+    def _append(self, topic: str, partition: int, value: bytes, key: bytes | None, headers: str, timestamp_ms: int) -> int:
+        with self._write() as db:
+            row = db.execute(
+                "UPDATE partitions SET next_offset = next_offset + 1 WHERE topic = ? AND partition = ?"
+                " RETURNING next_offset - 1",
+                (topic, partition),
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"no partition {partition} of topic {topic!r} in {self.path}")
+            offset = row[0]
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (topic, partition, offset, key, value, headers, timestamp_ms),
+            )
+        return offset
+
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
+        return await self._run(self._read, topic, partition, offset, limit)
+
+    def _read(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
+        rows = self._conn.execute(
+            "SELECT offset, key, value, headers, timestamp FROM messages"
+            " WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+            (topic, partition, offset, limit),
+        ).fetchall()
+        return [
+            Message(topic, partition, offset, value, key, _decode_headers(headers), timestamp)
+            for offset, key, value, headers, timestamp in rows
+        ]
+
+    async def seed_offsets(self, group_id: str, topic: str, *, at_end: bool) -> None:
+        await self._run(self._seed_offsets, group_id, topic, at_end)
+
+    def _seed_offsets(self, group_id: str, topic: str, at_end: bool) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO group_offsets (group_id, topic, partition, offset)"
+                " SELECT ?, p.topic, p.partition, CASE WHEN ? THEN p.next_offset ELSE COALESCE("
+                "   (SELECT MIN(m.offset) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition),"
+                "   p.next_offset) END"
+                " FROM partitions p WHERE p.topic = ?",
+                (group_id, at_end, topic),
+            )
+
+    async def committed(self, group_id: str, topic: str, partition: int) -> int | None:
+        return await self._run(self._committed, group_id, topic, partition)
+
+    def _committed(self, group_id: str, topic: str, partition: int) -> int | None:
+        row = self._conn.execute(
+            "SELECT offset FROM group_offsets WHERE group_id = ? AND topic = ? AND partition = ?",
+            (group_id, topic, partition),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    async def commit(self, group_id: str, topic: str, partition: int, offset: int) -> None:
+        await self._run(self._commit, group_id, topic, partition, offset)
+
+    def _commit(self, group_id: str, topic: str, partition: int, offset: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO group_offsets VALUES (?, ?, ?, ?) ON CONFLICT (group_id, topic, partition)"
+                " DO UPDATE SET offset = MAX(offset, excluded.offset)",
+                (group_id, topic, partition, offset),
+            )
+
+    async def heartbeat(self, group_id: str, member: Member, expires_ms: int) -> None:
+        await self._run(self._heartbeat, group_id, member, expires_ms)
+
+    def _heartbeat(self, group_id: str, member: Member, expires_ms: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO group_members VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_id, member_id)"
+                " DO UPDATE SET topics = excluded.topics, joined_ms = excluded.joined_ms,"
+                " expires_ms = excluded.expires_ms",
+                (group_id, member.member_id, json.dumps(sorted(member.topics)), member.joined_ms,
+                 member.host, member.pid, expires_ms),
+            )
+
+    async def leave(self, group_id: str, member_id: str) -> None:
+        await self._run(self._leave, group_id, member_id)
+
+    def _leave(self, group_id: str, member_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM group_members WHERE group_id = ? AND member_id = ?", (group_id, member_id))
+
+    async def members(self, group_id: str, now_ms: int) -> list[Member]:
+        return await self._run(self._members, group_id, now_ms)
+
+    def _members(self, group_id: str, now_ms: int) -> list[Member]:
+        rows = self._conn.execute(
+            "SELECT member_id, topics, joined_ms, host, pid FROM group_members"
+            " WHERE group_id = ? AND expires_ms > ?",
+            (group_id, now_ms),
+        ).fetchall()
+        return [
+            Member(member_id, frozenset(json.loads(topics)), joined_ms, host, pid)
+            for member_id, topics, joined_ms, host, pid in rows
+        ]
+
+    async def prune(self, older_than_ms: int) -> int:
+        return await self._run(self._prune, older_than_ms)
+
+    def _prune(self, older_than_ms: int) -> int:
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM messages WHERE timestamp < ? AND offset < ("
+                "  SELECT MIN(o.offset) FROM group_offsets o"
+                "  WHERE o.topic = messages.topic AND o.partition = messages.partition)",
+                (older_than_ms,),
+            ).rowcount
+
+    async def describe(self) -> dict[str, Any]:
+        return await self._run(self._describe)
+
+    def _describe(self) -> dict[str, Any]:
+        (topics,) = self._conn.execute("SELECT COUNT(*) FROM topics").fetchone()
+        (groups,) = self._conn.execute("SELECT COUNT(DISTINCT group_id) FROM group_offsets").fetchone()
+        return {"path": str(self.path), "topics": topics, "groups": groups}
+
+
+class SqliteLogBus(LogBus):
+    """The durable embedded bus: Kafka-like topics and consumer groups in one SQLite file."""
+
+    adapter_name = "sqlite"
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        partitions: int = 1,
+        session_timeout_s: float = 10.0,
+        poll_interval_s: float = 0.05,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
+        self.path = Path(path)
+        storage = SqliteLogStorage(self.path, poll_interval_s=poll_interval_s, busy_timeout_s=busy_timeout_s)
+        super().__init__(storage, partitions=partitions, session_timeout_s=session_timeout_s)
