@@ -112,7 +112,10 @@ def _bus(settings: Settings) -> EventBus:
 
             if not settings.kafka_bootstrap:
                 raise ValueError("SLUICE_BUS=kafka needs SLUICE_KAFKA_BOOTSTRAP")
-            return KafkaBus(settings.kafka_bootstrap, client_id=f"sluice-{settings.topic_prefix}")
+            return KafkaBus(
+                settings.kafka_bootstrap, client_id=f"sluice-{settings.topic_prefix}",
+                session_timeout_ms=settings.kafka_session_timeout_ms,
+            )
         case "memory":
             from infra.bus.memory import InMemoryBus
 

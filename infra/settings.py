@@ -27,6 +27,7 @@ class Settings(BaseSettings):
         default=None, description="Event bus; default kafka when kafka_bootstrap is set, else the durable sqlite log."
     )
     kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers, host:port[,host:port].")
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, description="Consumer group session timeout.")
 
     object_store: Literal["local", "s3"] | None = Field(default=None, description="Default s3 when s3_endpoint_url is set.")
     s3_endpoint_url: str | None = Field(default=None, description="S3 / MinIO endpoint; unset with object_store=s3: AWS.")

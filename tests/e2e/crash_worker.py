@@ -33,7 +33,7 @@ def _bus(args):
     if args.bus == "kafka":
         from infra.bus.kafka import KafkaBus
 
-        return KafkaBus(args.bootstrap)
+        return KafkaBus(args.bootstrap, session_timeout_ms=3000)  # Tansu holds joins for half of it
     from infra.bus.sqlite import SqliteLogBus
 
     return SqliteLogBus(Path(args.bus_path))

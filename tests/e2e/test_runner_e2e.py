@@ -40,7 +40,7 @@ async def answer(event):
 
 async def test_an_event_published_through_the_broker_reaches_a_handler_and_its_result_a_subscriber(kafka_bootstrap):
     topics = Topics(f"e2e{uuid.uuid4().hex[:8]}")
-    async with KafkaBus(kafka_bootstrap) as bus:
+    async with KafkaBus(kafka_bootstrap, session_timeout_ms=3000) as bus:
         await bus.ensure_topics(topics.all())
         runner = Runner(bus=bus, topics=topics, functions=[Function("answer", answer, frozenset({"ObjectCreated"}))], deps={})
         await runner.start()
@@ -58,7 +58,7 @@ async def test_an_event_published_through_the_broker_reaches_a_handler_and_its_r
 
 async def test_poison_lands_in_dead_letters_and_the_good_message_behind_it_is_handled(kafka_bootstrap):
     topics = Topics(f"e2e{uuid.uuid4().hex[:8]}")
-    async with KafkaBus(kafka_bootstrap) as bus:
+    async with KafkaBus(kafka_bootstrap, session_timeout_ms=3000) as bus:
         await bus.ensure_topics(topics.all())
         runner = Runner(
             bus=bus, topics=topics, functions=[Function("answer", answer, frozenset({"ObjectCreated"}))], deps={},
@@ -94,7 +94,7 @@ async def test_killing_the_runner_before_commit_redelivers_and_the_effect_happen
     if bus_kind == "kafka":
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         bus_args = ["--bus", "kafka", "--bootstrap", bootstrap]
-        bus = KafkaBus(bootstrap)
+        bus = KafkaBus(bootstrap, session_timeout_ms=3000)
     else:
         from infra.bus.sqlite import SqliteLogBus
 
