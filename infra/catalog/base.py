@@ -13,9 +13,11 @@ Operators: `$eq $ne $in $nin $lt $lte $gt $gte $exists`. Values are JSON types o
 from __future__ import annotations
 
 import abc
+import json
+import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from events.errors import InvalidInput
 from events.lifecycle import Lifecycle
@@ -26,6 +28,15 @@ Where = Mapping[str, Any]
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", "$lt", "$lte", "$gt", "$gte", "$exists"})
+RESERVED_FIELDS = frozenset({"_id"})  # MongoDB's key field: kept out so every adapter stores the same records
+
+
+class Condition(NamedTuple):
+    """One checked filter condition: an equality reads as `$eq`."""
+
+    field: str
+    op: str
+    operand: Any
 
 
 def check_kind(kind: str) -> None:
@@ -34,6 +45,16 @@ def check_kind(kind: str) -> None:
 
 
 def check_where(where: Where | None) -> None:
+    """Refuse a filter with a bad field path, an unknown operator or an operand of the wrong type."""
+    parse_where(where)
+
+
+def parse_where(where: Where | None) -> list[Condition]:
+    """The filter as checked conditions, one per field. Field paths and operators are checked for
+    every field before any operand: an equality or `$eq`/`$ne` takes a JSON scalar (string, number,
+    bool or null), `$in`/`$nin` a list of them, `$exists` a bool, and a range a number or a string.
+    Numbers must be finite, and integers fit 64 bits (as in SQLite and BSON)."""
+    conditions: list[Condition] = []
     for field, condition in (where or {}).items():
         if not FIELD_RE.match(field):
             raise InvalidInput(f"invalid field path {field!r} in filter", details={"field": field})
@@ -43,6 +64,96 @@ def check_where(where: Where | None) -> None:
                     f"filter on {field!r} must be a value or one of {sorted(OPERATORS)}",
                     details={"field": field, "condition": str(condition)},
                 )
+            conditions.append(Condition(field, *next(iter(condition.items()))))
+        else:
+            conditions.append(Condition(field, "$eq", condition))
+    for field, op, operand in conditions:
+        _check_operand(field, op, operand)
+    return conditions
+
+
+def _check_operand(field: str, op: str, operand: Any) -> None:
+    if op in ("$eq", "$ne"):
+        _check_scalar(field, op, operand)
+    elif op in ("$in", "$nin"):
+        if not isinstance(operand, (list, tuple)):
+            raise InvalidInput(f"{op} on {field!r} takes a list", details={"field": field, "operator": op})
+        for value in operand:
+            _check_scalar(field, op, value)
+    elif op == "$exists":
+        if not isinstance(operand, bool):
+            raise InvalidInput(f"$exists on {field!r} takes true or false", details={"field": field, "operator": op})
+    elif not (isinstance(operand, str) or (is_number(operand) and _storable(operand))):
+        raise InvalidInput(
+            f"{op} on {field!r} takes a number or a string, got {type(operand).__name__}",
+            details={"field": field, "operator": op},
+        )
+
+
+def _check_scalar(field: str, op: str, value: Any) -> None:
+    if not (value is None or isinstance(value, (bool, str)) or (is_number(value) and _storable(value))):
+        raise InvalidInput(
+            f"{op} on {field!r} compares with a JSON scalar (string, number, bool or null), got {type(value).__name__}",
+            details={"field": field, "operator": op},
+        )
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _storable(number: int | float) -> bool:
+    """Finite, and an integer fits 64 bits (as in SQLite and BSON)."""
+    return -(2**63) <= number < 2**63 if isinstance(number, int) else math.isfinite(number)
+
+
+def check_order_by(order_by: str | None) -> None:
+    if order_by is not None and (not isinstance(order_by, str) or not FIELD_RE.match(order_by)):
+        raise InvalidInput(f"invalid field path {order_by!r} in order_by", details={"order_by": str(order_by)})
+
+
+def check_page(limit: int | None, offset: int) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise InvalidInput(f"limit must be a non-negative integer, got {limit!r}", details={"limit": str(limit)})
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidInput(f"offset must be a non-negative integer, got {offset!r}", details={"offset": str(offset)})
+
+
+def check_changes(changes: Doc) -> None:
+    """`update` sets top-level fields: names without dots or a leading `$` (MongoDB's $set reads
+    those as paths and operators), and none of the reserved ones."""
+    if not isinstance(changes, Mapping):
+        raise InvalidInput(f"changes must be an object, got {type(changes).__name__}")
+    for name in changes:
+        if not isinstance(name, str) or not name or "." in name or name.startswith("$") or name in RESERVED_FIELDS:
+            raise InvalidInput(f"cannot set field {name!r}: use a top-level field name", details={"field": str(name)})
+
+
+def check_record(key: str, doc: Doc) -> None:
+    """A record to store is an object without reserved fields."""
+    if not isinstance(doc, Mapping):
+        raise InvalidInput(f"a catalog record must be an object, got {type(doc).__name__}", details={"key": key})
+    reserved = RESERVED_FIELDS.intersection(doc)
+    if reserved:
+        raise InvalidInput(f"field {min(reserved)!r} is reserved", details={"key": key, "field": min(reserved)})
+
+
+def encode_record(key: str, doc: Doc) -> str:
+    """The record as stored, as JSON text: `doc` (checked by `check_record`) with `id` set to `key`."""
+    check_record(key, doc)
+    return plain_json(key, {**doc, "id": key})
+
+
+def plain_json(key: str, value: Doc) -> str:
+    """`value`, part of record `key`, as compact JSON text; InvalidInput when it is not plain JSON
+    (dates, bytes, NaN, lone surrogates)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text.encode("utf-8")  # lone surrogates cannot be stored
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"record {key!r} is not plain JSON: {exc}", details={"key": key}) from exc
+    return text
 
 
 class Catalog(Lifecycle, abc.ABC):

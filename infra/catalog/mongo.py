@@ -16,7 +16,6 @@ writes in place (multi-document transactions would need a replica set).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,10 +27,21 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeou
 
 from events.errors import AlreadyExists, InvalidInput, TransientError
 from events.lifecycle import Health
-from infra.catalog.base import FIELD_RE, Catalog, Doc, Where, check_kind, check_where
+from infra.catalog.base import (
+    Catalog,
+    Doc,
+    Where,
+    check_changes,
+    check_kind,
+    check_order_by,
+    check_page,
+    encode_record,
+    is_number,
+    parse_where,
+    plain_json,
+)
 
 SERVER_SELECTION_TIMEOUT_MS = 10_000
-RESERVED_FIELDS = frozenset({"_id"})
 # ConnectionFailure covers AutoReconnect, NetworkTimeout, NotPrimaryError and ServerSelectionTimeoutError.
 _TRANSIENT = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 
@@ -118,8 +128,8 @@ class MongoCatalog(Catalog):
     async def update(self, kind: str, key: str, changes: Doc, *, expect: Where | None = None) -> Doc | None:
         self._require_connected()
         check_kind(kind)
-        _check_changes(changes)
-        changes = _as_json({**changes, "id": key}) if "id" in changes else _as_json(changes)
+        check_changes(changes)
+        changes = json.loads(plain_json(key, {**changes, "id": key} if "id" in changes else changes))
         query = _and([{"_id": key}, _query(expect)])
         with _translated("update"):
             if not changes:
@@ -157,11 +167,10 @@ class MongoCatalog(Catalog):
     ) -> list[Doc]:
         self._require_connected()
         check_kind(kind)
-        _check_page(limit, offset)
+        check_page(limit, offset)
         query = _query(where)
         direction = -1 if descending else 1
-        if order_by is not None and (not isinstance(order_by, str) or not FIELD_RE.match(order_by)):
-            raise InvalidInput(f"invalid field path {order_by!r} in order_by", details={"order_by": str(order_by)})
+        check_order_by(order_by)
         sort = [(order_by, direction), ("_id", direction)] if order_by else [("_id", direction)]
         if limit == 0:  # MongoDB reads limit(0) as "no limit"
             return []
@@ -193,23 +202,9 @@ def _translated(action: str) -> Iterator[None]:
 # -- records ---------------------------------------------------------------------------------------
 
 
-def _as_json(doc: Doc) -> Doc:
-    try:
-        text = json.dumps(doc, ensure_ascii=False, allow_nan=False)
-        text.encode("utf-8")  # lone surrogates cannot be stored
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"catalog record is not plain JSON: {exc}") from exc
-    return json.loads(text)
-
-
 def _record(key: str, doc: Doc) -> Doc:
     """The record as stored (less `_id`): `doc` as plain JSON with `id` set to `key`."""
-    if not isinstance(doc, Mapping):
-        raise InvalidInput(f"a catalog record must be an object, got {type(doc).__name__}", details={"key": key})
-    reserved = RESERVED_FIELDS.intersection(doc)
-    if reserved:
-        raise InvalidInput(f"field {min(reserved)!r} is reserved", details={"key": key, "field": min(reserved)})
-    return _as_json({**doc, "id": key})
+    return json.loads(encode_record(key, doc))
 
 
 def _strip(found: Mapping[str, Any] | None) -> Doc | None:
@@ -220,30 +215,12 @@ def _strip(found: Mapping[str, Any] | None) -> Doc | None:
     return record
 
 
-def _check_changes(changes: Doc) -> None:
-    """`update` sets top-level fields: names without dots or a leading `$` (`$set` reads those as
-    paths and operators)."""
-    if not isinstance(changes, Mapping):
-        raise InvalidInput(f"changes must be an object, got {type(changes).__name__}")
-    for name in changes:
-        if not isinstance(name, str) or not name or "." in name or name.startswith("$") or name in RESERVED_FIELDS:
-            raise InvalidInput(f"cannot set field {name!r}: use a top-level field name", details={"field": str(name)})
-
-
-def _check_page(limit: int | None, offset: int) -> None:
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise InvalidInput(f"limit must be a non-negative integer, got {limit!r}", details={"limit": str(limit)})
-    if not isinstance(offset, int) or offset < 0:
-        raise InvalidInput(f"offset must be a non-negative integer, got {offset!r}", details={"offset": str(offset)})
-
-
 # -- filters ---------------------------------------------------------------------------------------
 
 
 def _query(where: Where | None) -> dict[str, Any]:
     """The MongoDB query for a catalog filter (validated: scalar operands only)."""
-    check_where(where)
-    return _and([_clause(field, condition) for field, condition in (where or {}).items()])
+    return _and([_clause(field, op, operand) for field, op, operand in parse_where(where)])
 
 
 def _and(clauses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -253,26 +230,22 @@ def _and(clauses: list[dict[str, Any]]) -> dict[str, Any]:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _clause(field: str, condition: Any) -> dict[str, Any]:
-    op, operand = next(iter(condition.items())) if isinstance(condition, Mapping) else ("$eq", condition)
+def _clause(field: str, op: str, operand: Any) -> dict[str, Any]:
+    """The query for one condition `parse_where` checked."""
     if op in ("$eq", "$ne"):
-        clause = _equals_any(field, [_scalar(field, op, operand)])
+        clause = _equals_any(field, [operand])
     elif op in ("$in", "$nin"):
-        if not isinstance(operand, (list, tuple)):
-            raise InvalidInput(f"{op} on {field!r} takes a list", details={"field": field, "operator": op})
-        clause = _equals_any(field, [_scalar(field, op, value) for value in operand])
+        clause = _equals_any(field, list(operand))
     elif op == "$exists":
-        if not isinstance(operand, bool):
-            raise InvalidInput(f"$exists on {field!r} takes true or false", details={"field": field, "operator": op})
         return {field: {"$exists": operand}}
     else:
-        return {field: {op: _bound(field, op, operand)}}
+        return {field: {op: operand}}
     return {"$nor": [clause]} if op in ("$ne", "$nin") else clause
 
 
 def _equals_any(field: str, values: Sequence[Any]) -> dict[str, Any]:
     plain = [v for v in values if v is None or isinstance(v, str)]
-    numbers = [v for v in values if _is_number(v)]
+    numbers = [v for v in values if is_number(v)]
     bools = [v for v in values if isinstance(v, bool)]
     groups = [{field: {"$in": plain}}] if plain else []
     for bson_type, group in (("number", numbers), ("bool", bools)):
@@ -281,29 +254,3 @@ def _equals_any(field: str, values: Sequence[Any]) -> dict[str, Any]:
     if not groups:
         return {field: {"$in": []}}
     return groups[0] if len(groups) == 1 else {"$or": groups}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _storable(number: int | float) -> bool:
-    """Finite, and an integer fits 64 bits (as in BSON and SQLite)."""
-    return -(2**63) <= number < 2**63 if isinstance(number, int) else math.isfinite(number)
-
-
-def _scalar(field: str, op: str, value: Any) -> Any:
-    if value is None or isinstance(value, (bool, str)) or (_is_number(value) and _storable(value)):
-        return value
-    raise InvalidInput(
-        f"{op} on {field!r} compares with a JSON scalar (string, number, bool or null), got {type(value).__name__}",
-        details={"field": field, "operator": op},
-    )
-
-
-def _bound(field: str, op: str, value: Any) -> int | float | str:
-    if isinstance(value, str) or (_is_number(value) and _storable(value)):
-        return value
-    raise InvalidInput(
-        f"{op} on {field!r} takes a number or a string, got {type(value).__name__}", details={"field": field, "operator": op}
-    )

@@ -30,21 +30,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from events.errors import AlreadyExists, InvalidInput, TransientError
+from events.errors import AlreadyExists, TransientError
 from events.lifecycle import Health
-from infra.catalog.base import FIELD_RE, Catalog, Doc, Where, check_kind, check_where
+from infra.catalog.base import (
+    Catalog,
+    Doc,
+    Where,
+    check_changes,
+    check_kind,
+    check_order_by,
+    check_page,
+    encode_record,
+    is_number,
+    parse_where,
+)
 
 BUSY_TIMEOUT_S = 30.0
-RESERVED_FIELDS = frozenset({"_id"})  # MongoDB's key field: kept out so both adapters store the same records
 
 # Primary result codes that mean "try again later": locked past the timeout, I/O, disk full, cannot open.
 _TRANSIENT_CODES = frozenset({
@@ -125,7 +134,7 @@ class SqliteCatalog(Catalog):
     async def update(self, kind: str, key: str, changes: Doc, *, expect: Where | None = None) -> Doc | None:
         self._require_connected()
         check_kind(kind)
-        _check_changes(changes)
+        check_changes(changes)
         return await self._call(self._update, kind, key, changes, _compile_where(expect))
 
     async def delete(self, kind: str, key: str) -> bool:
@@ -151,7 +160,7 @@ class SqliteCatalog(Catalog):
     ) -> list[Doc]:
         self._require_connected()
         check_kind(kind)
-        _check_page(limit, offset)
+        check_page(limit, offset)
         where_sql, where_params = _compile_where(where)
         order_sql, order_params = _compile_order(order_by, descending)
         sql = f"WHERE {where_sql} ORDER BY {order_sql} LIMIT ? OFFSET ?"
@@ -209,7 +218,7 @@ class SqliteCatalog(Catalog):
         return table
 
     def _insert(self, kind: str, key: str, doc: Doc) -> Doc:
-        text = _encode_record(key, doc)
+        text = encode_record(key, doc)
         table = self._table(kind)
         try:
             with _immediate(self._conn) as conn:
@@ -219,7 +228,7 @@ class SqliteCatalog(Catalog):
         return json.loads(text)
 
     def _upsert(self, kind: str, docs: list[tuple[str, Doc]]) -> list[str]:
-        rows = [(key, _encode_record(key, doc)) for key, doc in docs]
+        rows = [(key, encode_record(key, doc)) for key, doc in docs]
         table = self._table(kind)
         with _immediate(self._conn) as conn:
             conn.executemany(
@@ -232,14 +241,14 @@ class SqliteCatalog(Catalog):
         return None if row is None else json.loads(row[0])
 
     def _update(self, kind: str, key: str, changes: Doc, expect: Sql) -> Doc | None:
-        _encode_record(key, changes)  # rejects a value that is not JSON before taking the lock
+        encode_record(key, changes)  # rejects a value that is not JSON before taking the lock
         table = self._table(kind)
         expect_sql, expect_params = expect
         with _immediate(self._conn) as conn:
             row = conn.execute(f"SELECT doc FROM {table} WHERE key = ? AND {expect_sql}", (key, *expect_params)).fetchone()
             if row is None:
                 return None
-            text = _encode_record(key, {**json.loads(row[0]), **changes})
+            text = encode_record(key, {**json.loads(row[0]), **changes})
             conn.execute(f"UPDATE {table} SET doc = ? WHERE key = ?", (text, key))
         return json.loads(text)
 
@@ -283,48 +292,12 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-# -- records ---------------------------------------------------------------------------------------
-
-
-def _encode_record(key: str, doc: Doc) -> str:
-    """The stored JSON of a record: `doc` with `id` set to `key`; InvalidInput when it is not JSON."""
-    if not isinstance(doc, Mapping):
-        raise InvalidInput(f"a catalog record must be an object, got {type(doc).__name__}", details={"key": key})
-    reserved = RESERVED_FIELDS.intersection(doc)
-    if reserved:
-        raise InvalidInput(f"field {min(reserved)!r} is reserved", details={"key": key, "field": min(reserved)})
-    try:
-        text = json.dumps({**doc, "id": key}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        text.encode("utf-8")  # lone surrogates cannot be stored
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"record {key!r} is not plain JSON: {exc}", details={"key": key}) from exc
-    return text
-
-
-def _check_changes(changes: Doc) -> None:
-    """`update` sets top-level fields: names without dots or a leading `$` (MongoDB's $set reads
-    those as paths and operators)."""
-    if not isinstance(changes, Mapping):
-        raise InvalidInput(f"changes must be an object, got {type(changes).__name__}")
-    for name in changes:
-        if not isinstance(name, str) or not name or "." in name or name.startswith("$") or name in RESERVED_FIELDS:
-            raise InvalidInput(f"cannot set field {name!r}: use a top-level field name", details={"field": str(name)})
-
-
-def _check_page(limit: int | None, offset: int) -> None:
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise InvalidInput(f"limit must be a non-negative integer, got {limit!r}", details={"limit": str(limit)})
-    if not isinstance(offset, int) or offset < 0:
-        raise InvalidInput(f"offset must be a non-negative integer, got {offset!r}", details={"offset": str(offset)})
-
-
 # -- filters ---------------------------------------------------------------------------------------
 
 
 def _compile_where(where: Where | None) -> Sql:
     """The SQL condition (over the column `doc`) equivalent to a MongoDB filter."""
-    check_where(where)
-    parts = [_condition(field, condition) for field, condition in (where or {}).items()]
+    parts = [_condition(field, op, operand) for field, op, operand in parse_where(where)]
     if not parts:
         return "1", []
     return " AND ".join(sql for sql, _ in parts), [param for _, params in parts for param in params]
@@ -332,29 +305,24 @@ def _compile_where(where: Where | None) -> Sql:
 
 def _compile_order(order_by: str | None, descending: bool) -> Sql:
     direction = "DESC" if descending else "ASC"
+    check_order_by(order_by)
     if order_by is None:
         return f"key {direction}", []
-    if not isinstance(order_by, str) or not FIELD_RE.match(order_by):
-        raise InvalidInput(f"invalid field path {order_by!r} in order_by", details={"order_by": str(order_by)})
     path = f"$.{order_by}"
     return f"{_TYPE_RANK} {direction}, json_extract(doc, ?) {direction}, key {direction}", [path, path]
 
 
-def _condition(field: str, condition: Any) -> Sql:
-    op, operand = next(iter(condition.items())) if isinstance(condition, Mapping) else ("$eq", condition)
+def _condition(field: str, op: str, operand: Any) -> Sql:
+    """The SQL for one condition `parse_where` checked."""
     path = f"$.{field}"
     if op in ("$eq", "$ne"):
-        sql, params = _equals_any(path, [_scalar(field, op, operand)])
+        sql, params = _equals_any(path, [operand])
     elif op in ("$in", "$nin"):
-        if not isinstance(operand, (list, tuple)):
-            raise InvalidInput(f"{op} on {field!r} takes a list", details={"field": field, "operator": op})
-        sql, params = _equals_any(path, [_scalar(field, op, value) for value in operand])
+        sql, params = _equals_any(path, list(operand))
     elif op == "$exists":
-        if not isinstance(operand, bool):
-            raise InvalidInput(f"$exists on {field!r} takes true or false", details={"field": field, "operator": op})
         return f"json_type(doc, ?) IS {'NOT ' if operand else ''}NULL", [path]
     else:
-        sql, params = _in_range(path, _RANGES[op], _bound(field, op, operand))
+        sql, params = _in_range(path, _RANGES[op], operand)
     return (f"NOT {sql}", params) if op in ("$ne", "$nin") else (sql, params)
 
 
@@ -371,7 +339,7 @@ def _any_element(path: str, predicate: str, params: list[Any]) -> Sql:
 def _equals_any(path: str, values: Sequence[Any]) -> Sql:
     predicates: list[str] = []
     params: list[Any] = []
-    numbers = [v for v in values if _is_number(v)]
+    numbers = [v for v in values if is_number(v)]
     strings = [v for v in values if isinstance(v, str)]
     for type_names, group in (("'integer', 'real'", numbers), ("'text'", strings)):
         if group:
@@ -390,29 +358,3 @@ def _equals_any(path: str, values: Sequence[Any]) -> Sql:
 def _in_range(path: str, sql_op: str, bound: int | float | str) -> Sql:
     type_names = "'text'" if isinstance(bound, str) else "'integer', 'real'"
     return _any_element(path, f"e.type IN ({type_names}) AND e.atom {sql_op} ?", [bound])
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _scalar(field: str, op: str, value: Any) -> Any:
-    if value is None or isinstance(value, (bool, str)) or (_is_number(value) and _storable(value)):
-        return value
-    raise InvalidInput(
-        f"{op} on {field!r} compares with a JSON scalar (string, number, bool or null), got {type(value).__name__}",
-        details={"field": field, "operator": op},
-    )
-
-
-def _bound(field: str, op: str, value: Any) -> int | float | str:
-    if isinstance(value, str) or (_is_number(value) and _storable(value)):
-        return value
-    raise InvalidInput(
-        f"{op} on {field!r} takes a number or a string, got {type(value).__name__}", details={"field": field, "operator": op}
-    )
-
-
-def _storable(number: int | float) -> bool:
-    """Finite, and an integer fits 64 bits (as in SQLite and BSON)."""
-    return -(2**63) <= number < 2**63 if isinstance(number, int) else math.isfinite(number)
