@@ -527,7 +527,12 @@ def _prune_empty_folders(folder: Path, top: Path) -> None:
         folder = folder.parent
 
 
-def _error(status: int, exc: SluiceError) -> JSONResponse:
+# The HTTP status of each error a presigned request can end in.
+_STATUS: dict[type[SluiceError], int] = {Forbidden: 403, InvalidInput: 400, NotFound: 404, Conflict: 409}
+
+
+def _error(exc: SluiceError) -> JSONResponse:
+    status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
     body = {"error": {"type": exc.error_type, "message": exc.message, "details": exc.details}}
     return JSONResponse(body, status_code=status)
 
@@ -547,14 +552,8 @@ def presigned_router(store: LocalObjectStore) -> APIRouter:
                     details={"bucket": bucket, "key": key, "content_type": sent_type},
                 )
             info = await store._put_stream(bucket, key, request.stream(), signed_type or sent_type)
-        except Forbidden as exc:
-            return _error(403, exc)
-        except InvalidInput as exc:
-            return _error(400, exc)
-        except NotFound as exc:
-            return _error(404, exc)
-        except Conflict as exc:
-            return _error(409, exc)
+        except (Forbidden, InvalidInput, NotFound, Conflict) as exc:
+            return _error(exc)
         return Response(status_code=200, headers={"ETag": f'"{info.etag}"'})
 
     @router.get("/v1/objects/{bucket}/{key:path}", summary="Download one object with a presigned URL")
@@ -562,12 +561,8 @@ def presigned_router(store: LocalObjectStore) -> APIRouter:
         try:
             store._verify("GET", bucket, key, dict(request.query_params))
             file, info = await asyncio.to_thread(store._open, bucket, key)
-        except Forbidden as exc:
-            return _error(403, exc)
-        except InvalidInput as exc:
-            return _error(400, exc)
-        except NotFound as exc:
-            return _error(404, exc)
+        except (Forbidden, InvalidInput, NotFound) as exc:
+            return _error(exc)
 
         async def body() -> AsyncIterator[bytes]:
             try:

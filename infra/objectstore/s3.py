@@ -108,6 +108,19 @@ def _etag(value: str | None) -> str | None:
     return value.strip('"') if value else None
 
 
+def _object_info(bucket: str, key: str, response: dict[str, Any]) -> ObjectInfo:
+    """The object as a GetObject or HeadObject response describes it."""
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=response["ContentLength"],
+        etag=_etag(response.get("ETag")),
+        content_type=response.get("ContentType"),
+        version_id=response.get("VersionId"),
+        last_modified=response.get("LastModified"),
+    )
+
+
 def _sync_and_close(file: IO[bytes]) -> None:
     file.flush()
     os.fsync(file.fileno())
@@ -281,15 +294,7 @@ class S3ObjectStore(ObjectStore):
             out.close()
             Path(name).unlink(missing_ok=True)
             raise
-        return ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=response["ContentLength"],
-            etag=_etag(response.get("ETag")),
-            content_type=response.get("ContentType"),
-            version_id=response.get("VersionId"),
-            last_modified=response.get("LastModified"),
-        )
+        return _object_info(bucket, key, response)
 
     async def head(self, bucket: str, key: str) -> ObjectInfo | None:
         self._require_connected()
@@ -299,15 +304,7 @@ class S3ObjectStore(ObjectStore):
                 response = await self._client.head_object(Bucket=bucket, Key=key)
         except NotFound:
             return None
-        return ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=response["ContentLength"],
-            etag=_etag(response.get("ETag")),
-            content_type=response.get("ContentType"),
-            version_id=response.get("VersionId"),
-            last_modified=response.get("LastModified"),
-        )
+        return _object_info(bucket, key, response)
 
     def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         self._require_connected()
