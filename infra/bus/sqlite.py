@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from events.bus import Message
 from events.errors import TransientError
 from infra.bus._log import LogBus, LogStorage, Member
+from infra.sqlite import immediate, open_durable
 
 T = TypeVar("T")
 
@@ -115,12 +116,12 @@ class SqliteLogStorage(LogStorage):
             raise TransientError(f"sqlite bus {self.path}: {exc}", details={"path": str(self.path)}) from exc
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")  # a publish survives power loss once it returns
-        db.executescript(SCHEMA)
+        db = open_durable(self.path, busy_timeout_s=self._busy_timeout_s)
+        try:
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     def _close(self) -> None:
@@ -132,13 +133,8 @@ class SqliteLogStorage(LogStorage):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that holds the lock from the start, so reads inside it stay true."""
         assert self._db is not None
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with immediate(self._db) as db:
+            yield db
 
     @property
     def _conn(self) -> sqlite3.Connection:

@@ -31,10 +31,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +50,7 @@ from infra.catalog.base import (
     is_number,
     parse_where,
 )
+from infra.sqlite import immediate, open_durable
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -188,15 +187,7 @@ class SqliteCatalog(Catalog):
             raise
 
     def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
+        conn = open_durable(self._path, busy_timeout_s=BUSY_TIMEOUT_S)
         self._conn = conn
         self._tables.clear()
 
@@ -221,7 +212,7 @@ class SqliteCatalog(Catalog):
         text = encode_record(key, doc)
         table = self._table(kind)
         try:
-            with _immediate(self._conn) as conn:
+            with immediate(self._conn) as conn:
                 conn.execute(f"INSERT INTO {table} (key, doc) VALUES (?, ?)", (key, text))
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"{kind} {key!r} already exists", details={"kind": kind, "key": key}) from exc
@@ -230,7 +221,7 @@ class SqliteCatalog(Catalog):
     def _upsert(self, kind: str, docs: list[tuple[str, Doc]]) -> list[str]:
         rows = [(key, encode_record(key, doc)) for key, doc in docs]
         table = self._table(kind)
-        with _immediate(self._conn) as conn:
+        with immediate(self._conn) as conn:
             conn.executemany(
                 f"INSERT INTO {table} (key, doc) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc", rows
             )
@@ -244,7 +235,7 @@ class SqliteCatalog(Catalog):
         encode_record(key, changes)  # rejects a value that is not JSON before taking the lock
         table = self._table(kind)
         expect_sql, expect_params = expect
-        with _immediate(self._conn) as conn:
+        with immediate(self._conn) as conn:
             row = conn.execute(f"SELECT doc FROM {table} WHERE key = ? AND {expect_sql}", (key, *expect_params)).fetchone()
             if row is None:
                 return None
@@ -254,7 +245,7 @@ class SqliteCatalog(Catalog):
 
     def _delete(self, kind: str, where_sql: str, params: list[Any]) -> int:
         table = self._table(kind)
-        with _immediate(self._conn) as conn:
+        with immediate(self._conn) as conn:
             return conn.execute(f"DELETE FROM {table} WHERE {where_sql}", params).rowcount
 
     def _find(self, kind: str, clauses: str, params: list[Any]) -> list[Doc]:
@@ -263,33 +254,6 @@ class SqliteCatalog(Catalog):
 
     def _count(self, kind: str, where_sql: str, params: list[Any]) -> int:
         return self._conn.execute(f"SELECT count(*) FROM {self._table(kind)} WHERE {where_sql}", params).fetchone()[0]
-
-
-def _enable_wal(conn: sqlite3.Connection) -> None:
-    """Switch the file to WAL (a no-op once it is). The switch needs an exclusive lock that SQLite
-    does not wait for, so processes opening a new file at the same moment retry until the timeout."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.01)
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that holds the write lock from its first statement to COMMIT."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 # -- filters ---------------------------------------------------------------------------------------
