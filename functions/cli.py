@@ -24,6 +24,15 @@ def _settings(args: argparse.Namespace, **extra: Any):
     return Settings(**overrides)
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM: one stop path for everything the command runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 # --- sluice up ---------------------------------------------------------------------------------
 
 async def _up(args: argparse.Namespace, on_ready=None) -> int:
@@ -57,10 +66,7 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
             yield
 
     server = _Server(uvicorn.Config(create_app(platform), host=settings.host, port=settings.port, log_config=None, lifespan="off"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     exit_code = 0
     try:
         await runner.start()
@@ -120,7 +126,7 @@ def _summary(payload: dict[str, Any]) -> str:
 async def _tail(args: argparse.Namespace) -> int:
     from events import codec
     from events.errors import PoisonMessage
-    from infra.bootstrap import _bus  # the bus alone: tail needs no other port
+    from infra.bootstrap import build_bus
     from events.topics import Topics
 
     settings = _settings(args)
@@ -129,12 +135,9 @@ async def _tail(args: argparse.Namespace) -> int:
         return 2
     topics = Topics(settings.topic_prefix)
     names = args.topic or [*topics.lifecycle(), topics.dead_letters]
-    bus = _bus(settings)
+    bus = build_bus(settings)
     await bus.connect()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     seen = 0
     try:
         consumer = await bus.subscribe(names, group_id=f"sluice-tail-{uuid.uuid4().hex[:12]}", from_beginning=args.from_beginning)

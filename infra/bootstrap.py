@@ -105,7 +105,8 @@ class Platform:
         await self.close()
 
 
-def _bus(settings: Settings) -> EventBus:
+def build_bus(settings: Settings) -> EventBus:
+    """The bus alone, for clients that need no other port (`sluice events tail`)."""
     match settings.effective_bus:
         case "kafka":
             from infra.bus.kafka import KafkaBus
@@ -176,7 +177,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Platform:
     bus, store, catalog, vectors, compute, admin_key."""
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    builders = {"bus": _bus, "store": _store, "catalog": _catalog, "vectors": _vectors, "compute": _compute, "admin_key": admin_key}
+    builders = {"bus": build_bus, "store": _store, "catalog": _catalog, "vectors": _vectors, "compute": _compute, "admin_key": admin_key}
     unknown = set(overrides) - set(builders)
     if unknown:
         raise TypeError(f"unknown overrides {sorted(unknown)}; expected some of {sorted(builders)}")
