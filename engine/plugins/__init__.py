@@ -1,0 +1,1 @@
+"""Plugins: loading, running and safely unpacking uploaded plugin archives."""
