@@ -1,0 +1,168 @@
+"""Load a model on first use, once per service instance.
+
+Services are constructed on every Ray worker (and by the dry run that only checks a plugin's
+wiring), so loading weights in `__init__` would cost time and memory where the model is never used.
+`LazyModelMixin` and `lazy_model` defer the load to the first batch or request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from engine.models.device import select_device
+from engine.models.hf import load_hf_model, resolve_class, resolve_dtype
+from events.errors import PermanentError
+
+__all__ = ["LazyModelMixin", "build_model", "lazy_model"]
+
+
+def build_model(
+    model_id: str,
+    model_class: Any = "AutoModel",
+    tokenizer_class: Any = "AutoTokenizer",
+    torch_dtype: Any = None,
+    device: str | None = None,
+) -> tuple[Any, Any]:
+    """`(model, tokenizer)` for `model_id`: rebuilt from `load_hf_model`'s config and state dict
+    (so the weights come from the process cache), in eval mode, on `device` or `select_device()`.
+    The tokenizer is None when `tokenizer_class` is None."""
+    import torch
+    import transformers
+
+    loaded = load_hf_model(model_id, model_class, tokenizer_class, torch_dtype)
+    cls = resolve_class(model_class, "model_class")
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+        model = cls(cls.config_class.from_dict(loaded["config"]))
+    else:  # an Auto class: the config's model_type picks the architecture
+        model = cls.from_config(transformers.AutoConfig.for_model(**loaded["config"]))
+    state_dict = loaded["state_dict"]
+    dtype = resolve_dtype(torch_dtype)
+    if dtype is None or dtype == "auto":  # keep the checkpoint's precision
+        dtype = next((t.dtype for t in state_dict.values() if torch.is_floating_point(t)), None)
+    if dtype is not None:
+        model = model.to(dtype)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise PermanentError(
+            f"model {model_id!r}: the weights do not fit {getattr(cls, '__name__', cls)}: {exc}",
+            details={"model_id": model_id},
+        ) from exc
+    model.eval()
+    model.to(device or select_device())
+    return model, _load_tokenizer(loaded, tokenizer_class)
+
+
+def _load_tokenizer(loaded: dict[str, Any], tokenizer_class: Any) -> Any:
+    if tokenizer_class is None:
+        return None
+    tokenizer_cls = resolve_class(tokenizer_class, "tokenizer_class")
+    return tokenizer_cls.from_pretrained(loaded["tokenizer_config"]["tokenizer_dir"], local_files_only=True)
+
+
+class LazyModelMixin:
+    """Gives a service `get_model()`, which loads `model_id` on its first call.
+
+    Put it first among the bases; its `__init__` passes every argument on to the next class, so the
+    documented form works unchanged::
+
+        class MyEmbedder(LazyModelMixin, BaseBatchInferenceService):
+            model_id = "sentence-transformers/all-MiniLM-L6-v2"
+
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+
+            def _process_batch(self, batch):
+                model, tokenizer = self.get_model()
+                ...
+    """
+
+    model_id: str | None = None
+    model_class: Any = "AutoModel"
+    tokenizer_class: Any = "AutoTokenizer"
+    torch_dtype: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._model = getattr(self, "_model", None)
+        self._tokenizer = getattr(self, "_tokenizer", None)
+        self._model_lock = threading.Lock()
+        mro = type(self).__mro__
+        if mro[mro.index(LazyModelMixin) + 1] is object:
+            # Nothing after us takes arguments: keep the config the way the service bases do
+            # (without clobbering one a base listed before us has already set).
+            if args or "config" in kwargs or not hasattr(self, "config"):
+                self.config = kwargs.pop("config", args[0] if args else None)
+            super().__init__()
+        else:
+            super().__init__(*args, **kwargs)
+
+    def get_model(self) -> tuple[Any, Any]:
+        """`(model, tokenizer)`, loaded on the first call and reused afterwards (thread-safe)."""
+        if getattr(self, "_model", None) is None:
+            lock = self.__dict__.setdefault("_model_lock", threading.Lock())
+            with lock:
+                if getattr(self, "_model", None) is None:
+                    if not self.model_id:
+                        raise PermanentError(
+                            f"{type(self).__name__}.model_id is not set: name the model to load as a class attribute",
+                            details={"service": type(self).__name__},
+                        )
+                    model, tokenizer = build_model(self.model_id, self.model_class, self.tokenizer_class, self.torch_dtype)
+                    self._tokenizer = tokenizer
+                    self._model = model
+        return self._model, getattr(self, "_tokenizer", None)
+
+
+def lazy_model(
+    model_id: str,
+    model_class: Any = "AutoModel",
+    tokenizer_class: Any = "AutoTokenizer",
+    torch_dtype: Any = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a method so that `self._model` and `self._tokenizer` are loaded (when they are None)
+    before its first call. Works on plain and `async` methods; an async method loads in a thread so
+    the event loop keeps serving meanwhile."""
+
+    lock = threading.Lock()
+
+    def missing(self: Any) -> tuple[bool, bool]:
+        no_model = getattr(self, "_model", None) is None
+        no_tokenizer = tokenizer_class is not None and getattr(self, "_tokenizer", None) is None
+        return no_model, no_tokenizer
+
+    def ensure_loaded(self: Any) -> None:
+        if not any(missing(self)):
+            return
+        with lock:
+            no_model, no_tokenizer = missing(self)
+            if no_model:
+                model, tokenizer = build_model(model_id, model_class, tokenizer_class, torch_dtype)
+                self._model = model
+                if no_tokenizer:
+                    self._tokenizer = tokenizer
+            elif no_tokenizer:
+                self._tokenizer = _load_tokenizer(load_hf_model(model_id, model_class, tokenizer_class, torch_dtype), tokenizer_class)
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(method):
+
+            @functools.wraps(method)
+            async def async_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                await asyncio.to_thread(ensure_loaded, self)
+                return await method(self, *args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            ensure_loaded(self)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

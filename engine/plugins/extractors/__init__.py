@@ -1,0 +1,1 @@
+"""Feature extractors: the pipeline SDK plugins build their steps with."""

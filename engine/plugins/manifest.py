@@ -1,0 +1,234 @@
+"""The manifest validator: one for the register function and for `sluice plugin test`.
+
+It reads an imported `manifest.py` and reports every problem as a `Finding` with a rule id and a
+hint. The hosted product silently creates no vectors when a `features` entry uses the wrong keys;
+here each wrong key is an error that names the key and the one that was meant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.payloads import Finding
+
+NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{2,63}$")
+VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+FEATURE_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")
+FEATURE_KEYS = ("feature_type", "feature_name", "embedding_dim", "distance_metric")
+FEATURE_TYPES = ("embedding",)
+DISTANCES = ("cosine", "euclid", "dot")
+MAX_DIM = 65_536
+
+_KEY_SYNONYMS = {
+    "type": "feature_type", "kind": "feature_type", "vector_type": "feature_type",
+    "name": "feature_name", "vector_name": "feature_name", "index_name": "feature_name",
+    "dimensions": "embedding_dim", "dimension": "embedding_dim", "dims": "embedding_dim", "dim": "embedding_dim",
+    "size": "embedding_dim", "vector_size": "embedding_dim", "embedding_size": "embedding_dim",
+    "distance": "distance_metric", "metric": "distance_metric", "similarity": "distance_metric",
+}
+_DISTANCE_SYNONYMS = {
+    "cos": "cosine", "cosine_similarity": "cosine", "euclidean": "euclid", "l2": "euclid",
+    "dot_product": "dot", "ip": "dot", "inner_product": "dot", "manhattan": None,
+}
+
+# rule id -> (severity, hint)
+RULES: dict[str, tuple[str, str]] = {
+    "SLU800": ("error", "Fix the exception shown; the manifest must import with only its declared dependencies."),
+    "SLU801": ("error", "Set metadata = {'feature_extractor_name': ..., 'version': ...} or module-level feature_extractor_name."),
+    "SLU802": ("error", "The upload name and the manifest's feature_extractor_name must be the same."),
+    "SLU803": ("warning", "The uploaded version wins; update metadata['version'] to match to avoid confusion."),
+    "SLU804": ("error", "metadata must be a dict of strings."),
+    "SLU810": ("error", "features must be a list of dicts with feature_type, feature_name, embedding_dim, distance_metric."),
+    "SLU811": ("error", "Use exactly the keys feature_type, feature_name, embedding_dim, distance_metric."),
+    "SLU812": ("error", "Add the missing key; all four are required."),
+    "SLU813": ("error", "feature_type must be 'embedding'."),
+    "SLU814": ("error", "feature_name is the vector index name: letters, digits and _, starting with a letter or _, unique."),
+    "SLU815": ("error", f"embedding_dim must be an integer from 1 to {MAX_DIM}."),
+    "SLU816": ("error", "distance_metric must be one of 'cosine', 'euclid', 'dot'."),
+    "SLU817": ("warning", "No features: the plugin writes documents but no vectors, and cannot be searched by vector."),
+    "SLU820": ("error", "Schemas must be pydantic BaseModel subclasses or dicts."),
+    "SLU821": ("error", "Give every parameter a default; collections override the ones they need."),
+    "SLU822": ("error", "supported_input_types lists some of 'text', 'image', 'video', 'audio', 'pdf'."),
+}
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature_type: str = Field(description="Always `embedding`.")
+    feature_name: str = Field(description="Vector index name, the DataFrame column the plugin fills.")
+    embedding_dim: int = Field(ge=1, le=MAX_DIM, description="Vector length.")
+    distance_metric: str = Field(description="`cosine`, `euclid` or `dot`.")
+
+
+class ManifestSummary(BaseModel):
+    """What the catalog keeps of a manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature_extractor_name: str
+    version: str | None = Field(default=None, description="Version the manifest states (the upload's wins).")
+    description: str | None = None
+    category: str | None = None
+    supported_input_types: list[str] = Field(default_factory=lambda: ["text"])
+    features: list[FeatureSpec] = Field(default_factory=list)
+    input_fields: list[str] = Field(default_factory=list, description="Text fields of input_schema.")
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    parameter_schema: dict[str, Any] | None = None
+    parameter_defaults: dict[str, Any] = Field(default_factory=dict)
+    dependencies: list[str] = Field(default_factory=list)
+
+
+def finding(rule_id: str, message: str, *, file: str = "manifest.py", line: int = 0) -> Finding:
+    severity, hint = RULES[rule_id]
+    return Finding(rule_id=rule_id, severity=severity, file=file, line=line, message=message, hint=hint)
+
+
+def feature_uri(name: str, version: str, feature_name: str) -> str:
+    return f"sluice://{name}@{version}/{feature_name}"
+
+
+def _suggest_key(key: str) -> str | None:
+    lowered = str(key).lower()
+    if lowered in _KEY_SYNONYMS:
+        return _KEY_SYNONYMS[lowered]
+    close = difflib.get_close_matches(lowered, FEATURE_KEYS, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def check_features(features: Any) -> tuple[list[FeatureSpec], list[Finding]]:
+    if features is None:
+        return [], [finding("SLU817", "manifest declares no features")]
+    if not isinstance(features, (list, tuple)):
+        return [], [finding("SLU810", f"features is a {type(features).__name__}, not a list")]
+    specs: list[FeatureSpec] = []
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(features):
+        where = f"features[{i}]"
+        if not isinstance(entry, dict):
+            findings.append(finding("SLU810", f"{where} is a {type(entry).__name__}, not a dict"))
+            continue
+        entry_findings: list[Finding] = []
+        for key in entry:
+            if key not in FEATURE_KEYS:
+                right = _suggest_key(key)
+                meant = f"; use {right!r}" if right else f"; the keys are {', '.join(FEATURE_KEYS)}"
+                entry_findings.append(finding("SLU811", f"{where} has unknown key {key!r}{meant}"))
+        present = set(entry)
+        for key in FEATURE_KEYS:
+            if key not in present:
+                wrong = [k for k in entry if _suggest_key(k) == key]
+                instead = f" (found {wrong[0]!r} instead)" if wrong else ""
+                entry_findings.append(finding("SLU812", f"{where} is missing {key!r}{instead}"))
+        if entry_findings:
+            findings.extend(entry_findings)
+            continue
+        ftype, fname, dim, metric = (entry[k] for k in FEATURE_KEYS)
+        if ftype not in FEATURE_TYPES:
+            entry_findings.append(finding("SLU813", f"{where}.feature_type is {ftype!r}, expected 'embedding'"))
+        if not isinstance(fname, str) or not FEATURE_NAME_RE.match(fname):
+            entry_findings.append(finding("SLU814", f"{where}.feature_name {fname!r} is not a valid index name"))
+        elif fname in seen:
+            entry_findings.append(finding("SLU814", f"{where}.feature_name {fname!r} is declared twice"))
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+            entry_findings.append(finding("SLU815", f"{where}.embedding_dim is {dim!r}"))
+        if metric not in DISTANCES:
+            right = _DISTANCE_SYNONYMS.get(str(metric).lower()) if isinstance(metric, str) else None
+            meant = f"; use {right!r}" if right else ""
+            entry_findings.append(finding("SLU816", f"{where}.distance_metric is {metric!r}{meant}"))
+        if entry_findings:
+            findings.extend(entry_findings)
+            continue
+        seen.add(fname)
+        specs.append(FeatureSpec(feature_type=ftype, feature_name=fname, embedding_dim=dim, distance_metric=metric))
+    if not features:
+        findings.append(finding("SLU817", "features is empty"))
+    return specs, findings
+
+
+def _schema(module: types.ModuleType, attr: str, findings: list[Finding]) -> tuple[Any, dict[str, Any] | None]:
+    from pydantic import BaseModel as PydanticModel
+
+    value = getattr(module, attr, None)
+    if value is None:
+        return None, None
+    if isinstance(value, type) and issubclass(value, PydanticModel):
+        return value, value.model_json_schema()
+    if isinstance(value, dict):
+        return value, value
+    findings.append(finding("SLU820", f"{attr} is a {type(value).__name__}"))
+    return None, None
+
+
+def _text_fields(model: Any) -> list[str]:
+    from pydantic import BaseModel as PydanticModel
+
+    if not (isinstance(model, type) and issubclass(model, PydanticModel)):
+        return []
+    return [name for name, f in model.model_fields.items() if f.annotation in (str, str | None)]
+
+
+def validate_manifest(
+    module: types.ModuleType, *, expected_name: str | None = None, expected_version: str | None = None
+) -> tuple[ManifestSummary | None, list[Finding]]:
+    """Check an imported manifest. The summary is None when an error makes it meaningless."""
+    findings: list[Finding] = []
+    metadata = getattr(module, "metadata", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        findings.append(finding("SLU804", f"metadata is a {type(metadata).__name__}"))
+        metadata = None
+    metadata = metadata or {}
+    name = metadata.get("feature_extractor_name") or metadata.get("name") or getattr(module, "feature_extractor_name", None)
+    version = metadata.get("version") or getattr(module, "version", None)
+    if not isinstance(name, str) or not name:
+        findings.append(finding("SLU801", "no feature_extractor_name in metadata or at module level"))
+        name = expected_name
+    elif expected_name and name != expected_name:
+        findings.append(finding("SLU802", f"manifest names the plugin {name!r} but it was uploaded as {expected_name!r}"))
+    if expected_version and version is not None and str(version) != expected_version:
+        findings.append(finding("SLU803", f"manifest says version {version!r}; registering as {expected_version!r}"))
+
+    specs, feature_findings = check_features(getattr(module, "features", None))
+    findings.extend(feature_findings)
+
+    input_model, input_schema = _schema(module, "input_schema", findings)
+    _, output_schema = _schema(module, "output_schema", findings)
+    parameter_model, parameter_schema = _schema(module, "parameter_schema", findings)
+    defaults: dict[str, Any] = {}
+    if isinstance(parameter_model, type):
+        try:
+            defaults = parameter_model().model_dump(mode="json")
+        except Exception as exc:  # noqa: BLE001 - a pydantic ValidationError names the fields
+            missing = [str(e.get("loc", ("?",))[0]) for e in getattr(exc, "errors", lambda: [])()] or [str(exc)]
+            findings.append(finding("SLU821", f"parameter_schema has required parameters without defaults: {', '.join(missing)}"))
+
+    input_types = getattr(module, "supported_input_types", None) or ["text"]
+    if not isinstance(input_types, (list, tuple)) or not all(t in ("text", "image", "video", "audio", "pdf") for t in input_types):
+        findings.append(finding("SLU822", f"supported_input_types is {input_types!r}"))
+        input_types = ["text"]
+
+    if any(f.severity == "error" for f in findings) or not isinstance(name, str):
+        return None, findings
+    dependencies = getattr(module, "dependencies", None)
+    summary = ManifestSummary(
+        feature_extractor_name=name,
+        version=str(version) if version is not None else None,
+        description=metadata.get("description") or getattr(module, "description", None),
+        category=metadata.get("category"),
+        supported_input_types=list(input_types),
+        features=specs,
+        input_fields=_text_fields(input_model),
+        input_schema=input_schema,
+        output_schema=output_schema,
+        parameter_schema=parameter_schema,
+        parameter_defaults=defaults,
+        dependencies=[str(d) for d in dependencies] if isinstance(dependencies, (list, tuple)) else [],
+    )
+    return summary, findings

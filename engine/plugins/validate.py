@@ -1,0 +1,347 @@
+"""Validate a scanned plugin by running it: import the manifest, check it, build the steps, and run
+them on a two-row sample of each declared input type. The declared vector columns must come out
+with the declared dimension.
+
+This imports and executes plugin code, so it never runs in a handler's process:
+`validate_isolated()` starts `python -m engine.plugins.validate` in a subprocess with a scrubbed
+environment, its own scratch folder as working directory, and a time limit. The same
+`validate_plugin()` serves `sluice plugin test`, which runs it locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from events.payloads import Finding
+from engine.plugins.manifest import ManifestSummary, feature_uri, validate_manifest
+from engine.plugins.manifest import finding as manifest_finding
+
+RULES: dict[str, tuple[str, str]] = {
+    "SLU830": ("error", "pipeline.py must import cleanly; fix the exception shown."),
+    "SLU831": ("error", "Define `def build_steps(extractor_request, container=None, base_steps=None, **kwargs)` in pipeline.py."),
+    "SLU832": ("error", "build_steps raised while building the steps for the default parameters; fix the exception shown."),
+    "SLU833": ("error", "Return {'steps': build_pipeline_steps(pipeline)} from build_steps."),
+    "SLU834": ("error", "build_steps returned no steps: nothing would be extracted."),
+    "SLU840": ("error", "A step raised on the sample rows; fix the exception shown (the traceback points into your code)."),
+    "SLU841": ("error", "Write each declared feature to a DataFrame column named after its feature_name."),
+    "SLU842": ("error", "The vectors must have exactly embedding_dim numbers, as declared in features."),
+    "SLU843": ("error", "Vectors must hold finite numbers (no NaN, inf, None or strings)."),
+    "SLU844": ("error", "A step must return the rows it was given (or more, when it splits them); none came out."),
+    "SLU845": ("warning", "Sluice cannot synthesise a sample of this input type; test the plugin on a real file with `sluice plugin test --file`."),
+    "SLU850": ("error", "realtime.py must import cleanly; fix the exception shown."),
+    "SLU851": ("error", "realtime.py must define a subclass of shared.plugins.inference.serve.BaseInferenceService."),
+    "SLU852": ("error", "`await service({'text': ...}, {})` must return {'embedding': [...]} or a key named after a feature."),
+    "SLU860": ("error", "Validation must finish within the time limit; load models lazily and keep build_steps cheap."),
+    "SLU861": ("error", "The validation process crashed; the output tail is shown."),
+}
+
+
+def finding(rule_id: str, message: str, *, file: str = "pipeline.py", line: int = 0) -> Finding:
+    severity, hint = RULES[rule_id]
+    return Finding(rule_id=rule_id, severity=severity, file=file, line=line, message=message, hint=hint)
+
+
+class DryRun(BaseModel):
+    input_type: str
+    rows_in: int
+    rows_out: int
+    columns: list[str]
+    seconds: float
+
+
+class ValidationReport(BaseModel):
+    passed: bool = Field(description="No error (and, when strict, no warning).")
+    findings: list[Finding] = Field(default_factory=list)
+    manifest: ManifestSummary | None = None
+    feature_uris: list[str] = Field(default_factory=list)
+    has_realtime: bool = False
+    dry_runs: list[DryRun] = Field(default_factory=list)
+
+
+def _where(root: Path, exc: BaseException, default_file: str) -> tuple[str, int, str]:
+    """The innermost frame of the traceback that lies in the plugin: (file, line, text)."""
+    from engine.plugins.loader import relative_file
+
+    file, line = default_file, 0
+    for frame_summary in traceback.extract_tb(exc.__traceback__):
+        rel = relative_file(root, frame_summary.filename)
+        if rel is not None:
+            file, line = rel, frame_summary.lineno or 0
+    if isinstance(exc, SyntaxError) and exc.filename:
+        file, line = relative_file(root, exc.filename) or file, exc.lineno or 0
+    return file, line, f"{type(exc).__name__}: {exc}"
+
+
+def _check_vectors(features: list, out: Any, input_type: str, findings: list[Finding]) -> None:
+    for spec in features:
+        column = spec.feature_name
+        if column not in out.columns:
+            findings.append(finding(
+                "SLU841", f"{input_type} sample: feature {column!r} has no column in the output (columns: {', '.join(map(str, out.columns))})"
+            ))
+            continue
+        for i, value in enumerate(out[column].tolist()):
+            if value is None:
+                continue  # a row the step's condition skipped
+            try:
+                vector = list(value)
+            except TypeError:
+                findings.append(finding("SLU843", f"{input_type} sample row {i}: {column!r} is a {type(value).__name__}"))
+                break
+            if len(vector) != spec.embedding_dim:
+                findings.append(finding(
+                    "SLU842", f"{input_type} sample row {i}: {column!r} has {len(vector)} dimensions, manifest declares {spec.embedding_dim}"
+                ))
+                break
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in map(_number, vector)):
+                findings.append(finding("SLU843", f"{input_type} sample row {i}: {column!r} holds a non-finite or non-numeric value"))
+                break
+        else:
+            if out[column].isna().all():
+                findings.append(finding("SLU841", f"{input_type} sample: feature {column!r} is empty on every row"))
+
+
+def _number(x: Any) -> Any:
+    """numpy scalars count as numbers."""
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+def _realtime_check(realtime: Any, manifest: ManifestSummary, findings: list[Finding], root: Path) -> None:
+    from engine.shared.plugins.inference.serve import BaseInferenceService
+
+    classes = [
+        obj for obj in vars(realtime).values()
+        if isinstance(obj, type) and issubclass(obj, BaseInferenceService) and obj is not BaseInferenceService
+    ]
+    if not classes:
+        findings.append(finding("SLU851", "realtime.py defines no BaseInferenceService subclass", file="realtime.py"))
+        return
+    names = {f.feature_name: f.embedding_dim for f in manifest.features}
+    try:
+        service = classes[0]()
+        result = asyncio.run(service({"text": "query", "texts": ["query"]}, {}))
+    except Exception as exc:  # noqa: BLE001
+        file, line, text = _where(root, exc, "realtime.py")
+        findings.append(finding("SLU852", f"calling {classes[0].__name__} raised {text}", file=file, line=line))
+        return
+    keys = [k for k in ("embedding", *names) if isinstance(result, dict) and k in result]
+    if not keys:
+        got = sorted(result) if isinstance(result, dict) else type(result).__name__
+        findings.append(finding("SLU852", f"{classes[0].__name__} returned {got}", file="realtime.py"))
+        return
+    vector = result[keys[0]]
+    expected = names.get(keys[0]) or (next(iter(names.values())) if len(names) == 1 else None)
+    if expected is not None and hasattr(vector, "__len__") and len(vector) != expected:
+        findings.append(finding(
+            "SLU852", f"{classes[0].__name__} returned a {len(vector)}-dimensional {keys[0]!r}, manifest declares {expected}",
+            file="realtime.py",
+        ))
+
+
+def validate_plugin(
+    root: Path, *, name: str, version: str, namespace: str = "local", plugin_id: str = "dry-run",
+    parameters: dict[str, Any] | None = None, container: Any = None, strict: bool = False,
+    workdir: Path | None = None,
+) -> ValidationReport:
+    """Import, check and dry-run the plugin at `root` in THIS process. Never raises for a plugin's
+    fault: every problem is a finding."""
+    from engine.assets import allow_asset_root
+    from engine.plugins import loader
+    from engine.plugins.extractors.pipeline import PluginContractError, StepFailed, coerce_steps, run_steps
+    from engine.plugins.frame import add_input_aliases, can_sample, sample_frame
+    from engine.plugins.request import ExtractorConfig, ExtractorRequest
+
+    findings: list[Finding] = []
+    report = ValidationReport(passed=False, findings=findings)
+    try:
+        manifest_module = loader.import_module(root, "manifest")
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from plugin code is a finding too
+        file, line, text = _where(root, exc, "manifest.py")
+        findings.append(manifest_finding("SLU800", f"importing manifest.py raised {text}", file=file, line=line))
+        return report
+    manifest, manifest_findings = validate_manifest(manifest_module, expected_name=name, expected_version=version)
+    findings.extend(manifest_findings)
+    if manifest is None:
+        return report
+    report.manifest = manifest
+    report.feature_uris = [feature_uri(name, version, f.feature_name) for f in manifest.features]
+
+    try:
+        pipeline = loader.import_module(root, "pipeline")
+    except BaseException as exc:  # noqa: BLE001
+        file, line, text = _where(root, exc, "pipeline.py")
+        findings.append(finding("SLU830", f"importing pipeline.py raised {text}", file=file, line=line))
+        return report
+    build_steps = getattr(pipeline, "build_steps", None)
+    if not callable(build_steps):
+        findings.append(finding("SLU831", "pipeline.py has no build_steps function"))
+        return report
+    try:
+        inspect.signature(build_steps).bind(None, container=None, base_steps=None)
+    except TypeError as exc:
+        findings.append(finding("SLU831", f"build_steps cannot be called as build_steps(extractor_request, container=..., base_steps=...): {exc}"))
+        return report
+
+    request = ExtractorRequest(
+        namespace=namespace, feature_extractor_id=plugin_id, dry_run=True,
+        extractor_config=ExtractorConfig(
+            feature_extractor_name=name, version=version, parameters={**manifest.parameter_defaults, **(parameters or {})}
+        ),
+    )
+    try:
+        built = build_steps(request, container=container, base_steps=None)
+        steps = coerce_steps(built)
+    except PluginContractError as exc:
+        findings.append(finding("SLU833", str(exc)))
+        return report
+    except BaseException as exc:  # noqa: BLE001
+        file, line, text = _where(root, exc, "pipeline.py")
+        findings.append(finding("SLU832", f"build_steps raised {text}", file=file, line=line))
+        return report
+    if not steps:
+        findings.append(finding("SLU834", "build_steps returned an empty steps list"))
+        return report
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="sluice-dry-run-"))
+    allow_asset_root(workdir)
+    for input_type in manifest.supported_input_types:
+        if not can_sample(input_type):
+            findings.append(finding("SLU845", f"no {input_type} sample: the dry run skipped {input_type} input"))
+            continue
+        batch = add_input_aliases(sample_frame(input_type, workdir / input_type, feature_extractor_id=plugin_id), manifest.input_fields)
+        started = time.perf_counter()
+        try:
+            out = run_steps(steps, batch)
+        except StepFailed as exc:
+            cause = exc.__cause__ or exc
+            file, line, _ = _where(root, cause, "pipeline.py")
+            findings.append(finding("SLU840", f"{input_type} sample: {exc}", file=file, line=line))
+            continue
+        except BaseException as exc:  # noqa: BLE001
+            file, line, text = _where(root, exc, "pipeline.py")
+            findings.append(finding("SLU840", f"{input_type} sample: {text}", file=file, line=line))
+            continue
+        report.dry_runs.append(DryRun(
+            input_type=input_type, rows_in=len(batch), rows_out=len(out), columns=[str(c) for c in out.columns],
+            seconds=round(time.perf_counter() - started, 3),
+        ))
+        if len(out) == 0:
+            findings.append(finding("SLU844", f"{input_type} sample: {len(batch)} rows in, 0 out"))
+            continue
+        _check_vectors(manifest.features, out, input_type, findings)
+
+    if (root / "realtime.py").is_file():
+        report.has_realtime = True
+        try:
+            realtime = loader.import_module(root, "realtime")
+        except BaseException as exc:  # noqa: BLE001
+            file, line, text = _where(root, exc, "realtime.py")
+            findings.append(finding("SLU850", f"importing realtime.py raised {text}", file=file, line=line))
+        else:
+            _realtime_check(realtime, manifest, findings, root)
+    report.passed = not any(f.severity == "error" or strict for f in findings)
+    return report
+
+
+# --- the isolated process -----------------------------------------------------------------------
+
+_KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES", "HF_HOME")
+
+
+def _scrubbed_env(workdir: Path) -> dict[str, str]:
+    """Only what a Python process needs: no SLUICE_* settings, cloud credentials or API keys reach
+    plugin code. Hub downloads are off: weights come from the model registry or a package."""
+    env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
+    env.update(
+        TMPDIR=str(workdir / "tmp"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+        TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+async def validate_isolated(
+    root: Path, *, name: str, version: str, namespace: str, plugin_id: str, timeout_s: float,
+    strict: bool = False, context: dict[str, Any] | None = None,
+) -> ValidationReport:
+    """`validate_plugin` in a fresh subprocess. `context` (secrets sealed for this namespace, and
+    its key) travels on stdin, never in argv or the environment."""
+    workdir = root.parent / f"{root.name}.validate"
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    out_file = workdir / "report.json"
+    args = [
+        sys.executable, "-m", "engine.plugins.validate", str(root), "--name", name, "--version", version,
+        "--namespace", namespace, "--plugin-id", plugin_id, "--out", str(out_file), "--workdir", str(workdir / "samples"),
+    ] + (["--strict"] if strict else [])
+    process = await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=str(workdir), env=_scrubbed_env(workdir), start_new_session=True,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(json.dumps(context or {}).encode()), timeout_s)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return ValidationReport(passed=False, findings=[finding("SLU860", f"validation did not finish within {timeout_s:g} s")])
+    if process.returncode != 0 or not out_file.is_file():
+        tail = output.decode(errors="replace")[-2000:]
+        return ValidationReport(passed=False, findings=[finding("SLU861", f"exit status {process.returncode}: {tail}")])
+    return ValidationReport.model_validate_json(out_file.read_text())
+
+
+def _container(namespace: str, context: dict[str, Any]) -> Any:
+    from engine.llm import LLMService
+    from engine.plugins.container import PluginContainer
+    from engine.secrets import SecretsAccessor
+
+    secrets = SecretsAccessor.from_context(namespace, context.get("secrets") or {})
+    return PluginContainer(namespace=namespace, llm=LLMService(), secrets=secrets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.plugins.validate")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--namespace", default="local")
+    parser.add_argument("--plugin-id", default="dry-run")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--strict", action="store_true")
+    args = parser.parse_args(argv)
+    raw = sys.stdin.read() if not sys.stdin.isatty() else ""
+    context = json.loads(raw) if raw.strip() else {}
+    report = validate_plugin(
+        args.root, name=args.name, version=args.version, namespace=args.namespace, plugin_id=args.plugin_id,
+        container=_container(args.namespace, context), strict=args.strict, workdir=args.workdir,
+    )
+    args.out.write_text(report.model_dump_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
