@@ -43,7 +43,7 @@ def add_input_aliases(batch: pd.DataFrame, input_fields: Iterable[str]) -> pd.Da
     is_text = batch["blob_type"].eq("text") if "blob_type" in batch.columns else pd.Series(True, index=batch.index)
     batch = batch.copy()
     for name in fields:
-        batch[name] = batch["data"].where(is_text, None)
+        batch[name] = pd.Series([d if t else None for d, t in zip(batch["data"], is_text)], index=batch.index, dtype=object)
     return batch
 
 
