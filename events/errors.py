@@ -46,6 +46,12 @@ class InvalidInput(PermanentError):
     error_type = "invalid_input"
 
 
+class TooLarge(PermanentError):
+    """The input exceeds a documented limit (archive size, file count)."""
+
+    error_type = "too_large"
+
+
 class NotFound(SluiceError):
     error_type = "not_found"
 

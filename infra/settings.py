@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; unset: a local Ray.")
     ray_num_cpus: int | None = Field(default=None, description="CPUs for the local Ray (default: all).")
 
+    plugins_bucket: str = Field(default="sluice-plugins", description="Bucket holding plugin archives.")
+    upload_url_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Lifetime of presigned upload URLs.")
+    confirm_wait_s: float = Field(default=60.0, ge=0, le=600, description="How long a confirm waits for scan and register.")
+    plugin_validation_timeout_s: float = Field(default=300.0, gt=0, description="Limit on one plugin's validation and dry run.")
+    secrets_key: SecretStr | None = Field(default=None, description="Master key for namespace secrets; generated into the data dir when unset.")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -77,3 +83,8 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where functions unpack archives; every job gets its own folder and removes it."""
+        return self.data_dir / "scratch"

@@ -173,8 +173,8 @@ def validate_plugin(
     from engine.plugins.frame import add_input_aliases, can_sample, sample_frame
     from engine.plugins.request import ExtractorConfig, ExtractorRequest
 
-    findings: list[Finding] = []
-    report = ValidationReport(passed=False, findings=findings)
+    report = ValidationReport(passed=False)
+    findings = report.findings  # the same list: every append below lands in the report
     try:
         manifest_module = loader.import_module(root, "manifest")
     except BaseException as exc:  # noqa: BLE001 - SystemExit from plugin code is a finding too

@@ -6,15 +6,18 @@ route that names a namespace first checks the caller's key is scoped to it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from events.lifecycle import Health
+from functions.rest import plugins
+from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
-from functions.tenancy import Principal, Tenancy
+from functions.secrets import SecretsStore
+from functions.tenancy import Tenancy
 from infra.bootstrap import Platform
 
 
@@ -43,6 +46,10 @@ class ApiKeyIssued(BaseModel):
     namespace: str = Field(description="The namespace the key is scoped to.")
 
 
+class SecretValue(BaseModel):
+    value: str = Field(description="The secret; stored encrypted and never returned.", max_length=65536)
+
+
 class HealthReport(BaseModel):
     status: str = Field(description="`ok`, `degraded` (some port degraded) or `down` (some port down).")
     ports: dict[str, Health]
@@ -52,23 +59,8 @@ def _tenancy(request: Request) -> Tenancy:
     return request.app.state.tenancy
 
 
-async def authenticated(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
-    token = None
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-    return await _tenancy(request).authenticate(token)
-
-
-async def namespace_scope(namespace: str, principal: Annotated[Principal, Depends(authenticated)]) -> str:
-    """Path parameter `namespace`, checked against the key's scope (403 outside it)."""
-    principal.require(namespace)
-    return namespace
-
-
-Auth = Annotated[Principal, Depends(authenticated)]
-ScopedNamespace = Annotated[str, Depends(namespace_scope)]
+def _secrets(request: Request) -> SecretsStore:
+    return request.app.state.secrets
 
 
 def _routes() -> APIRouter:
@@ -100,6 +92,18 @@ def _routes() -> APIRouter:
         token, record = await _tenancy(request).issue_key(namespace, name=body.name if body else None)
         return {"api_key": token, "key_id": record["key_id"], "namespace": namespace}
 
+    @router.put("/namespaces/{namespace}/secrets/{name}", tags=["secrets"])
+    async def put_secret(namespace: ScopedNamespace, name: str, body: SecretValue, request: Request) -> Any:
+        return await _secrets(request).put(namespace, name, body.value)
+
+    @router.get("/namespaces/{namespace}/secrets", tags=["secrets"])
+    async def list_secrets(namespace: ScopedNamespace, request: Request) -> Any:
+        return {"secrets": await _secrets(request).list(namespace)}
+
+    @router.delete("/namespaces/{namespace}/secrets/{name}", status_code=204, tags=["secrets"])
+    async def delete_secret(namespace: ScopedNamespace, name: str, request: Request) -> None:
+        await _secrets(request).delete(namespace, name)
+
     return router
 
 
@@ -108,8 +112,10 @@ def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(title="Sluice", version="0.1.0", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
     app.state.platform = platform
     app.state.tenancy = Tenancy(platform.catalog, platform.admin_key)
+    app.state.secrets = SecretsStore.from_settings(platform.catalog, platform.settings)
     install_error_handlers(app)
     app.include_router(_routes())
+    app.include_router(plugins.router())
     for router in platform.store.http_routers():
         app.include_router(router)
     return app

@@ -16,6 +16,7 @@ from events.errors import (
     Forbidden,
     NotFound,
     PermanentError,
+    TooLarge,
     SluiceError,
     TransientError,
     Unauthorized,
@@ -29,6 +30,7 @@ _STATUS: list[tuple[type[SluiceError], int]] = [
     (NotFound, 404),
     (AlreadyExists, 409),
     (Conflict, 409),
+    (TooLarge, 413),
     (PermanentError, 422),  # InvalidInput and PoisonMessage included
     (TransientError, 503),
 ]
