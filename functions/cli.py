@@ -232,6 +232,9 @@ def _build_parser() -> argparse.ArgumentParser:
     kc = key.add_parser("create", help="issue a key scoped to a namespace")
     kc.add_argument("namespace")
     kc.add_argument("--name", default=None)
+    from functions.plugin_cli import add_plugin_commands
+
+    add_plugin_commands(sub)
     return parser
 
 
@@ -252,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _call(args, "GET", "/v1/namespaces")
         case "key":
             return _call(args, "POST", f"/v1/namespaces/{args.namespace}/api-keys", json={"name": args.name})
+        case "plugin":
+            from functions.plugin_cli import run_plugin_command
+
+            return run_plugin_command(args)
     return 2
 
 

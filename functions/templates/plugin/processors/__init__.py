@@ -1,0 +1,1 @@
+"""{{name}}: the classes the pipeline's steps run."""
