@@ -1,0 +1,3 @@
+from .core import ClassifierConfig, ImageClassifier
+
+__all__ = ["ClassifierConfig", "ImageClassifier"]
