@@ -42,6 +42,8 @@ RULES: dict[str, tuple[str, str]] = {
     "SLU842": ("error", "The vectors must have exactly embedding_dim numbers, as declared in features."),
     "SLU843": ("error", "Vectors must hold finite numbers (no NaN, inf, None or strings)."),
     "SLU844": ("error", "A step must return the rows it was given (or more, when it splits them); none came out."),
+    "SLU846": ("error", "All-zero vectors have no cosine direction: does the processor swallow an exception and write zeros?"),
+    "SLU847": ("warning", "Every sample vector is all zeros: does the processor swallow an exception and write zeros?"),
     "SLU845": ("warning", "Sluice cannot synthesise a sample of this input type; test the plugin on a real file with `sluice plugin test --file`."),
     "SLU850": ("error", "realtime.py must import cleanly; fix the exception shown."),
     "SLU851": ("error", "realtime.py must define a subclass of shared.plugins.inference.serve.BaseInferenceService."),
@@ -95,6 +97,7 @@ def _check_vectors(features: list, out: Any, input_type: str, findings: list[Fin
                 "SLU841", f"{input_type} sample: feature {column!r} has no column in the output (columns: {', '.join(map(str, out.columns))})"
             ))
             continue
+        seen = zeros = 0
         for i, value in enumerate(out[column].tolist()):
             if value is None:
                 continue  # a row the step's condition skipped
@@ -111,9 +114,16 @@ def _check_vectors(features: list, out: Any, input_type: str, findings: list[Fin
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in map(_number, vector)):
                 findings.append(finding("SLU843", f"{input_type} sample row {i}: {column!r} holds a non-finite or non-numeric value"))
                 break
+            seen += 1
+            zeros += not any(_number(x) for x in vector)
         else:
-            if out[column].isna().all():
+            if seen == 0:
                 findings.append(finding("SLU841", f"{input_type} sample: feature {column!r} is empty on every row"))
+            elif zeros == seen:
+                findings.append(finding(
+                    "SLU846" if spec.distance_metric == "cosine" else "SLU847",
+                    f"{input_type} sample: every {column!r} vector is all zeros",
+                ))
 
 
 def _number(x: Any) -> Any:

@@ -211,3 +211,15 @@ async def test_a_namespace_sees_only_its_own_plugins_archives_and_versions(clien
     # the same name and version register independently in globex
     r = await push(client, "globex", hash_plugin(), "hash_embedder", version="1.0.0", key=globex)
     assert r.status_code == 200 and r.json()["plugin_id"] != plugin_id
+
+
+async def test_a_processor_that_swallows_its_error_and_writes_zeros_is_caught_by_the_dry_run(client):
+    # the hosted guide's image example does exactly this: `except Exception: embeddings.append([0.0] * 512)`
+    hashing = (HASH_EMBEDDER / "processors" / "hashing.py").read_text().replace(
+        '        batch["hash_embedding"] = [self.embed(t) for t in batch["data"].fillna("")]',
+        '        try:\n            raise RuntimeError("model missing")\n        except Exception:\n'
+        '            batch["hash_embedding"] = [[0.0] * self.dim for _ in range(len(batch))]',
+    )
+    r = await push(client, "acme", hash_plugin(**{"processors/hashing.py": hashing}), "hash_embedder")
+    assert r.status_code == 422, r.text
+    assert [e["rule_id"] for e in r.json()["validation_errors"]] == ["SLU846"]
