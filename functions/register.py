@@ -18,7 +18,7 @@ from engine.plugins.validate import validate_isolated
 from events.envelope import AnyEnvelope
 from events.errors import Conflict, NotFound
 from events.payloads import Finding, PluginRegistered, PluginRegistrationFailed, PluginScanned
-from functions.plugin_catalog import FAILED, REGISTERED, UPLOADS, PluginCatalog, archive_key, now, plugin_id_for
+from functions.plugin_catalog import FAILED, HEADS, REGISTERED, UPLOADS, VERSIONS, PluginCatalog, archive_key, now, plugin_id_for
 from functions.scratch import scratch, sha256_file
 from functions.secrets import SecretsStore
 from infra.catalog.base import Catalog
@@ -67,7 +67,7 @@ async def handle(
         try:
             await store.download_file(scanned.archive.bucket, scanned.archive.key, archive)
         except NotFound:
-            existing = await catalog.get("plugin_versions", plugin_id)
+            existing = await catalog.get(VERSIONS, plugin_id)
             if existing is None or existing.get("sha256") != scanned.sha256:
                 return await _fail(event, plugins, scanned, [_problem(
                     "SLU870", "the uploaded archive no longer exists", "Upload the archive again and confirm the new upload.")])
@@ -109,7 +109,7 @@ async def handle(
         else:
             record, created = existing, False
 
-    head = await catalog.get("plugins", f"{namespace}/{name}")
+    head = await catalog.get(HEADS, f"{namespace}/{name}")
     activated_before = head is not None and any(h["plugin_id"] == plugin_id for h in head.get("history", []))
     if created or not activated_before:
         await plugins.activate(namespace, name, plugin_id, reason="registered")

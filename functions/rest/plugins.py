@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import io
+import shutil
 import tempfile
 import time
 import zipfile
@@ -26,7 +27,7 @@ from events.envelope import make
 from events.errors import Conflict, InvalidInput, TooLarge
 from events.payloads import Finding, ObjectRef, PluginUploadConfirmed
 from functions.rest.deps import ScopedNamespace
-from functions.plugin_catalog import AWAITING_UPLOAD, CONFIRMED, FAILED, REGISTERED, TERMINAL, PluginCatalog, now
+from functions.plugin_catalog import AWAITING_UPLOAD, CONFIRMED, FAILED, REGISTERED, TERMINAL, VERSIONS, PluginCatalog, now
 from functions.runner import publish
 from infra.bootstrap import Platform
 
@@ -194,7 +195,7 @@ def router() -> APIRouter:
         head = await plugins.head(namespace, name)
         previous = head.get("active_plugin_id")
         await plugins.activate(namespace, name, target["plugin_id"], reason=f"rollback to {body.version}")
-        prev_version = (await plugins.catalog.get("plugin_versions", previous) or {}).get("version") if previous else None
+        prev_version = (await plugins.catalog.get(VERSIONS, previous) or {}).get("version") if previous else None
         return {"plugin_name": name, "active_version": target["version"], "plugin_id": target["plugin_id"], "previous_version": prev_version}
 
     @api.get("/by-name/{name}/diff")
@@ -227,8 +228,6 @@ def router() -> APIRouter:
         tmp = Path(tempfile.mkdtemp(prefix="sluice-source-"))
         path = tmp / f"{record['plugin_name']}-{record['version']}.zip"
         await _platform(request).store.download_file(record["archive"]["bucket"], record["archive"]["key"], path)
-        import shutil
-
         return FileResponse(path, media_type="application/zip", filename=path.name,
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
