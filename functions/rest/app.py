@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from events.lifecycle import Health
-from functions.rest import plugins
+from functions.rest import collections, plugins
 from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
 from functions.secrets import SecretsStore
@@ -116,6 +116,7 @@ def create_app(platform: Platform) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_routes())
     app.include_router(plugins.router())
+    app.include_router(collections.router())
     for router in platform.store.http_routers():
         app.include_router(router)
     return app

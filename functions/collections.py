@@ -1,0 +1,155 @@
+"""Collections: a bucket (and prefix) bound to one plugin version, with that version's vector index.
+
+The vector index is created with the collection, named after it, with one named vector per
+feature the plugin version declares — so each collection carries its own schema and a new plugin
+version never forces a destructive reconfigure of anything shared. A bucket belongs to one
+namespace: the first collection over it binds it, and no other tenant can attach to it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from functions.plugin_catalog import PluginCatalog
+from infra.catalog.base import Catalog
+from infra.vectors.base import VectorIndex, VectorSpec
+
+COLLECTIONS = "collections"
+COLLECTION_NAMES = "collection_names"
+BUCKET_BINDINGS = "bucket_bindings"
+DOCUMENTS = "documents"
+
+COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def index_name(namespace: str, collection_id: str) -> str:
+    """The vector-index collection of one Sluice collection (namespace first: tenants never share)."""
+    return f"sluice_{namespace}_{collection_id}".replace("-", "_")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def check_parameters(parameters: dict[str, Any], schema: dict[str, Any] | None, plugin: str) -> None:
+    """Unknown parameter names are refused, naming the closest known one. Values are checked by
+    the plugin's own pydantic schema when its steps are built."""
+    known = sorted(((schema or {}).get("properties") or {}).keys())
+    for key in parameters:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known) or 'none'}"
+            raise InvalidInput(
+                f"plugin {plugin!r} has no parameter {key!r}{hint}", details={"field": f"parameters.{key}", "known": known}
+            )
+
+
+class Collections:
+    def __init__(self, catalog: Catalog, vectors: VectorIndex) -> None:
+        self.catalog = catalog
+        self.vectors = vectors
+
+    async def create(
+        self, namespace: str, *, name: str, bucket: str, prefix: str, extractor: str, version: str | None,
+        parameters: dict[str, Any], description: str | None = None,
+    ) -> dict:
+        if not COLLECTION_NAME_RE.match(name or ""):
+            raise InvalidInput(
+                f"invalid collection name {name!r}: 1-63 letters, digits, '_' or '-', starting with a letter",
+                details={"field": "collection_name"},
+            )
+        if not BUCKET_RE.match(bucket or ""):
+            raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "source.bucket"})
+        plugin = await PluginCatalog(self.catalog).version_by_name(namespace, extractor, version)
+        manifest = plugin.get("manifest") or {}
+        check_parameters(parameters, manifest.get("parameter_schema"), extractor)
+        await self._bind_bucket(namespace, bucket)
+
+        collection_id = "col_" + secrets.token_hex(10)
+        try:
+            await self.catalog.insert(COLLECTION_NAMES, f"{namespace}/{name}", {"namespace": namespace, "collection_id": collection_id})
+        except AlreadyExists as exc:
+            raise Conflict(f"collection {name!r} already exists in namespace {namespace!r}", details={"collection_name": name}) from exc
+
+        features = manifest.get("features") or []
+        vector_indexes = [
+            {
+                "name": f["feature_name"], "dimensions": f["embedding_dim"], "distance": f["distance_metric"],
+                "feature_uri": f"sluice://{plugin['plugin_name']}@{plugin['version']}/{f['feature_name']}",
+            }
+            for f in features
+        ]
+        index = index_name(namespace, collection_id)
+        try:
+            if vector_indexes:
+                await self.vectors.create_collection(
+                    index, {v["name"]: VectorSpec(size=v["dimensions"], distance=v["distance"]) for v in vector_indexes}
+                )
+            record = {
+                "collection_id": collection_id, "namespace": namespace, "collection_name": name, "description": description,
+                "source": {"bucket": bucket, "prefix": prefix},
+                "feature_extractor": {
+                    "feature_extractor_name": plugin["plugin_name"], "version": plugin["version"], "plugin_id": plugin["plugin_id"],
+                    "parameters": {**(manifest.get("parameter_defaults") or {}), **parameters},
+                },
+                "vector_indexes": vector_indexes, "index_name": index if vector_indexes else None,
+                "warnings": [] if vector_indexes else [
+                    f"plugin {extractor!r} {plugin['version']} declares no features: documents only, no vectors"],
+                "created_at": _now(),
+            }
+            return await self.catalog.insert(COLLECTIONS, collection_id, record)
+        except BaseException:
+            await self.catalog.delete(COLLECTION_NAMES, f"{namespace}/{name}")
+            if vector_indexes:
+                await self.vectors.delete_collection(index)
+            raise
+
+    async def _bind_bucket(self, namespace: str, bucket: str) -> None:
+        binding = await self.catalog.get(BUCKET_BINDINGS, bucket)
+        if binding is None:
+            try:
+                await self.catalog.insert(BUCKET_BINDINGS, bucket, {"bucket": bucket, "namespace": namespace, "bound_at": _now()})
+                return
+            except AlreadyExists:  # lost a race: read who won
+                binding = await self.catalog.get(BUCKET_BINDINGS, bucket)
+        if binding is None or binding["namespace"] != namespace:
+            raise Conflict(f"bucket {bucket!r} belongs to another namespace", details={"bucket": bucket})
+
+    async def get(self, namespace: str, collection_id: str) -> dict:
+        record = await self.catalog.get(COLLECTIONS, collection_id)
+        if record is None or record.get("namespace") != namespace:
+            raise NotFound(f"collection {collection_id!r} does not exist in namespace {namespace!r}", details={"collection_id": collection_id})
+        return record
+
+    async def list(self, namespace: str) -> list[dict]:
+        return await self.catalog.find(COLLECTIONS, {"namespace": namespace}, order_by="collection_name")
+
+    async def for_object(self, bucket: str, key: str) -> list[dict]:
+        """Collections whose source matches an object (bucket, and key under the prefix)."""
+        return [c for c in await self.catalog.find(COLLECTIONS, {"source.bucket": bucket}) if key.startswith(c["source"]["prefix"])]
+
+    async def with_counts(self, record: dict) -> dict:
+        """The record plus `document_count` and each index's `vector_count`, as the stores report them."""
+        documents = await self.catalog.count(DOCUMENTS, {"collection_id": record["collection_id"]})
+        indexes = []
+        for v in record["vector_indexes"]:
+            count = await self.vectors.count(record["index_name"]) if record.get("index_name") else 0
+            indexes.append({**v, "vector_count": count})
+        return {**record, "document_count": documents, "vector_indexes": indexes}
+
+    async def delete(self, namespace: str, collection_id: str) -> dict:
+        record = await self.get(namespace, collection_id)
+        if record.get("index_name"):
+            await self.vectors.delete_collection(record["index_name"])
+        documents = await self.catalog.delete_many(DOCUMENTS, {"collection_id": collection_id})
+        await self.catalog.delete(COLLECTIONS, collection_id)
+        await self.catalog.delete(COLLECTION_NAMES, f"{namespace}/{record['collection_name']}")
+        if not await self.catalog.count(COLLECTIONS, {"source.bucket": record["source"]["bucket"]}):
+            await self.catalog.delete(BUCKET_BINDINGS, record["source"]["bucket"])
+        return {"deleted": True, "collection_id": collection_id, "documents_deleted": documents}

@@ -1,0 +1,72 @@
+"""Collection routes: create (with its vector index), list, get with counts, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from functions.collections import Collections
+from functions.rest.deps import ScopedNamespace
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(description="Bucket whose objects this collection ingests.", examples=["docs"])
+    prefix: str = Field(default="", description="Only keys under this prefix.", examples=["reports/"])
+
+
+class ExtractorChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature_extractor_name: str = Field(description="Plugin name.", examples=["my_extractor"])
+    version: str | None = Field(default=None, description="Plugin version; omitted: the active one, pinned now.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Plugin parameters (defaults fill the rest).")
+
+
+class CreateCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collection_name: str = Field(description="Unique in the namespace.", examples=["reports"])
+    description: str | None = None
+    source: Source
+    feature_extractor: ExtractorChoice
+
+
+def _collections(request: Request) -> Collections:
+    platform = request.app.state.platform
+    return Collections(platform.catalog, platform.vectors)
+
+
+def _public(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("id", "index_name")}
+
+
+def router() -> APIRouter:
+    api = APIRouter(prefix="/v1/namespaces/{namespace}/collections", tags=["collections"])
+
+    @api.post("", status_code=201)
+    async def create(namespace: ScopedNamespace, body: CreateCollection, request: Request) -> Any:
+        record = await _collections(request).create(
+            namespace, name=body.collection_name, bucket=body.source.bucket, prefix=body.source.prefix,
+            extractor=body.feature_extractor.feature_extractor_name, version=body.feature_extractor.version,
+            parameters=body.feature_extractor.parameters, description=body.description,
+        )
+        return _public(record)
+
+    @api.get("")
+    async def list_collections(namespace: ScopedNamespace, request: Request) -> Any:
+        return {"collections": [_public(r) for r in await _collections(request).list(namespace)]}
+
+    @api.get("/{collection_id}")
+    async def get(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:
+        collections = _collections(request)
+        return _public(await collections.with_counts(await collections.get(namespace, collection_id)))
+
+    @api.delete("/{collection_id}")
+    async def delete(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:
+        return await _collections(request).delete(namespace, collection_id)
+
+    return api

@@ -1,0 +1,72 @@
+"""Collections through REST: the vector index comes from the plugin version's manifest, one per
+collection; buckets belong to one namespace; counts come from the stores."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.plugins import HASH_EMBEDDER
+from tests.integration.test_plugins_rest import ADMIN, auth, client, hash_plugin, key_for, push  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.integration
+
+
+def body(name: str = "reports", bucket: str = "docs", version: str | None = None, **parameters) -> dict:
+    return {
+        "collection_name": name, "source": {"bucket": bucket, "prefix": "reports/"},
+        "feature_extractor": {"feature_extractor_name": "hash_embedder", "version": version, "parameters": parameters},
+    }
+
+
+async def test_a_collection_gets_its_vector_index_from_the_plugin_manifest(client):
+    assert (await push(client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")).status_code == 200
+    r = await client.post("/v1/namespaces/acme/collections", json=body(), headers=auth(ADMIN))
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["vector_indexes"] == [
+        {"name": "hash_embedding", "dimensions": 32, "distance": "cosine", "feature_uri": "sluice://hash_embedder@1.0.0/hash_embedding"}
+    ]
+    assert created["feature_extractor"]["version"] == "1.0.0" and created["feature_extractor"]["parameters"] == {"dim": 32}
+    got = (await client.get(f"/v1/namespaces/acme/collections/{created['collection_id']}", headers=auth(ADMIN))).json()
+    assert got["document_count"] == 0 and got["vector_indexes"][0]["vector_count"] == 0
+
+
+async def test_the_active_version_is_pinned_and_a_new_version_gets_its_own_index(client):
+    await push(client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    first = (await client.post("/v1/namespaces/acme/collections", json=body("a"), headers=auth(ADMIN))).json()
+    manifest = (HASH_EMBEDDER / "manifest.py").read_text().replace('"embedding_dim": 32', '"embedding_dim": 16').replace(
+        "default=32", "default=16")
+    assert (await push(client, "acme", hash_plugin(**{"manifest.py": manifest}), "hash_embedder", version="2.0.0")).status_code == 200
+    second = (await client.post("/v1/namespaces/acme/collections", json=body("b"), headers=auth(ADMIN))).json()
+    assert first["feature_extractor"]["version"] == "1.0.0" and second["feature_extractor"]["version"] == "2.0.0"
+    assert [v["dimensions"] for v in (first["vector_indexes"] + second["vector_indexes"])] == [32, 16]
+    again = (await client.get(f"/v1/namespaces/acme/collections/{first['collection_id']}", headers=auth(ADMIN))).json()
+    assert again["vector_indexes"][0]["dimensions"] == 32  # untouched by the new version
+
+
+async def test_unknown_parameters_and_plugins_are_refused_by_name(client):
+    await push(client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    r = await client.post("/v1/namespaces/acme/collections", json=body(dims=8), headers=auth(ADMIN))
+    assert r.status_code == 422 and "no parameter 'dims'; did you mean 'dim'?" in r.json()["error"]["message"]
+    r = await client.post("/v1/namespaces/acme/collections", json={**body(), "feature_extractor": {"feature_extractor_name": "nope"}},
+                          headers=auth(ADMIN))
+    assert r.status_code == 404
+
+
+async def test_a_bucket_belongs_to_one_namespace_and_names_are_unique(client):
+    acme, globex = await key_for(client, "acme"), await key_for(client, "globex")
+    await push(client, "acme", hash_plugin(), "hash_embedder", version="1.0.0", key=acme)
+    await push(client, "globex", hash_plugin(), "hash_embedder", version="1.0.0", key=globex)
+    created = await client.post("/v1/namespaces/acme/collections", json=body(), headers=auth(acme))
+    assert created.status_code == 201
+    assert (await client.post("/v1/namespaces/acme/collections", json=body(), headers=auth(acme))).status_code == 409
+    r = await client.post("/v1/namespaces/globex/collections", json=body(bucket="docs"), headers=auth(globex))
+    assert r.status_code == 409 and "belongs to another namespace" in r.json()["error"]["message"]
+    collection_id = created.json()["collection_id"]
+    assert (await client.get(f"/v1/namespaces/globex/collections/{collection_id}", headers=auth(globex))).status_code == 404
+    assert (await client.get("/v1/namespaces/globex/collections", headers=auth(globex))).json()["collections"] == []
+    # deleting the last collection over a bucket releases it
+    assert (await client.delete(f"/v1/namespaces/acme/collections/{collection_id}", headers=auth(acme))).status_code == 200
+    assert (await client.post("/v1/namespaces/globex/collections", json=body(), headers=auth(globex))).status_code == 201
+
+
