@@ -166,6 +166,15 @@ class ObjectCreated(_Payload):
         return f"{self.bucket}/{self.key}@{marker}"
 
 
+class BucketNotification(_Payload):
+    """A raw S3 / MinIO notification as read from its topic: never published, only decoded there
+    (`events.s3.decode_notification`), so the notifications function can map each object to its
+    namespace."""
+
+    type: Literal["BucketNotification"] = "BucketNotification"
+    objects: list[ObjectCreated] = Field(default_factory=list, description="Every object-created record.")
+
+
 class IngestFailure(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -222,6 +231,7 @@ Payload = Annotated[
     | ModelRejected
     | ModelDeployed
     | ObjectCreated
+    | BucketNotification
     | IngestStarted
     | IngestProgress
     | IngestCompleted
@@ -234,6 +244,6 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     for cls in (
         PluginUploadConfirmed, PluginScanned, PluginRegistered, PluginRegistrationFailed, DeployPlugin,
         PluginDeploymentChanged, ModelUploadConfirmed, ModelRegistered, ModelRejected, ModelDeployed,
-        ObjectCreated, IngestStarted, IngestProgress, IngestCompleted, IngestFailed,
+        ObjectCreated, BucketNotification, IngestStarted, IngestProgress, IngestCompleted, IngestFailed,
     )
 }

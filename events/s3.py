@@ -8,13 +8,15 @@ notification can be recognised.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from events.envelope import AnyEnvelope, Envelope
 from events.errors import PoisonMessage
-from events.payloads import ObjectCreated
+from events.payloads import BucketNotification, ObjectCreated, Payload
 
 _CREATED = "ObjectCreated:"
 
@@ -83,3 +85,10 @@ def parse_bucket_notification(data: bytes | str | dict[str, Any]) -> list[Object
         except (ValueError, TypeError) as exc:
             raise PoisonMessage(f"{where}: {exc}", details={"record": index}) from exc
     return created
+
+
+def decode_notification(value: bytes) -> AnyEnvelope:
+    """A notification's bytes as an envelope for the runner. The event id is the digest of the
+    bytes, so a redelivered notification gets the same id — and the events derived from it too."""
+    objects = parse_bucket_notification(value)
+    return Envelope[Payload](event_id=hashlib.sha256(value).hexdigest()[:32], payload=BucketNotification(objects=objects))

@@ -22,6 +22,9 @@ _ROUTES: dict[str, str] = {
     "IngestCompleted": "ingest",
     "IngestFailed": "ingest",
 }
+_RAW_ROUTES: dict[str, str] = {
+    "BucketNotification": "s3-notifications",  # the stores' own JSON, decoded by events.s3.decode_notification
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Topics:
 
     def for_type(self, event_type: str) -> str:
         try:
-            return f"{self.prefix}.{_ROUTES[event_type]}"
+            return f"{self.prefix}.{_ROUTES.get(event_type) or _RAW_ROUTES[event_type]}"
         except KeyError:
             raise KeyError(f"no topic for event type {event_type!r}") from None
 
