@@ -69,7 +69,7 @@ class Collections:
         plugin = await PluginCatalog(self.catalog).version_by_name(namespace, extractor, version)
         manifest = plugin.get("manifest") or {}
         check_parameters(parameters, manifest.get("parameter_schema"), extractor)
-        await self._bind_bucket(namespace, bucket)
+        await self.bind_bucket(namespace, bucket)
 
         collection_id = "col_" + secrets.token_hex(10)
         try:
@@ -110,7 +110,8 @@ class Collections:
                 await self.vectors.delete_collection(index)
             raise
 
-    async def _bind_bucket(self, namespace: str, bucket: str) -> None:
+    async def bind_bucket(self, namespace: str, bucket: str) -> None:
+        """Claim `bucket` for `namespace` (idempotent); Conflict when another namespace holds it."""
         binding = await self.catalog.get(BUCKET_BINDINGS, bucket)
         if binding is None:
             try:

@@ -70,3 +70,33 @@ async def test_a_bucket_belongs_to_one_namespace_and_names_are_unique(client):
     assert (await client.post("/v1/namespaces/globex/collections", json=body(), headers=auth(globex))).status_code == 201
 
 
+
+
+async def test_an_object_upload_confirmed_once_publishes_one_object_created(client):
+    from events import decode
+
+    platform = client._transport.app.state.platform
+    consumer = await platform.bus.subscribe([platform.topics.objects], group_id="objects-test", from_beginning=True)
+    try:
+        r = await client.post("/v1/namespaces/acme/buckets/docs/uploads", json={"key": "reports/q1.txt", "content_type": "text/plain"},
+                              headers=auth(ADMIN))
+        assert r.status_code == 201, r.text
+        ticket = r.json()
+        early = await client.post(ticket["confirm_url"], headers=auth(ADMIN))
+        assert early.status_code == 409
+        put = await client.put(ticket["presigned_url"], content=b"quarterly numbers", headers=ticket["upload_headers"])
+        assert put.status_code in (200, 204), put.text
+        for _ in range(2):
+            r = await client.post(ticket["confirm_url"], headers=auth(ADMIN))
+            assert r.status_code == 200 and r.json()["object"]["size"] == 17
+        messages = await consumer.fetch(timeout_s=1.0)
+    finally:
+        await consumer.close()
+    [event] = [decode(m.value) for m in messages]
+    assert event.namespace == "acme" and event.payload.key == "reports/q1.txt" and event.payload.source == "upload"
+    # the bucket is now acme's
+    globex = await key_for(client, "globex")
+    r = await client.post("/v1/namespaces/globex/buckets/docs/uploads", json={"key": "x.txt"}, headers=auth(globex))
+    assert r.status_code == 409
+    r = await client.post("/v1/namespaces/acme/buckets/docs/uploads", json={"key": "../x.txt"}, headers=auth(ADMIN))
+    assert r.status_code == 422

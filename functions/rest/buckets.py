@@ -1,0 +1,90 @@
+"""Object uploads into a namespace's bucket: presigned PUT, then confirm → `ObjectCreated`.
+
+A bucket belongs to one namespace (`functions.collections.BUCKET_BINDINGS`): the first upload or
+collection binds it; another namespace gets 409. Confirm publishes `ObjectCreated` once; the ingest
+function takes it from there.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.envelope import make
+from events.errors import Conflict, InvalidInput, NotFound
+from events.payloads import ObjectCreated
+from functions.collections import BUCKET_RE, Collections
+from functions.rest.deps import ScopedNamespace
+from functions.runner import publish
+
+OBJECT_UPLOADS = "object_uploads"
+
+
+class ObjectUploadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(description="Object key in the bucket.", examples=["reports/q1.txt"], min_length=1, max_length=1024)
+    content_type: str | None = Field(default=None, description="MIME type; the PUT must send it.", examples=["text/plain"])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _check_key(key: str) -> None:
+    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")) or "\x00" in key:
+        raise InvalidInput(f"invalid object key {key!r}: no leading '/', empty, '.' or '..' parts", details={"field": "key"})
+
+
+def router() -> APIRouter:
+    api = APIRouter(prefix="/v1/namespaces/{namespace}/buckets/{bucket}/uploads", tags=["objects"])
+
+    @api.post("", status_code=201)
+    async def request_upload(namespace: ScopedNamespace, bucket: str, body: ObjectUploadRequest, request: Request) -> Any:
+        platform = request.app.state.platform
+        if not BUCKET_RE.match(bucket):
+            raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "bucket"})
+        _check_key(body.key)
+        await Collections(platform.catalog, platform.vectors).bind_bucket(namespace, bucket)
+        await platform.store.ensure_bucket(bucket)
+        expires = platform.settings.upload_url_expires_s
+        upload_id = "obj_" + secrets.token_hex(12)
+        await platform.catalog.insert(OBJECT_UPLOADS, upload_id, {
+            "upload_id": upload_id, "namespace": namespace, "bucket": bucket, "key": body.key,
+            "content_type": body.content_type, "status": "AWAITING_UPLOAD", "created_at": _now(),
+        })
+        url = await platform.store.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type)
+        base = str(request.base_url).rstrip("/")
+        return {
+            "upload_id": upload_id, "presigned_url": url, "expires_in": expires,
+            "upload_headers": {"Content-Type": body.content_type} if body.content_type else {},
+            "confirm_url": f"{base}/v1/namespaces/{namespace}/buckets/{bucket}/uploads/{upload_id}/confirm",
+        }
+
+    @api.post("/{upload_id}/confirm")
+    async def confirm(namespace: ScopedNamespace, bucket: str, upload_id: str, request: Request) -> Any:
+        platform = request.app.state.platform
+        upload = await platform.catalog.get(OBJECT_UPLOADS, upload_id)
+        if upload is None or upload["namespace"] != namespace or upload["bucket"] != bucket:
+            raise NotFound(f"upload {upload_id!r} does not exist in bucket {bucket!r} of namespace {namespace!r}")
+        info = await platform.store.head(bucket, upload["key"])
+        if info is None:
+            raise Conflict(f"nothing was uploaded for {upload_id} yet: PUT the object to the presigned URL first",
+                           details={"upload_id": upload_id})
+        obj = ObjectCreated(
+            bucket=bucket, key=upload["key"], size=info.size, etag=info.etag, version_id=info.version_id,
+            content_type=info.content_type or upload.get("content_type"), event_time=info.last_modified, source="upload",
+        )
+        changed = await platform.catalog.update(
+            OBJECT_UPLOADS, upload_id, {"status": "CONFIRMED", "confirmed_at": _now(), "size": info.size},
+            expect={"status": "AWAITING_UPLOAD"},
+        )
+        if changed is not None:  # a second confirm publishes nothing new
+            await publish(platform.bus, platform.topics, make(obj, namespace=namespace))
+        return {"upload_id": upload_id, "status": "CONFIRMED", "object": obj.model_dump(mode="json")}
+
+    return api
