@@ -39,6 +39,7 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
     """Run until Ctrl-C (or until `on_ready(settings)` returns, when given: the demo)."""
     import uvicorn
 
+    from functions.dropfolder import DropFolder
     from functions.idempotency import IdempotencyStore
     from functions.rest.app import create_app
     from functions.runner import Runner
@@ -68,8 +69,12 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
     server = _Server(uvicorn.Config(create_app(platform), host=settings.host, port=settings.port, log_config=None, lifespan="off"))
     stop = _stop_on_signals()
     exit_code = 0
+    dropping: asyncio.Task | None = None
     try:
         await runner.start()
+        dropping = asyncio.create_task(DropFolder(
+            settings.data_dir / "drop", platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics,
+        ).run(stop))
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
@@ -77,6 +82,7 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
             serving.result()
             return 1  # bind failure: uvicorn already logged it
         print(f"sluice: serving {settings.effective_public_url}/v1 (health: /v1/health); Ctrl-C stops", flush=True)
+        print(f"sluice: drop files into {settings.data_dir.resolve() / 'drop'}/<namespace>/<bucket>/", flush=True)
         if on_ready is not None:
             ready = asyncio.create_task(on_ready(settings, platform))
             await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -89,6 +95,9 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
         server.should_exit = True
         await serving
     finally:
+        stop.set()
+        if dropping is not None:
+            await dropping
         await runner.stop()
         await platform.close()
     print("sluice: stopped", flush=True)
