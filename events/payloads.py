@@ -160,10 +160,15 @@ class ObjectCreated(_Payload):
     source: Literal["s3", "minio", "upload", "drop", "cli"] = Field(description="How Sluice learned of it.")
 
     @property
+    def version_marker(self) -> str:
+        """What tells this version of the object from another: version id, else etag, else
+        sequencer, else size."""
+        return self.version_id or self.etag or self.sequencer or str(self.size)
+
+    @property
     def dedup_key(self) -> str:
         """Same object version ⇒ same key: redelivered notifications collapse to one."""
-        marker = self.version_id or self.etag or self.sequencer or str(self.size)
-        return f"{self.bucket}/{self.key}@{marker}"
+        return f"{self.bucket}/{self.key}@{self.version_marker}"
 
 
 class BucketNotification(_Payload):

@@ -15,14 +15,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
-from functions.plugin_catalog import PluginCatalog
+from functions.builtins import version_or_builtin
 from infra.catalog.base import Catalog
+from infra.objectstore.base import ObjectStore
 from infra.vectors.base import VectorIndex, VectorSpec
 
 COLLECTIONS = "collections"
 COLLECTION_NAMES = "collection_names"
 BUCKET_BINDINGS = "bucket_bindings"
 DOCUMENTS = "documents"
+INGEST_QUEUE = "ingest_queue"
+INGESTED = "ingested_objects"
 
 COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -51,9 +54,12 @@ def check_parameters(parameters: dict[str, Any], schema: dict[str, Any] | None, 
 
 
 class Collections:
-    def __init__(self, catalog: Catalog, vectors: VectorIndex) -> None:
+    def __init__(self, catalog: Catalog, vectors: VectorIndex, store: ObjectStore | None = None,
+                 plugins_bucket: str = "sluice-plugins") -> None:
         self.catalog = catalog
         self.vectors = vectors
+        self.store = store  # where a builtin plugin's archive goes when a collection installs it
+        self.plugins_bucket = plugins_bucket
 
     async def create(
         self, namespace: str, *, name: str, bucket: str, prefix: str, extractor: str, version: str | None,
@@ -66,7 +72,7 @@ class Collections:
             )
         if not BUCKET_RE.match(bucket or ""):
             raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "source.bucket"})
-        plugin = await PluginCatalog(self.catalog).version_by_name(namespace, extractor, version)
+        plugin = await version_or_builtin(self.catalog, self.store, self.plugins_bucket, namespace, extractor, version)
         manifest = plugin.get("manifest") or {}
         check_parameters(parameters, manifest.get("parameter_schema"), extractor)
         await self.bind_bucket(namespace, bucket)
@@ -149,6 +155,8 @@ class Collections:
         if record.get("index_name"):
             await self.vectors.delete_collection(record["index_name"])
         documents = await self.catalog.delete_many(DOCUMENTS, {"collection_id": collection_id})
+        await self.catalog.delete_many(INGEST_QUEUE, {"collection_id": collection_id})
+        await self.catalog.delete_many(INGESTED, {"collection_id": collection_id})
         await self.catalog.delete(COLLECTIONS, collection_id)
         await self.catalog.delete(COLLECTION_NAMES, f"{namespace}/{record['collection_name']}")
         if not await self.catalog.count(COLLECTIONS, {"source.bucket": record["source"]["bucket"]}):

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     upload_url_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Lifetime of presigned upload URLs.")
     confirm_wait_s: float = Field(default=60.0, ge=0, le=600, description="How long a confirm waits for scan and register.")
     plugin_validation_timeout_s: float = Field(default=300.0, gt=0, description="Limit on one plugin's validation and dry run.")
+    ingest_max_delay_s: float = Field(default=2.0, ge=0, le=3600, description="How long a burst of drops may wait to join one job.")
+    ingest_max_objects: int = Field(default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once.")
+    ingest_max_jobs: int = Field(default=1, ge=1, description="Ingest jobs running at once in this process.")
+    ingest_max_inline_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest text object passed inline in `data`.")
+    require_gpu: bool = Field(default=False, description="Fail jobs whose GPU steps the cluster cannot place, instead of running them on CPU.")
     secrets_key: SecretStr | None = Field(default=None, description="Master key for namespace secrets; generated into the data dir when unset.")
 
     @classmethod

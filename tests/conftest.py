@@ -4,4 +4,5 @@ session on free loopback ports; a missing server is a failure, never a skip."""
 pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.s3",
+    "tests.fixtures.ray",
 ]

@@ -517,3 +517,20 @@ def _extract_open(fp, name: str, dest: Path, limits: ArchiveLimits) -> Extracted
         raise ArchiveRejected([_finding("SLU961", current, f"{type(exc).__name__}: {exc}")]) from exc
     files = sorted("/".join(parts[len(top):]) for parts, is_dir in entries if not is_dir)
     return ExtractedPlugin(root=dest.joinpath(*top), files=files, total_bytes=total)
+
+
+def zip_plugin_folder(folder: Path, *, top: str | None = None) -> bytes:
+    """A plugin folder as a deterministic zip (sorted entries, fixed timestamps, no `__pycache__`),
+    so the same files always give the same bytes and digest."""
+    import io
+    import zipfile as _zipfile
+
+    buffer = io.BytesIO()
+    prefix = f"{top}/" if top else ""
+    with _zipfile.ZipFile(buffer, "w", _zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(Path(folder).rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+                continue
+            info = _zipfile.ZipInfo(prefix + path.relative_to(folder).as_posix(), date_time=(2020, 1, 1, 0, 0, 0))
+            zf.writestr(info, path.read_bytes(), _zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()

@@ -29,3 +29,8 @@ class ExtractorRequest(BaseModel):
     collection_id: str | None = Field(default=None, description="Collection being processed; None in a dry run.")
     extractor_config: ExtractorConfig
     dry_run: bool = Field(default=False, description="True while the register function validates the plugin.")
+    available_gpus: int = Field(
+        default=0, ge=0,
+        description="GPUs the cluster running the job has. A step may ask for a GPU when this is > 0; "
+        "a GPU step on a cluster without one runs on CPU (or the job fails when SLUICE_REQUIRE_GPU is set).",
+    )

@@ -323,7 +323,8 @@ async def validate_isolated(
     return ValidationReport.model_validate_json(out_file.read_text())
 
 
-def _container(namespace: str, context: dict[str, Any]) -> Any:
+def plugin_container(namespace: str, context: dict[str, Any]) -> Any:
+    """The `container` a plugin of `namespace` receives in a worker, from `SecretsStore.context_for`."""
     from engine.llm import LLMService
     from engine.plugins.container import PluginContainer
     from engine.secrets import SecretsAccessor
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     context = json.loads(raw) if raw.strip() else {}
     report = validate_plugin(
         args.root, name=args.name, version=args.version, namespace=args.namespace, plugin_id=args.plugin_id,
-        container=_container(args.namespace, context), strict=args.strict, workdir=args.workdir,
+        container=plugin_container(args.namespace, context), strict=args.strict, workdir=args.workdir,
     )
     args.out.write_text(report.model_dump_json())
     return 0

@@ -1,4 +1,4 @@
-"""Collection routes: create (with its vector index), list, get with counts, delete."""
+"""Collection routes: create (with its vector index), list, get with counts, search, delete."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.collections import Collections
 from functions.rest.deps import ScopedNamespace
+from functions.search import search
 
 
 class Source(BaseModel):
@@ -26,6 +27,14 @@ class ExtractorChoice(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict, description="Plugin parameters (defaults fill the rest).")
 
 
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="Text to search for; embedded with the collection's plugin version.", examples=["warranty"])
+    limit: int = Field(default=10, ge=1, le=1000, description="Most results.")
+    feature: str | None = Field(default=None, description="Vector to search; default the collection's first.")
+
+
 class CreateCollection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +46,7 @@ class CreateCollection(BaseModel):
 
 def _collections(request: Request) -> Collections:
     platform = request.app.state.platform
-    return Collections(platform.catalog, platform.vectors)
+    return Collections(platform.catalog, platform.vectors, platform.store, platform.settings.plugins_bucket)
 
 
 def _public(record: dict) -> dict:
@@ -64,6 +73,12 @@ def router() -> APIRouter:
     async def get(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:
         collections = _collections(request)
         return _public(await collections.with_counts(await collections.get(namespace, collection_id)))
+
+    @api.post("/{collection_id}/search")
+    async def search_collection(namespace: ScopedNamespace, collection_id: str, body: SearchRequest, request: Request) -> Any:
+        p = request.app.state.platform
+        return await search(p.catalog, p.vectors, p.store, p.settings, p.compute, namespace=namespace,
+                            collection_id=collection_id, query=body.query, limit=body.limit, feature=body.feature)
 
     @api.delete("/{collection_id}")
     async def delete(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:

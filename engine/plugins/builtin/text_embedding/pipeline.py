@@ -19,7 +19,9 @@ def build_steps(extractor_request, container=None, base_steps=None, **kwargs):
     if extractor_request is not None:
         raw = extractor_request.extractor_config.parameters or {}
     params = TextEmbeddingParams.model_validate(raw)
-    on_gpu = select_device().startswith("cuda")
+    # The job says how many GPUs its cluster has; a dry run (no request) asks this process.
+    gpus = getattr(extractor_request, "available_gpus", None)
+    on_gpu = gpus > 0 if gpus is not None else select_device().startswith("cuda")
     pipeline = PipelineDefinition(
         name=metadata["feature_extractor_name"],
         version=metadata["version"],

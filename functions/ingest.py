@@ -1,0 +1,734 @@
+"""ingest: `ObjectCreated` → queued per matching collection → one Ray Data job per burst →
+`IngestCompleted` / `IngestFailed` with the counts the stores acknowledged.
+
+The handler only records: each object goes into the durable queue (kind `ingest_queue`) of every
+collection whose bucket and prefix it matches, once per object version, and the handler returns
+at once. The `IngestScheduler` (one per process that runs functions) turns a collection's queue
+into a task when the burst is over (`SLUICE_INGEST_MAX_DELAY_S` since its first object) or full
+(`SLUICE_INGEST_MAX_OBJECTS`), checks before anything runs, and runs the job in a thread: Ray
+Data runs the plugin in workers and streams the output back here, where it is written in batches.
+
+Exactly what was written is reported, never more: `documents_written` counts records the catalog
+acknowledged, `vectors_upserted` points the index acknowledged per vector name, and a job that
+wrote nothing for non-empty input is `IngestFailed`, never "completed".
+
+Durability: the task record (kind `tasks`, never expires) and its queue entries live in the
+catalog; a task whose process died (its lease is not renewed) is run again by the next scheduler,
+and because document and point ids derive from the collection, the object and its version, a
+rerun overwrites what the first run wrote. A redelivered `ObjectCreated` for a version already
+written is skipped. A new version of an object replaces the old version's documents and points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import mimetypes
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import structlog
+
+from engine.ingest.worker import ERROR_COLUMN, FIELDS_COLUMN, SKIPPED_COLUMN, STEP_COLUMN, VECTOR_PREFIX, PluginSpec
+from events.bus import EventBus
+from events.envelope import AnyEnvelope, make
+from events.errors import AlreadyExists, NotFound
+from events.payloads import IngestCompleted, IngestFailed, IngestFailure, IngestProgress, IngestStarted, ObjectCreated
+from events.topics import Topics
+from functions.collections import DOCUMENTS, INGEST_QUEUE, INGESTED, Collections
+from functions.plugin_catalog import VERSIONS
+from functions.runner import publish
+from functions.secrets import SecretsStore
+from infra.catalog.base import Catalog
+from infra.objectstore.base import ObjectStore
+from infra.settings import Settings
+from infra.vectors.base import Point, VectorIndex, point_id
+
+log = structlog.get_logger("sluice.ingest")
+
+QUEUE = INGEST_QUEUE
+TASKS = "tasks"
+JOB_LEASES = "ingest_leases"
+
+QUEUED, RUNNING = "QUEUED", "RUNNING"
+COMPLETED, COMPLETED_WITH_ERRORS, FAILED = "COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED"
+FINISHED = (COMPLETED, COMPLETED_WITH_ERRORS, FAILED)
+
+LEASE_S = 60.0
+"""A running task whose owner has not renewed its lease for this long is run again elsewhere."""
+HEARTBEAT_S = 10.0
+MAX_FAILURES_KEPT = 200
+"""Failures listed in a task and its event (all of them are counted in `rows_failed`)."""
+PROGRESS_EVERY_S = 1.0
+PAYLOAD_TEXT_CHARS = 2000
+
+TEXT_MIME_TYPES = frozenset({
+    "application/json", "application/xml", "application/x-yaml", "application/yaml", "application/javascript",
+    "application/x-ndjson", "application/csv", "application/x-sh",
+})
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def object_id_for(bucket: str, key: str) -> str:
+    """Stable across versions: the object is the same object when it changes."""
+    return "obj_" + _digest(bucket, key)[:24]
+
+
+def document_id_for(collection_id: str, bucket: str, key: str, marker: str) -> str:
+    """One per collection and object version: a rerun or redelivery gets the same id."""
+    return "doc_" + _digest(collection_id, bucket, key, marker)[:24]
+
+
+def blob_type_for(mime: str) -> str:
+    mime = mime.split(";", 1)[0].strip().lower()
+    if mime.startswith("text/") or mime in TEXT_MIME_TYPES:
+        return "text"
+    for prefix, kind in (("image/", "image"), ("video/", "video"), ("audio/", "audio")):
+        if mime.startswith(prefix):
+            return kind
+    return "pdf" if mime == "application/pdf" else "file"
+
+
+def looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3  # a multi-byte character cut by the sample's end
+    return True
+
+
+class IngestRefused(Exception):
+    """The task cannot run: nothing was written. The message is the event's `reason`."""
+
+
+async def plugin_spec(
+    catalog: Catalog, store: ObjectStore, settings: Settings, collection: dict, plugin: dict, *, gpus: int,
+) -> PluginSpec:
+    """What Ray workers need to run the collection's plugin version: the archive (checked against
+    the registered digest, then put in Ray's object store), parameters, secrets context, features."""
+    import ray
+
+    archive = plugin["archive"]
+    try:
+        data = await store.get_bytes(archive["bucket"], archive["key"])
+    except NotFound as exc:
+        raise IngestRefused(f"the archive of plugin {plugin['plugin_name']} {plugin['version']} is missing from the object store") from exc
+    if hashlib.sha256(data).hexdigest() != plugin["sha256"]:
+        raise IngestRefused(f"the archive of plugin {plugin['plugin_name']} {plugin['version']} changed after registration; refusing to run it")
+    manifest = plugin.get("manifest") or {}
+    return PluginSpec(
+        plugin_id=plugin["plugin_id"], namespace=collection["namespace"], name=plugin["plugin_name"], version=plugin["version"],
+        sha256=plugin["sha256"], archive=await asyncio.to_thread(ray.put, data),
+        parameters=dict(collection["feature_extractor"].get("parameters") or {}),
+        collection_id=collection["collection_id"], input_fields=tuple(manifest.get("input_fields") or ()),
+        features=tuple((v["name"], int(v["dimensions"])) for v in collection["vector_indexes"]),
+        context=await SecretsStore.from_settings(catalog, settings).context_for(collection["namespace"]),
+        available_gpus=gpus, asset_access=asset_access(settings),
+    )
+
+
+def asset_access(settings: Settings) -> dict[str, Any]:
+    """How workers reach the objects through `open_asset`."""
+    if settings.effective_object_store == "s3":
+        secret = settings.s3_secret_access_key
+        return {"kind": "s3", "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region,
+                "access_key_id": settings.s3_access_key_id, "secret_access_key": secret.get_secret_value() if secret else None}
+    return {"kind": "local", "root": str(settings.data_dir / "objects")}
+
+
+# --- the handler -----------------------------------------------------------------------------
+
+async def handle(
+    event: AnyEnvelope, *, catalog: Catalog, vectors: VectorIndex, ingest: IngestScheduler | None = None,
+) -> list[AnyEnvelope]:
+    obj: ObjectCreated = event.payload
+    queued = 0
+    for collection in await Collections(catalog, vectors).for_object(obj.bucket, obj.key):
+        if collection["namespace"] != event.namespace:
+            continue  # buckets are bound to one namespace; an event of another never reaches its collections
+        collection_id = collection["collection_id"]
+        done = await catalog.get(INGESTED, f"{collection_id}|{obj.bucket}/{obj.key}")
+        if done is not None and done.get("marker") == obj.version_marker and done.get("status") == "written":
+            log.info("ingest.already_written", collection_id=collection_id, key=obj.key, task_id=done.get("task_id"))
+            continue
+        try:
+            await catalog.insert(QUEUE, f"{collection_id}|{obj.dedup_key}", {
+                "namespace": event.namespace, "collection_id": collection_id, "object": obj.model_dump(mode="json"),
+                "correlation_id": event.correlation_id, "queued_at": time.time(), "claimed_by": None,
+            })
+        except AlreadyExists:
+            continue  # this version is queued or being ingested already
+        queued += 1
+    if queued:
+        log.info("ingest.queued", key=obj.key, collections=queued)
+        if ingest is not None:
+            ingest.poke()
+    return []
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+class Tasks:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def get(self, namespace: str, task_id: str) -> dict:
+        record = await self.catalog.get(TASKS, task_id)
+        if record is None or record.get("namespace") != namespace:
+            raise NotFound(f"task {task_id!r} does not exist in namespace {namespace!r}", details={"task_id": task_id})
+        return record
+
+    async def list(self, namespace: str, *, collection_id: str | None = None, status: str | None = None,
+                   limit: int = 100, offset: int = 0) -> list[dict]:
+        where: dict[str, Any] = {"namespace": namespace}
+        if collection_id:
+            where["collection_id"] = collection_id
+        if status:
+            where["status"] = status
+        return await self.catalog.find(TASKS, where, order_by="created_at", descending=True, limit=limit, offset=offset)
+
+
+# --- writing the job's output ----------------------------------------------------------------
+
+@dataclass
+class _Source:
+    entry_key: str
+    obj: ObjectCreated
+    object_id: str
+    document_id: str
+    text: bool
+
+
+@dataclass
+class TaskWriter:
+    """Writes output batches as they stream in and keeps the acknowledged counts."""
+
+    catalog: Catalog
+    vectors: VectorIndex
+    collection: dict
+    plugin: dict
+    task_id: str
+    sources: dict[str, _Source]
+    features: list[str]
+    on_progress: Any = None
+    documents_written: int = 0
+    vectors_upserted: dict[str, int] = field(default_factory=dict)
+    rows_failed: int = 0
+    rows_skipped: int = 0
+    failures: list[IngestFailure] = field(default_factory=list)
+    failed_objects: set[str] = field(default_factory=set)
+    objects_seen: set[str] = field(default_factory=set)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    _ids: set[str] = field(default_factory=set)
+
+    def fail(self, object_id: str, step: str, error: str) -> None:
+        self.rows_failed += 1
+        self.failed_objects.add(object_id)
+        self.objects_seen.add(object_id)
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures.append(IngestFailure(object_id=object_id, step=step, error=" ".join(error.split())[:1000]))
+
+    async def write(self, batch: pd.DataFrame) -> None:
+        if ERROR_COLUMN in batch.columns:
+            failed = batch[ERROR_COLUMN].notna().to_numpy()
+            for row in batch[failed].to_dict("records"):
+                self.fail(str(row.get("object_id") or ""), str(row.get(STEP_COLUMN) or "?"), str(row[ERROR_COLUMN]))
+            batch = batch[~failed]
+        index = self.collection.get("index_name")
+        points: list[Point] = []
+        documents: list[tuple[str, dict]] = []
+        per_vector: dict[str, int] = {}
+        written_at = _now()
+        for row in batch.to_dict("records"):
+            source = self.sources.get(str(row.get("object_id") or ""))
+            if source is None:
+                self.fail(str(row.get("object_id") or ""), "output", "output row names no object of this task (the plugin changed or dropped object_id)")
+                continue
+            self.objects_seen.add(source.object_id)
+            if row.get(SKIPPED_COLUMN) is True:
+                self.rows_skipped += 1
+                reason = f"no step produced a vector for {source.obj.content_type or 'this object'}"
+                self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+                continue
+            document_id = str(row.get("document_id") or "") or source.document_id
+            if document_id in self._ids:
+                self.fail(source.object_id, "output", f"document_id {document_id!r} repeats: each output row needs its own document_id")
+                continue
+            self._ids.add(document_id)
+            fields = json.loads(row[FIELDS_COLUMN]) if isinstance(row.get(FIELDS_COLUMN), str) else {}
+            data = fields.pop("data", None)
+            vectors = {name: row[VECTOR_PREFIX + name] for name in self.features
+                       if isinstance(row.get(VECTOR_PREFIX + name), (list, tuple)) or hasattr(row.get(VECTOR_PREFIX + name), "__len__")}
+            pid = point_id(self.collection["collection_id"], document_id)
+            obj = source.obj
+            text = data if source.text and isinstance(data, str) else None
+            if vectors and index:
+                points.append(Point(id=pid, vectors=vectors, payload={
+                    "document_id": document_id, "object_id": source.object_id, "collection_id": self.collection["collection_id"],
+                    "bucket": obj.bucket, "key": obj.key, "version": obj.version_marker,
+                    **({"text": text[:PAYLOAD_TEXT_CHARS]} if text is not None else {"data": data}),
+                }))
+                for name in vectors:
+                    per_vector[name] = per_vector.get(name, 0) + 1
+            plugin = self.plugin
+            documents.append((document_id, {
+                "document_id": document_id, "namespace": self.collection["namespace"],
+                "collection_id": self.collection["collection_id"], "object_id": source.object_id,
+                "point_id": pid if vectors and index else None,
+                "source": {"bucket": obj.bucket, "key": obj.key, "version": obj.version_marker, "etag": obj.etag,
+                           "version_id": obj.version_id, "size": obj.size, "content_type": obj.content_type},
+                "text": text, "data": None if text is not None else data,
+                "feature_uris": [f"sluice://{plugin['plugin_name']}@{plugin['version']}/{name}" for name in vectors],
+                "fields": fields,
+                "lineage": {
+                    "task_id": self.task_id, "plugin_id": plugin["plugin_id"], "plugin_name": plugin["plugin_name"],
+                    "plugin_version": plugin["version"], "parent_document_id": fields.get("parent_document_id") or source.document_id,
+                },
+                "written_at": written_at,
+            }))
+        if points:
+            acknowledged = await self.vectors.upsert(index, points)
+            if acknowledged != len(points):
+                raise RuntimeError(f"vector index {index!r} acknowledged {acknowledged} of {len(points)} points")
+            for name, n in per_vector.items():
+                self.vectors_upserted[name] = self.vectors_upserted.get(name, 0) + n
+        if documents:
+            self.documents_written += await self.catalog.upsert_many(DOCUMENTS, documents)
+        if self.on_progress is not None:
+            await self.on_progress(len(self.objects_seen))
+
+
+# --- the scheduler ---------------------------------------------------------------------------
+
+class IngestScheduler:
+    """Turns queued objects into tasks and runs their jobs; one per process that runs functions."""
+
+    def __init__(
+        self, *, catalog: Catalog, vectors: VectorIndex, store: ObjectStore, bus: EventBus, topics: Topics,
+        settings: Settings, compute: Any,
+    ) -> None:
+        self.catalog, self.vectors, self.store, self.bus, self.topics = catalog, vectors, store, bus, topics
+        self.settings, self.compute = settings, compute
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task] = {}  # collection_id -> task
+        self._stopping = False
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    @classmethod
+    def for_platform(cls, platform: Any) -> IngestScheduler:
+        return cls(catalog=platform.catalog, vectors=platform.vectors, store=platform.store, bus=platform.bus,
+                   topics=platform.topics, settings=platform.settings, compute=platform.compute)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Schedule until `stop` is set. Running jobs are left to finish or, when the process
+        ends first, to be run again by the next scheduler (their lease runs out)."""
+        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.recover()
+                    await self.schedule()
+                except Exception as exc:  # noqa: BLE001 - the catalog may be briefly down: try again
+                    log.warning("ingest.schedule_failed", error=f"{type(exc).__name__}: {exc}")
+                self._wake.clear()
+                stopping = asyncio.create_task(stop.wait())
+                waking = asyncio.create_task(self._wake.wait())
+                await asyncio.wait([stopping, waking], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                waking.cancel()
+        finally:
+            self._stopping = True
+            heartbeat.cancel()
+            running = list(self._running.values())
+            if running:
+                await asyncio.wait(running, timeout=5)
+            for task in running:
+                task.cancel()
+
+    async def drain(self, timeout_s: float = 600.0) -> None:
+        """Schedule until the queue is empty and no job runs (tests, `sluice demo`)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.schedule(force=True)
+            if not self._running and not await self.catalog.count(QUEUE, {"claimed_by": None}):
+                return
+            if self._running:
+                await asyncio.wait(list(self._running.values()), timeout=0.5)
+            else:
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"ingest did not drain within {timeout_s}s")
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(HEARTBEAT_S)
+            for collection_id in list(self._running):
+                try:
+                    await self.catalog.update(JOB_LEASES, collection_id, {"expires_at": time.time() + LEASE_S},
+                                              expect={"owner": self.owner})
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("ingest.heartbeat_failed", collection_id=collection_id, error=str(exc))
+
+    # --- leases: one job per collection at a time, across processes --------------------------
+
+    async def _acquire(self, collection_id: str, task_id: str) -> bool:
+        lease = {"collection_id": collection_id, "owner": self.owner, "task_id": task_id, "expires_at": time.time() + LEASE_S}
+        try:
+            await self.catalog.insert(JOB_LEASES, collection_id, lease)
+            return True
+        except AlreadyExists:
+            held = await self.catalog.get(JOB_LEASES, collection_id)
+            if held is None or (held["expires_at"] > time.time() and _owner_alive(held["owner"])):
+                return False
+            return await self.catalog.update(JOB_LEASES, collection_id, lease,
+                                             expect={"owner": held["owner"], "expires_at": held["expires_at"]}) is not None
+
+    async def recover(self) -> None:
+        """Run again the tasks whose owner died: their lease expired while they were unfinished."""
+        for lease in await self.catalog.find(JOB_LEASES):
+            if lease["expires_at"] > time.time() and _owner_alive(lease["owner"]):
+                continue
+            collection_id, old_task = lease["collection_id"], lease.get("task_id")
+            if collection_id in self._running or len(self._running) >= self.settings.ingest_max_jobs:
+                continue
+            task = await self.catalog.get(TASKS, old_task) if old_task else None
+            if task is not None and task["status"] in FINISHED:
+                await self.catalog.delete(JOB_LEASES, collection_id)
+                continue
+            if not await self._acquire(collection_id, old_task or ""):
+                continue
+            entries = await self.catalog.find(QUEUE, {"claimed_by": old_task}) if old_task else []
+            if task is None or not entries:
+                await self.catalog.delete(JOB_LEASES, collection_id)
+                continue
+            log.warning("ingest.task_resumed", task_id=old_task, collection_id=collection_id, previous_owner=lease["owner"])
+            await self.catalog.update(TASKS, old_task, {"status": QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1})
+            self._start(collection_id, old_task, entries)
+
+    # --- scheduling ------------------------------------------------------------------------
+
+    async def schedule(self, *, force: bool = False) -> None:
+        if len(self._running) >= self.settings.ingest_max_jobs:
+            return
+        pending = await self.catalog.find(QUEUE, {"claimed_by": None}, order_by="queued_at", limit=200_000)
+        by_collection: dict[str, list[dict]] = {}
+        for entry in pending:
+            by_collection.setdefault(entry["collection_id"], []).append(entry)
+        now = time.time()
+        for collection_id, entries in sorted(by_collection.items(), key=lambda kv: kv[1][0]["queued_at"]):
+            if len(self._running) >= self.settings.ingest_max_jobs:
+                return
+            if collection_id in self._running:
+                continue
+            full = len(entries) >= self.settings.ingest_max_objects
+            due = now - entries[0]["queued_at"] >= self.settings.ingest_max_delay_s
+            if not (force or full or due):
+                continue
+            task_id = "tsk_" + secrets.token_hex(10)
+            if not await self._acquire(collection_id, task_id):
+                continue
+            chosen = entries[: self.settings.ingest_max_objects]
+            await self.catalog.upsert_many(QUEUE, [(e["id"], {**_entry(e), "claimed_by": task_id}) for e in chosen])
+            first = chosen[0]
+            await self.catalog.insert(TASKS, task_id, {
+                "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": QUEUED,
+                "objects": len(chosen), "correlation_id": first.get("correlation_id"), "owner": self.owner,
+                "created_at": _now(), "started_at": None, "finished_at": None,
+                "documents_written": 0, "vectors_upserted": {}, "rows_failed": 0, "rows_skipped": 0, "failures": [],
+                "warnings": [], "reason": None, "rows_done": 0, "rows_total": len(chosen),
+            })
+            log.info("ingest.task_created", task_id=task_id, collection_id=collection_id, objects=len(chosen))
+            self._start(collection_id, task_id, chosen)
+
+    def _start(self, collection_id: str, task_id: str, entries: list[dict]) -> None:
+        job = asyncio.create_task(self._run(task_id, collection_id, entries), name=f"sluice-ingest-{task_id}")
+        self._running[collection_id] = job
+
+        def done(_: asyncio.Task) -> None:
+            self._running.pop(collection_id, None)
+            self.poke()
+
+        job.add_done_callback(done)
+
+    # --- one task --------------------------------------------------------------------------
+
+    async def _publish(self, task: dict, payload: Any) -> None:
+        await publish(self.bus, self.topics, make(payload, namespace=task["namespace"], correlation_id=task.get("correlation_id")))
+
+    async def _run(self, task_id: str, collection_id: str, entries: list[dict]) -> None:
+        task = await self.catalog.update(TASKS, task_id, {"status": RUNNING, "started_at": _now(), "owner": self.owner})
+        assert task is not None
+        writer: TaskWriter | None = None
+        try:
+            collection = await self.catalog.get("collections", collection_id)
+            if collection is None:
+                raise IngestRefused(f"collection {collection_id!r} was deleted before its objects were ingested")
+            plugin = await self._plugin(collection)
+            await self._check_vectors(collection, plugin)
+            spec, steps, warnings = await self._prepare(collection, plugin)
+            sources, rows, read_failures = await self._inputs(collection, plugin, entries)
+            await self._publish(task, IngestStarted(task_id=task_id, collection_id=collection_id, objects=len(entries)))
+            writer = TaskWriter(
+                catalog=self.catalog, vectors=self.vectors, collection=collection, plugin=plugin, task_id=task_id,
+                sources=sources, features=[f["name"] for f in collection["vector_indexes"]],
+                on_progress=self._progress_reporter(task, len(entries)),
+            )
+            for object_id, error in read_failures:
+                writer.fail(object_id, "read", error)
+            if warnings:
+                await self.catalog.update(TASKS, task_id, {"warnings": warnings})
+            await self._run_job(spec, steps, rows, writer)
+            await self._finish(task, collection, entries, writer, warnings)
+        except asyncio.CancelledError:
+            log.warning("ingest.task_interrupted", task_id=task_id)  # the lease runs out; a scheduler resumes it
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure ends as IngestFailed with its reason
+            reason = str(exc) if isinstance(exc, IngestRefused) else f"the job failed: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, IngestRefused):
+                log.error("ingest.job_error", task_id=task_id, exc_info=exc)
+            await self._fail(task, entries, reason, writer)
+
+    async def _plugin(self, collection: dict) -> dict:
+        extractor = collection["feature_extractor"]
+        plugin = await self.catalog.get(VERSIONS, extractor["plugin_id"])
+        if plugin is None:
+            raise IngestRefused(
+                f"plugin {extractor['feature_extractor_name']} {extractor['version']} ({extractor['plugin_id']}) is no longer "
+                "registered: register it again or create the collection with another version")
+        return plugin
+
+    async def _check_vectors(self, collection: dict, plugin: dict) -> None:
+        """Every vector the plugin writes must exist in the collection's index with its dimension."""
+        features = (plugin.get("manifest") or {}).get("features") or []
+        if not features:
+            return
+        index = collection.get("index_name")
+        existing = await self.vectors.collection_vectors(index) if index else None
+        if existing is None:
+            raise IngestRefused(f"vector index {index!r} of collection {collection['collection_name']!r} does not exist")
+        for feature in features:
+            name, dim = feature["feature_name"], feature["embedding_dim"]
+            spec = existing.get(name)
+            if spec is None:
+                raise IngestRefused(
+                    f"plugin {plugin['plugin_name']} {plugin['version']} writes vector {name!r}, which index {index!r} lacks "
+                    f"(it has: {', '.join(sorted(existing)) or 'none'}); nothing was run")
+            if spec.size != dim:
+                raise IngestRefused(
+                    f"plugin {plugin['plugin_name']} {plugin['version']} writes {dim}-dimension vectors {name!r}, index "
+                    f"{index!r} holds {spec.size}; nothing was run")
+
+    async def _prepare(self, collection: dict, plugin: dict) -> tuple[PluginSpec, list, list[str]]:
+        from infra.compute import RayCompute
+
+        if not isinstance(self.compute, RayCompute):
+            raise IngestRefused("compute is disabled (SLUICE_COMPUTE=none): set SLUICE_COMPUTE=ray to run ingest jobs")
+        from engine.ingest.job import cluster_resources, fit_to_cluster, gpu_shortfall, plan_steps
+
+        resources = await asyncio.to_thread(cluster_resources)
+        gpus = float(resources.get("GPU", 0.0))
+        spec = await plugin_spec(self.catalog, self.store, self.settings, collection, plugin, gpus=int(gpus))
+        try:
+            steps = await asyncio.to_thread(plan_steps, spec)
+        except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported as the reason
+            cause = getattr(exc, "cause", None) or exc
+            raise IngestRefused(f"building the steps of {plugin['plugin_name']} {plugin['version']} failed: "
+                                f"{type(cause).__name__}: {cause}") from exc
+        if self.settings.require_gpu:
+            shortfall = gpu_shortfall(steps, gpus=gpus)
+            if shortfall:
+                raise IngestRefused(f"{shortfall} (SLUICE_REQUIRE_GPU is set)")
+        steps, warnings = fit_to_cluster(steps, gpus=gpus)
+        for warning in warnings:
+            log.warning("ingest.gpu_fallback", detail=warning)
+        return spec, steps, warnings
+
+    async def _inputs(
+        self, collection: dict, plugin: dict, entries: Sequence[dict],
+    ) -> tuple[dict[str, _Source], list[dict], list[tuple[str, str]]]:
+        """One row per object: text inline in `data`, other files as the URL `open_asset` reads."""
+        limit = asyncio.Semaphore(16)
+        sources: dict[str, _Source] = {}
+        failures: list[tuple[str, str]] = []
+
+        async def one(entry: dict) -> dict | None:
+            obj = ObjectCreated.model_validate(entry["object"])
+            object_id = object_id_for(obj.bucket, obj.key)
+            document_id = document_id_for(collection["collection_id"], obj.bucket, obj.key, obj.version_marker)
+            mime = (obj.content_type or "").split(";", 1)[0].strip().lower()
+            if not mime or mime in ("application/octet-stream", "binary/octet-stream"):
+                mime = mimetypes.guess_type(obj.key)[0] or ""
+            kind = blob_type_for(mime) if mime else "file"
+            data: str | None = None
+            async with limit:
+                try:
+                    if kind == "text" or (kind == "file" and obj.size <= self.settings.ingest_max_inline_bytes):
+                        if obj.size > self.settings.ingest_max_inline_bytes:
+                            failures.append((object_id, f"text object of {obj.size} bytes is over the inline limit "
+                                                        f"({self.settings.ingest_max_inline_bytes}, SLUICE_INGEST_MAX_INLINE_BYTES)"))
+                            return None
+                        raw = await self.store.get_bytes(obj.bucket, obj.key)
+                        if kind == "text" or looks_like_text(raw[:8192]):
+                            try:
+                                data = raw.decode("utf-8-sig")
+                            except UnicodeDecodeError as exc:
+                                failures.append((object_id, f"{obj.key!r} is not UTF-8 text: {exc}"))
+                                return None
+                            kind, mime = "text", mime if mime.startswith("text/") or mime in TEXT_MIME_TYPES else "text/plain"
+                    if data is None:
+                        data = self.store.url(obj.bucket, obj.key)
+                except NotFound:
+                    failures.append((object_id, f"object {obj.bucket}/{obj.key} no longer exists"))
+                    return None
+            obj = obj.model_copy(update={"content_type": mime or obj.content_type})
+            sources[object_id] = _Source(entry["id"], obj, object_id, document_id, kind == "text")
+            return {
+                "data": data, "document_id": document_id, "object_id": object_id, "blob_id": f"{object_id}/content",
+                "blob_property": "content", "blob_type": kind, "collection_id": collection["collection_id"],
+                "feature_extractor_id": plugin["plugin_id"], "mime_type": mime or "application/octet-stream", "size_bytes": obj.size,
+            }
+
+        rows = [row for row in await asyncio.gather(*(one(e) for e in entries)) if row is not None]
+        return sources, rows, failures
+
+    def _progress_reporter(self, task: dict, total: int):
+        last = [0.0]
+
+        async def report(done: int) -> None:
+            if time.monotonic() - last[0] < PROGRESS_EVERY_S:
+                return
+            last[0] = time.monotonic()
+            await self.catalog.update(TASKS, task["task_id"], {"rows_done": done})
+            await self._publish(task, IngestProgress(task_id=task["task_id"], rows_done=min(done, total), rows_total=total))
+
+        return report
+
+    async def _run_job(self, spec: PluginSpec, steps: list, rows: list[dict], writer: TaskWriter) -> None:
+        from engine.ingest.job import run_job
+
+        loop = asyncio.get_running_loop()
+
+        def sink(batch: pd.DataFrame) -> None:
+            if self._stopping:
+                raise RuntimeError("the scheduler is stopping")
+            asyncio.run_coroutine_threadsafe(writer.write(batch), loop).result()
+
+        await asyncio.to_thread(run_job, spec, steps, rows, sink)
+
+    async def _finish(self, task: dict, collection: dict, entries: list[dict], writer: TaskWriter, warnings: list[str]) -> None:
+        task_id = task["task_id"]
+        nonempty = sum(1 for e in entries if (e["object"].get("size") or 0) > 0)
+        if writer.rows_skipped:
+            warnings = warnings + [f"{n} rows skipped: {reason}" for reason, n in writer.skip_reasons.items()]
+        if writer.documents_written == 0 and nonempty:
+            first = writer.failures[0] if writer.failures else None
+            reason = (f"nothing was written for {nonempty} non-empty objects: {writer.rows_failed} rows failed, "
+                      f"{writer.rows_skipped} skipped" + (f"; first failure: {first.step}: {first.error}" if first else "")
+                      + (f"; {'; '.join(warnings)}" if warnings else ""))
+            await self._fail(task, entries, reason, writer, warnings=warnings)
+            return
+        await self._record_objects(collection, entries, writer, task_id)
+        status = COMPLETED_WITH_ERRORS if writer.rows_failed else COMPLETED
+        facts = {
+            "status": status, "finished_at": _now(), "documents_written": writer.documents_written,
+            "vectors_upserted": writer.vectors_upserted, "rows_failed": writer.rows_failed, "rows_skipped": writer.rows_skipped,
+            "failures": [f.model_dump() for f in writer.failures], "warnings": warnings, "rows_done": len(entries),
+        }
+        await self.catalog.update(TASKS, task_id, facts)
+        await self.catalog.delete_many(QUEUE, {"claimed_by": task_id})
+        await self.catalog.delete(JOB_LEASES, collection["collection_id"])
+        log.info("ingest.completed", task_id=task_id, status=status, documents=writer.documents_written,
+                 vectors=writer.vectors_upserted, rows_failed=writer.rows_failed)
+        await self._publish(task, IngestCompleted(
+            task_id=task_id, collection_id=collection["collection_id"], status=status, objects=len(entries),
+            documents_written=writer.documents_written, vectors_upserted=writer.vectors_upserted,
+            rows_failed=writer.rows_failed, failures=writer.failures,
+        ))
+
+    async def _record_objects(self, collection: dict, entries: list[dict], writer: TaskWriter, task_id: str) -> None:
+        """Mark each object version written (or failed, so a redelivery retries it), and remove
+        what earlier versions of these objects left behind."""
+        collection_id = collection["collection_id"]
+        records, replaced = [], []
+        keys = [f"{collection_id}|{e['object']['bucket']}/{e['object']['key']}" for e in entries]
+        previous: dict[str, dict] = {}
+        for i in range(0, len(keys), 500):
+            for record in await self.catalog.find(INGESTED, {"id": {"$in": keys[i:i + 500]}}):
+                previous[record["id"]] = record
+        for key, entry in zip(keys, entries, strict=True):
+            obj = ObjectCreated.model_validate(entry["object"])
+            object_id = object_id_for(obj.bucket, obj.key)
+            status = "failed" if object_id in writer.failed_objects else "written"
+            before = previous.get(key)
+            if before is not None and before.get("marker") != obj.version_marker and status == "written":
+                replaced.append((object_id, obj.version_marker))
+            records.append((key, {"collection_id": collection_id, "object_id": object_id, "bucket": obj.bucket, "key": obj.key,
+                                  "marker": obj.version_marker, "status": status, "task_id": task_id, "at": _now()}))
+        for object_id, marker in replaced:
+            stale = await self.catalog.find(DOCUMENTS, {"collection_id": collection_id, "object_id": object_id,
+                                                        "source.version": {"$ne": marker}})
+            ids = [d["point_id"] for d in stale if d.get("point_id")]
+            if ids and collection.get("index_name"):
+                await self.vectors.delete_points(collection["index_name"], ids)
+            for d in stale:
+                await self.catalog.delete(DOCUMENTS, d["id"])
+        await self.catalog.upsert_many(INGESTED, records)
+
+    async def _fail(self, task: dict, entries: list[dict], reason: str, writer: TaskWriter | None,
+                    *, warnings: list[str] | None = None) -> None:
+        task_id, collection_id = task["task_id"], task["collection_id"]
+        failures = writer.failures if writer else []
+        log.error("ingest.failed", task_id=task_id, collection_id=collection_id, reason=reason)
+        try:
+            await self.catalog.update(TASKS, task_id, {
+                "status": FAILED, "finished_at": _now(), "reason": reason,
+                "documents_written": writer.documents_written if writer else 0,
+                "vectors_upserted": writer.vectors_upserted if writer else {},
+                "rows_failed": writer.rows_failed if writer else 0, "rows_skipped": writer.rows_skipped if writer else 0,
+                "failures": [f.model_dump() for f in failures], **({"warnings": warnings} if warnings is not None else {}),
+            })
+            await self.catalog.delete_many(QUEUE, {"claimed_by": task_id})
+            await self.catalog.delete(JOB_LEASES, collection_id)
+        finally:
+            await self._publish(task, IngestFailed(task_id=task_id, collection_id=collection_id, reason=reason, failures=failures))
+
+
+def _owner_alive(owner: str) -> bool:
+    """False when `owner` is a process of this host that no longer runs (its lease is void at
+    once); True for other hosts, whose leases run out by time."""
+    host, _, rest = owner.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _entry(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "id"}

@@ -1,0 +1,271 @@
+"""Ingest over the embedded stack with a real local Ray: objects in a bucket → the ingest function
+→ a Ray Data job → documents in the catalog and points in the vector index, with completion
+events whose counts are what the stores acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from events import codec
+from functions.idempotency import IdempotencyStore
+from functions.ingest import IngestScheduler
+from functions.rest.app import create_app
+from functions.runner import Runner
+from functions.table import FUNCTIONS
+from infra.bootstrap import bootstrap
+from infra.settings import Settings
+from infra.vectors.base import VectorSpec
+from tests.integration.test_plugins_rest import ADMIN, auth, hash_plugin, push
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+RAISING_EMBEDDER = '''import hashlib
+import math
+
+import pandas as pd
+
+
+class HashEmbedder:
+    def __init__(self, config, **kwargs):
+        self.dim = config["dim"]
+
+    def embed(self, text):
+        if "BOOM" in text:
+            raise ValueError("this text cannot be embedded")
+        vector = [0.0] * self.dim
+        for word in text.lower().split():
+            vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+    def __call__(self, batch):
+        batch["hash_embedding"] = [self.embed(t) for t in batch["data"].fillna("")]
+        return batch
+'''
+
+
+class Stack:
+    def __init__(self, platform, client: httpx.AsyncClient, scheduler: IngestScheduler) -> None:
+        self.platform = platform
+        self.client = client
+        self.scheduler = scheduler
+        self.events: list = []
+
+    async def collect(self) -> None:
+        consumer = await self.platform.bus.subscribe([self.platform.topics.ingest], group_id="ingest-test", from_beginning=True)
+        try:
+            while True:
+                for message in await consumer.fetch(timeout_s=0.5):
+                    self.events.append(codec.decode(message.value))
+        finally:
+            await consumer.close()
+
+    async def wait_for(self, predicate, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no matching event within {timeout}s; saw {[(e.type, e.payload) for e in self.events]}")
+
+    async def finished(self, collection_id: str, after: int = 0, timeout: float = 180.0):
+        """The first IngestCompleted/IngestFailed of the collection past the first `after` ones."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = [e for e in self.events if e.type in ("IngestCompleted", "IngestFailed")
+                    and e.payload.collection_id == collection_id]
+            if len(done) > after:
+                return done[after]
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no completion for {collection_id} within {timeout}s; saw {[(e.type, e.payload) for e in self.events]}")
+
+    async def collection(self, name: str, bucket: str, plugin: str, **extra) -> dict:
+        body = {"collection_name": name, "source": {"bucket": bucket, "prefix": extra.pop("prefix", "")},
+                "feature_extractor": {"feature_extractor_name": plugin, **extra}}
+        r = await self.client.post("/v1/namespaces/acme/collections", json=body, headers=auth(ADMIN))
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def put(self, bucket: str, key: str, body: bytes, content_type: str = "text/plain") -> dict:
+        r = await self.client.post(f"/v1/namespaces/acme/buckets/{bucket}/uploads",
+                                   json={"key": key, "content_type": content_type}, headers=auth(ADMIN))
+        assert r.status_code == 201, r.text
+        ticket = r.json()
+        put = await self.client.put(ticket["presigned_url"], content=body, headers=ticket["upload_headers"])
+        assert put.status_code in (200, 204), put.text
+        r = await self.client.post(f"/v1/namespaces/acme/buckets/{bucket}/uploads/{ticket['upload_id']}/confirm",
+                                   headers=auth(ADMIN))
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    async def counts(self, collection_id: str) -> tuple[int, int]:
+        r = await self.client.get(f"/v1/namespaces/acme/collections/{collection_id}", headers=auth(ADMIN))
+        record = r.json()
+        return record["document_count"], record["vector_indexes"][0]["vector_count"]
+
+
+@pytest.fixture
+async def stack(tmp_path, ray_cluster):
+    settings = Settings(data_dir=tmp_path, bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.3)
+    async with bootstrap(settings) as platform:
+        scheduler = IngestScheduler.for_platform(platform)
+        runner = Runner(
+            bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps={**platform.deps(), "ingest": scheduler},
+            idempotency=IdempotencyStore(platform.catalog),
+        )
+        await runner.start()
+        stop = asyncio.Event()
+        scheduling = asyncio.create_task(scheduler.run(stop))
+        transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
+            r = await client.post("/v1/namespaces", json={"namespace_name": "acme"}, headers=auth(ADMIN))
+            assert r.status_code == 201, r.text
+            stack = Stack(platform, client, scheduler)
+            collecting = asyncio.create_task(stack.collect())
+            try:
+                yield stack
+            finally:
+                stop.set()
+                collecting.cancel()
+                await scheduling
+                await runner.stop()
+
+
+async def test_objects_are_ingested_and_the_counts_are_what_the_stores_hold(stack):
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("notes", "notes-bucket", "hash_embedder")
+    collection_id = collection["collection_id"]
+    texts = {f"n/{i}.txt": f"note number {i} about rivers and sluices" for i in range(12)}
+    for key, text in texts.items():
+        await stack.put("notes-bucket", key, text.encode())
+    done = await stack.finished(collection_id)
+    assert done.type == "IngestCompleted", done.payload
+    payload = done.payload
+    assert payload.status == "COMPLETED" and payload.objects == 12 and payload.rows_failed == 0
+    assert payload.documents_written == 12
+    assert payload.vectors_upserted == {"hash_embedding": 12}
+    assert await stack.counts(collection_id) == (12, 12)
+    started = await stack.wait_for(lambda e: e.type == "IngestStarted" and e.payload.task_id == payload.task_id)
+    assert started.payload.objects == 12
+
+    task = (await stack.client.get(f"/v1/namespaces/acme/tasks/{payload.task_id}", headers=auth(ADMIN))).json()
+    assert task["status"] == "COMPLETED" and task["documents_written"] == 12 and task["vectors_upserted"] == {"hash_embedding": 12}
+    listed = (await stack.client.get("/v1/namespaces/acme/tasks", params={"collection_id": collection_id}, headers=auth(ADMIN))).json()
+    assert [t["task_id"] for t in listed["tasks"]] == [payload.task_id]
+
+    docs = await stack.platform.catalog.find("documents", {"collection_id": collection_id})
+    doc = next(d for d in docs if d["source"]["key"] == "n/3.txt")
+    assert doc["text"] == texts["n/3.txt"]
+    assert doc["feature_uris"] == ["sluice://hash_embedder@1.0.0/hash_embedding"]
+    assert doc["lineage"]["task_id"] == payload.task_id and doc["lineage"]["plugin_version"] == "1.0.0"
+
+    # the same ObjectCreated again (a redelivery): nothing new is written
+    objects = [e for e in await _objects(stack) if e.payload.key == "n/3.txt"]
+    await stack.platform.bus.publish(stack.platform.topics.objects, codec.encode(objects[0]))
+    await asyncio.sleep(1.5)
+    await stack.scheduler.drain(60)
+    assert await stack.counts(collection_id) == (12, 12)
+
+    # a new version of one object replaces its documents and points, never adds to them
+    await stack.put("notes-bucket", "n/3.txt", b"the third note, rewritten")
+    second = await stack.finished(collection_id, after=1)
+    assert second.type == "IngestCompleted" and second.payload.documents_written == 1
+    assert await stack.counts(collection_id) == (12, 12)
+    [doc] = await stack.platform.catalog.find("documents", {"collection_id": collection_id, "source.key": "n/3.txt"})
+    assert doc["text"] == "the third note, rewritten"
+
+    # search embeds the query with the same plugin version
+    r = await stack.client.post(f"/v1/namespaces/acme/collections/{collection_id}/search",
+                                json={"query": "the third note, rewritten", "limit": 3}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["source"]["key"] == "n/3.txt" and top["score"] > 0.99
+
+
+async def _objects(stack):
+    consumer = await stack.platform.bus.subscribe([stack.platform.topics.objects], group_id=f"peek-{time.time()}", from_beginning=True)
+    try:
+        return [codec.decode(m.value) for m in await consumer.fetch(max_records=1000, timeout_s=1.0)]
+    finally:
+        await consumer.close()
+
+
+async def test_a_row_that_raises_is_reported_and_the_others_are_written(stack):
+    archive = hash_plugin(**{"processors/hashing.py": RAISING_EMBEDDER})
+    r = await push(stack.client, "acme", archive, "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("mixed", "mixed-bucket", "hash_embedder")
+    for i in range(6):
+        await stack.put("mixed-bucket", f"ok-{i}.txt", f"a fine text {i}".encode())
+    await stack.put("mixed-bucket", "bad.txt", b"this one goes BOOM")
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestCompleted", done.payload
+    payload = done.payload
+    assert payload.status == "COMPLETED_WITH_ERRORS"
+    assert payload.documents_written == 6 and payload.vectors_upserted == {"hash_embedding": 6}
+    assert payload.rows_failed == 1
+    [failure] = payload.failures
+    assert "cannot be embedded" in failure.error and failure.step
+    bad = [d for d in await stack.platform.catalog.find("ingested_objects", {"key": "bad.txt"})]
+    assert failure.object_id == bad[0]["object_id"] and bad[0]["status"] == "failed"
+    assert await stack.counts(collection["collection_id"]) == (6, 6)
+
+
+async def test_a_vector_the_index_lacks_fails_before_the_job_runs(stack):
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("broken", "broken-bucket", "hash_embedder")
+    record = await stack.platform.catalog.get("collections", collection["collection_id"])
+    index = record["index_name"]
+    await stack.platform.vectors.delete_collection(index)
+    await stack.platform.vectors.create_collection(index, {"other_vector": VectorSpec(size=32)})
+    await stack.put("broken-bucket", "a.txt", b"some text")
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestFailed"
+    assert "'hash_embedding'" in done.payload.reason and "lacks" in done.payload.reason and "other_vector" in done.payload.reason
+    assert not [e for e in stack.events if e.type == "IngestStarted"], "the job must not start"
+    task = (await stack.client.get(f"/v1/namespaces/acme/tasks/{done.payload.task_id}", headers=auth(ADMIN))).json()
+    assert task["status"] == "FAILED" and task["reason"] == done.payload.reason
+
+
+async def test_nothing_written_for_non_empty_input_is_a_failure_not_a_completion(stack):
+    archive = hash_plugin(**{"processors/hashing.py": RAISING_EMBEDDER})
+    r = await push(stack.client, "acme", archive, "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("doomed", "doomed-bucket", "hash_embedder")
+    await stack.put("doomed-bucket", "x.txt", b"BOOM BOOM")
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestFailed"
+    assert "nothing was written" in done.payload.reason and "cannot be embedded" in done.payload.reason
+    assert len(done.payload.failures) == 1
+
+
+@pytest.mark.torch
+async def test_builtin_text_embedding_chunks_and_counts(stack):
+    collection = await stack.collection("docs", "docs-bucket", "text_embedding",
+                                        parameters={"chunk_size": 200, "chunk_overlap": 20})
+    assert collection["vector_indexes"][0]["dimensions"] == 384
+    paragraph = "Sluice gates control the flow of water in a canal. " * 12
+    await stack.put("docs-bucket", "long.txt", paragraph.encode())
+    await stack.put("docs-bucket", "short.md", b"# Title\n\nA short markdown note about locks.", content_type="text/markdown")
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestCompleted", done.payload
+    docs = await stack.platform.catalog.find("documents", {"collection_id": collection["collection_id"]})
+    chunks = [d for d in docs if d["source"]["key"] == "long.txt"]
+    assert len(chunks) == chunks[0]["fields"]["chunk_count"] > 1
+    assert done.payload.documents_written == len(docs) == len(chunks) + 1
+    assert done.payload.vectors_upserted == {"text_embedding": len(docs)}
+    assert await stack.counts(collection["collection_id"]) == (len(docs), len(docs))
+    r = await stack.client.post(f"/v1/namespaces/acme/collections/{collection['collection_id']}/search",
+                                json={"query": "markdown note about locks", "limit": 2}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["source"]["key"] == "short.md"
+    listed = (await stack.client.get("/v1/namespaces/acme/plugins", headers=auth(ADMIN))).json()
+    assert "text_embedding" in json.dumps(listed)
