@@ -241,9 +241,11 @@ def _build_parser() -> argparse.ArgumentParser:
     kc = key.add_parser("create", help="issue a key scoped to a namespace")
     kc.add_argument("namespace")
     kc.add_argument("--name", default=None)
+    from functions.ingest_cli import add_ingest_command
     from functions.plugin_cli import add_plugin_commands
 
     add_plugin_commands(sub)
+    add_ingest_command(sub)
     return parser
 
 
@@ -268,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from functions.plugin_cli import run_plugin_command
 
             return run_plugin_command(args)
+        case "ingest":
+            from functions.ingest_cli import run_ingest_command
+
+            return run_ingest_command(args)
     return 2
 
 
