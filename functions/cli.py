@@ -41,6 +41,7 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
 
     from functions.dropfolder import DropFolder
     from functions.idempotency import IdempotencyStore
+    from functions.ingest import IngestScheduler
     from functions.rest.app import create_app
     from functions.runner import Runner
     from functions.table import FUNCTIONS
@@ -56,8 +57,9 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
     else:
         print("sluice: admin key from SLUICE_ADMIN_KEY", flush=True)
     await platform.connect()
+    scheduler = IngestScheduler.for_platform(platform)
     runner = Runner(
-        bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps=platform.deps(),
+        bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps={**platform.deps(), "ingest": scheduler},
         idempotency=IdempotencyStore(platform.catalog),
     )
 
@@ -70,8 +72,10 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
     stop = _stop_on_signals()
     exit_code = 0
     dropping: asyncio.Task | None = None
+    scheduling: asyncio.Task | None = None
     try:
         await runner.start()
+        scheduling = asyncio.create_task(scheduler.run(stop))
         dropping = asyncio.create_task(DropFolder(
             settings.data_dir / "drop", platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics,
         ).run(stop))
@@ -99,31 +103,20 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
         if dropping is not None:
             await dropping
         await runner.stop()
+        if scheduling is not None:
+            await scheduling
         await platform.close()
     print("sluice: stopped", flush=True)
     return exit_code
 
 
-async def _smoke_check(settings, platform) -> int:
-    """The demo for now: what a new user checks first, through the REST API as a client would."""
-    base = settings.effective_public_url
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        health = (await client.get("/v1/health")).json()
-        print(f"demo: health {health['status']}: " + ", ".join(f"{k}={v['adapter']}:{v['status']}" for k, v in health["ports"].items()))
-        keyless = await client.get("/v1/namespaces")
-        print(f"demo: a request without a key -> {keyless.status_code} {keyless.json()['error']['type']}")
-        admin = {"Authorization": f"Bearer {platform.admin_key}"}
-        name = "demo"
-        r = await client.post("/v1/namespaces", json={"namespace_name": name}, headers=admin)
-        print(f"demo: create namespace {name!r} -> {r.status_code}")
-        r = await client.post(f"/v1/namespaces/{name}/api-keys", json={"name": "demo"}, headers=admin)
-        key = r.json()["api_key"]
-        seen = (await client.get("/v1/namespaces", headers={"Authorization": f"Bearer {key}"})).json()["namespaces"]
-        other = await client.get("/v1/namespaces/elsewhere", headers={"Authorization": f"Bearer {key}"})
-        print(f"demo: a key scoped to {name!r} sees {[n['namespace_name'] for n in seen]}, elsewhere -> {other.status_code}")
-    ok = health["status"] == "ok" and keyless.status_code == 401 and other.status_code == 403 and len(seen) == 1
-    print("demo: OK" if ok else "demo: FAILED")
-    return 0 if ok else 1
+def _demo(args: argparse.Namespace):
+    from functions.demo import DEFAULT_FOLDER, run_demo
+
+    async def on_ready(settings, platform) -> int:
+        return await run_demo(settings, platform, folder=args.folder or DEFAULT_FOLDER, limit=args.limit)
+
+    return on_ready
 
 
 # --- sluice events tail ------------------------------------------------------------------------
@@ -225,11 +218,13 @@ def _build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print raw envelopes")
     tail.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
 
-    demo = sub.add_parser("demo", help="start the embedded stack, check it end to end through REST, stop")
+    demo = sub.add_parser("demo", help="start the embedded stack, ingest a folder of text, search it, stop")
     demo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     demo.add_argument("--port", type=int, default=None)
     demo.add_argument("--host", default=None)
     demo.add_argument("--keep-running", action="store_true", help="stay up after the checks")
+    demo.add_argument("--folder", type=Path, default=None, help="text files to ingest (default /usr/share/common-licenses)")
+    demo.add_argument("--limit", type=int, default=None, help="ingest at most this many files")
 
     sub.add_parser("health", help="the platform's health")
     ns = sub.add_parser("namespace", help="namespaces").add_subparsers(dest="ns_command", required=True)
@@ -255,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "up":
             return asyncio.run(_up(args))
         case "demo":
-            return asyncio.run(_up(args, on_ready=_smoke_check))
+            return asyncio.run(_up(args, on_ready=_demo(args)))
         case "events":
             return asyncio.run(_tail(args))
         case "health":
