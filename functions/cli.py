@@ -201,6 +201,56 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> in
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    namespace = args.namespace or os.environ.get("SLUICE_NAMESPACE")
+    if not namespace:
+        print("sluice: no namespace: pass --namespace/-n NAMESPACE or set SLUICE_NAMESPACE", file=sys.stderr)
+        return 2
+    base = f"/v1/namespaces/{quote(namespace, safe='')}/collections"
+    try:
+        with _client(args) as client:
+            client.timeout = httpx.Timeout(120)
+            listed = client.get(base)
+            if listed.is_error:
+                return _report_error(listed)
+            matches = [c for c in listed.json()["collections"] if args.collection in (c["collection_id"], c["collection_name"])]
+            if not matches:
+                names = ", ".join(sorted(c["collection_name"] for c in listed.json()["collections"])) or "none"
+                print(f"sluice: no collection {args.collection!r} in namespace {namespace!r} (there are: {names})", file=sys.stderr)
+                return 1
+            response = client.post(f"{base}/{matches[0]['collection_id']}/search",
+                                   json={"query": args.query, "limit": args.limit, "feature": args.feature})
+    except httpx.HTTPError as exc:
+        print(f"sluice: cannot reach the server: {exc}", file=sys.stderr)
+        return 1
+    if response.is_error:
+        return _report_error(response)
+    body = response.json()
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    if not body["results"]:
+        print("no results")
+    for rank, hit in enumerate(body["results"], start=1):
+        source = hit.get("source") or {}
+        snippet = " ".join((hit.get("text") or "").split())
+        print(f"{rank:>3}. {hit['score']:.4f}  {source.get('bucket')}/{source.get('key')}")
+        if snippet:
+            print(f"     {snippet[:160]}{'…' if len(snippet) > 160 else ''}")
+    return 0
+
+
+def _report_error(response: httpx.Response) -> int:
+    try:
+        err = response.json().get("error", {})
+    except ValueError:
+        err = {}
+    print(f"sluice: {response.status_code} {err.get('type', '')}: {err.get('message', response.text)}", file=sys.stderr)
+    return 1
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description="Run feature-extraction plugins over an object store.")
     parser.add_argument("--data-dir", type=Path, default=None, help="State folder (default $SLUICE_DATA_DIR or ~/.sluice)")
@@ -236,6 +286,13 @@ def _build_parser() -> argparse.ArgumentParser:
     kc = key.add_parser("create", help="issue a key scoped to a namespace")
     kc.add_argument("namespace")
     kc.add_argument("--name", default=None)
+    search = sub.add_parser("search", help="search a collection by text (embedded with the collection's plugin version)")
+    search.add_argument("query")
+    search.add_argument("--collection", "-c", required=True, help="collection name or id")
+    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--feature", default=None, help="vector to search (default: the collection's first)")
+    search.add_argument("--namespace", "-n", default=None, help="namespace (default $SLUICE_NAMESPACE)")
+    search.add_argument("--json", action="store_true", help="print the response as JSON")
     from functions.ingest_cli import add_ingest_command
     from functions.plugin_cli import add_plugin_commands
 
@@ -269,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from functions.ingest_cli import run_ingest_command
 
             return run_ingest_command(args)
+        case "search":
+            return _search(args)
     return 2
 
 

@@ -10,6 +10,7 @@ and every count reported is one a store acknowledged.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -72,18 +73,23 @@ def group_steps(steps: Sequence[StepPlan]) -> list[list[StepPlan]]:
     return groups
 
 
-def _stage_options(group: Sequence[StepPlan], cpus: float) -> dict[str, Any]:
+def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, blocks: int) -> dict[str, Any]:
+    """`map_batches` options for a stage: its batch size and resources, and an actor pool sized to
+    what the cluster can hold at once (all of it from the start: a job's actors load their model
+    once, so scaling up late wastes the early minutes), never more actors than input blocks."""
+    import ray.data
+
     head = group[0]
     options: dict[str, Any] = {
         "batch_size": head.batch_size, "batch_format": "pandas", "num_cpus": head.num_cpus, "zero_copy_batch": False,
     }
     if head.num_gpus:
         options["num_gpus"] = head.num_gpus
-        options["concurrency"] = head.concurrency or 1
-    elif head.concurrency:
-        options["concurrency"] = head.concurrency
-    else:  # CPU: as many actors as the cluster's CPUs allow, starting with one
-        options["concurrency"] = (1, max(1, int(cpus // max(head.num_cpus, 0.01))))
+        fits = max(1, int(gpus // head.num_gpus))
+    else:
+        fits = max(1, int(cpus // max(head.num_cpus, 0.01)))
+    size = max(1, min(head.concurrency or fits, blocks))
+    options["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=size)
     return options
 
 
@@ -100,17 +106,24 @@ def run_job(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.verbose_progress = False
-    cpus = cluster_resources().get("CPU", 1.0)
+    resources = cluster_resources()
+    cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
     spec_ref = replace(spec, archive=spec.archive if not isinstance(spec.archive, (bytes, bytearray)) else ray.put(spec.archive))
-    dataset = ray.data.from_items(list(rows), override_num_blocks=max(1, min(len(rows) // 32, 64)))
+    blocks = max(1, min(len(rows) // 8, 256))
+    dataset = ray.data.from_items(list(rows), override_num_blocks=blocks)
     groups = group_steps(steps)
     for n, group in enumerate(groups):
+        options = _stage_options(group, cpus=cpus, gpus=gpus, blocks=blocks)
+        if n == 0:  # objects, not rows yet: small enough batches that every actor gets several (a
+            # chunker turns one object into many rows, so 64 objects can be minutes of work)
+            actors = options["compute"].max_size
+            options["batch_size"] = max(1, min(options["batch_size"], math.ceil(len(rows) / (actors * 4))))
         dataset = dataset.map_batches(
             PluginStage,
             fn_constructor_kwargs={
                 "spec": spec_ref, "indexes": [s.index for s in group], "first": n == 0, "last": n == len(groups) - 1,
             },
-            **_stage_options(group, cpus),
+            **options,
         )
     for batch in dataset.iter_batches(batch_size=OUTPUT_BATCH_ROWS, batch_format="pandas", prefetch_batches=2):
         sink(batch)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -124,3 +125,50 @@ def test_events_tail_prints_lifecycle_events_as_they_are_published(tmp_path):
     out, err = tail.communicate(timeout=30)
     assert tail.returncode == 0, err
     assert "ObjectCreated ns=acme" in out and '"x.txt"' in out
+
+
+@pytest.mark.torch
+def test_a_user_ingests_a_folder_with_the_cli_and_searches_it(tmp_path):
+    """`sluice ingest` uploads through REST, the running `sluice up` ingests with the builtin
+    text_embedding plugin, the task reports what was written, `sluice search` finds it."""
+    data_dir, port = tmp_path / "data", free_port()
+    folder = tmp_path / "notes"
+    (folder / "canals").mkdir(parents=True)
+    (folder / "canals" / "locks.txt").write_text("Canal locks raise and lower boats between stretches of water.")
+    (folder / "canals" / "gates.txt").write_text("A sluice gate is a movable barrier that controls the flow of water.")
+    (folder / "bread.md").write_text("# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven.")
+    up = Up(data_dir, port)
+    try:
+        up.wait_for("serving")
+        assert cli(data_dir, up.url, "namespace", "create", "acme").returncode == 0
+        admin = {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
+        created = httpx.post(f"{up.url}/v1/namespaces/acme/collections", headers=admin, timeout=60, json={
+            "collection_name": "notes", "source": {"bucket": "notes", "prefix": ""},
+            "feature_extractor": {"feature_extractor_name": "text_embedding"}})
+        assert created.status_code == 201, created.text
+        collection_id = created.json()["collection_id"]
+
+        uploaded = cli(data_dir, up.url, "ingest", str(folder), "--bucket", "notes", "-n", "acme", "--json")
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert sorted(u["key"] for u in json.loads(uploaded.stdout)["uploaded"]) == ["bread.md", "canals/gates.txt", "canals/locks.txt"]
+
+        deadline, tasks = time.monotonic() + 240, []
+        while time.monotonic() < deadline:
+            tasks = httpx.get(f"{up.url}/v1/namespaces/acme/tasks", params={"collection_id": collection_id},
+                              headers=admin, timeout=30).json()["tasks"]
+            if sum(t["objects"] for t in tasks if t["status"] != "RUNNING" and t["status"] != "QUEUED") >= 3:
+                break
+            time.sleep(1)
+        assert tasks and all(t["status"] == "COMPLETED" for t in tasks), tasks
+        assert sum(t["documents_written"] for t in tasks) == 3
+        detail = httpx.get(f"{up.url}/v1/namespaces/acme/collections/{collection_id}", headers=admin, timeout=30).json()
+        assert detail["document_count"] == 3 and detail["vector_indexes"][0]["vector_count"] == 3
+
+        found = cli(data_dir, up.url, "search", "how do boats change water level", "-c", "notes", "-n", "acme", "--limit", "2")
+        assert found.returncode == 0, found.stderr
+        first = found.stdout.splitlines()[0]
+        assert "notes/canals/locks.txt" in first, found.stdout
+        missing = cli(data_dir, up.url, "search", "x", "-c", "nope", "-n", "acme")
+        assert missing.returncode == 1 and "no collection 'nope'" in missing.stderr and "notes" in missing.stderr
+    finally:
+        assert up.stop() == 0
