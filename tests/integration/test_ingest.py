@@ -269,3 +269,75 @@ async def test_builtin_text_embedding_chunks_and_counts(stack):
     assert r.json()["results"][0]["source"]["key"] == "short.md"
     listed = (await stack.client.get("/v1/namespaces/acme/plugins", headers=auth(ADMIN))).json()
     assert "text_embedding" in json.dumps(listed)
+
+
+GPU_PIPELINE = '''from engine.plugins.extractors.pipeline import PipelineDefinition, ResourceType, StepDefinition, build_pipeline_steps
+
+from .manifest import HashParams, metadata
+from .processors.hashing import HashEmbedder
+
+
+def build_steps(extractor_request, container=None, base_steps=None, **kwargs):
+    params = HashParams(**(extractor_request.extractor_config.parameters or {}))
+    pipeline = PipelineDefinition(
+        name=metadata["feature_extractor_name"],
+        version=metadata["version"],
+        steps=[StepDefinition(name="embed", service_class=HashEmbedder, resource_type=ResourceType.GPU, config={"dim": params.dim})],
+    )
+    return {"steps": build_pipeline_steps(pipeline)}
+'''
+
+
+async def test_a_gpu_step_runs_on_cpu_with_a_warning_and_fails_when_gpus_are_required(stack):
+    r = await push(stack.client, "acme", hash_plugin(**{"pipeline.py": GPU_PIPELINE}), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("gpu", "gpu-bucket", "hash_embedder")
+    await stack.put("gpu-bucket", "a.txt", b"water over the weir")
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestCompleted" and done.payload.documents_written == 1, done.payload
+    task = (await stack.client.get(f"/v1/namespaces/acme/tasks/{done.payload.task_id}", headers=auth(ADMIN))).json()
+    assert task["warnings"] == ["step 'embed' needs 1 GPUs, cluster has 0: running it on CPU"]
+
+    stack.scheduler.settings = stack.scheduler.settings.model_copy(update={"require_gpu": True})
+    await stack.put("gpu-bucket", "b.txt", b"a second text")
+    failed = await stack.finished(collection["collection_id"], after=1)
+    assert failed.type == "IngestFailed"
+    assert failed.payload.reason == "step 'embed' needs 1 GPUs, cluster has 0 (SLUICE_REQUIRE_GPU is set)"
+
+
+async def test_a_task_whose_process_died_is_run_again_and_overwrites(stack):
+    import socket
+    import subprocess
+
+    from events.payloads import ObjectCreated
+
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("resume", "resume-bucket", "hash_embedder")
+    collection_id = collection["collection_id"]
+    catalog, store = stack.platform.catalog, stack.platform.store
+    await store.ensure_bucket("resume-bucket")
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    owner = f"{socket.gethostname()}:{dead.pid}:gone"
+    entries = []
+    for i in range(3):
+        info = await store.put_bytes("resume-bucket", f"r{i}.txt", f"text number {i}".encode(), content_type="text/plain")
+        obj = ObjectCreated(bucket="resume-bucket", key=f"r{i}.txt", size=info.size, etag=info.etag, content_type="text/plain", source="upload")
+        entries.append((f"{collection_id}|{obj.dedup_key}", {"namespace": "acme", "collection_id": collection_id,
+                        "object": obj.model_dump(mode="json"), "correlation_id": "c", "queued_at": time.time(), "claimed_by": "tsk_dead"}))
+    await catalog.upsert_many("ingest_queue", entries)
+    await catalog.insert("tasks", "tsk_dead", {
+        "task_id": "tsk_dead", "namespace": "acme", "collection_id": collection_id, "status": "RUNNING", "objects": 3,
+        "owner": owner, "created_at": "2026-11-22T00:00:00+00:00", "documents_written": 0, "vectors_upserted": {},
+        "rows_failed": 0, "rows_skipped": 0, "failures": [], "warnings": [], "reason": None, "rows_done": 0, "rows_total": 3,
+    })
+    await catalog.insert("ingest_leases", collection_id, {"collection_id": collection_id, "owner": owner, "task_id": "tsk_dead",
+                                                          "expires_at": time.time() + 3600})
+    stack.scheduler.poke()
+    done = await stack.finished(collection_id)
+    assert done.type == "IngestCompleted" and done.payload.task_id == "tsk_dead" and done.payload.documents_written == 3
+    task = await catalog.get("tasks", "tsk_dead")
+    assert task["status"] == "COMPLETED" and task["resumed"] == 1
+    assert await catalog.get("ingest_leases", collection_id) is None and not await catalog.count("ingest_queue")
+    assert await stack.counts(collection_id) == (3, 3)

@@ -1,0 +1,115 @@
+"""The ingest job's parts that need no Ray: failure isolation, output records, resources."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import pytest
+
+from engine.ingest.job import fit_to_cluster, gpu_shortfall, group_steps
+from engine.ingest.worker import (
+    ERROR_COLUMN,
+    FIELDS_COLUMN,
+    SKIPPED_COLUMN,
+    STEP_COLUMN,
+    VECTOR_PREFIX,
+    PluginIntegrityError,
+    PluginSpec,
+    StepPlan,
+    plugin_root,
+    run_isolating,
+    to_records,
+)
+from engine.plugins.extractors.pipeline import PipelineStep, StepRunner
+from functions.ingest import blob_type_for, document_id_for, looks_like_text, object_id_for
+from tests.fixtures.plugins import HASH_EMBEDDER, zip_folder
+
+pytestmark = pytest.mark.unit
+
+
+class Picky:
+    """Raises for any batch holding a row whose data contains 'bad'."""
+
+    calls = 0
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        Picky.calls += 1
+        if batch["data"].str.contains("bad").any():
+            raise ValueError("bad row")
+        return batch.assign(out=batch["data"].str.upper())
+
+
+def test_a_raising_row_is_isolated_and_every_other_row_goes_on():
+    Picky.calls = 0
+    batch = pd.DataFrame({"data": [f"row {i}" for i in range(16)], "object_id": [f"o{i}" for i in range(16)]})
+    batch.loc[5, "data"] = "bad one"
+    batch.loc[11, "data"] = "bad two"
+    out, failures = run_isolating(StepRunner(PipelineStep(name="picky", service_class=Picky)), batch)
+    assert sorted(out["object_id"]) == sorted(f"o{i}" for i in range(16) if i not in (5, 11))
+    assert (out["out"] == out["data"].str.upper()).all()
+    failed = pd.concat(failures)
+    assert sorted(failed["object_id"]) == ["o11", "o5"]
+    assert set(failed[STEP_COLUMN]) == {"picky"} and failed[ERROR_COLUMN].str.contains("bad row").all()
+    assert Picky.calls < 16, "bisection, not row by row"
+
+
+def test_records_carry_vectors_fields_and_report_unusable_vectors():
+    frame = pd.DataFrame({
+        "document_id": ["d1", "d2", "d3", "d4"], "object_id": ["o1", "o2", "o3", "o4"],
+        "data": ["one", "two", "three", "four"],
+        "emb": [[0.1, 0.2, 0.3], [1.0, 2.0], None, [float("nan"), 0.0, 1.0]],
+        "extra": [{"k": 1}, None, 3.5, "x"],
+    })
+    records, failures = to_records(frame, [("emb", 3)])
+    assert list(records["document_id"]) == ["d1", "d3"]
+    first = records.iloc[0]
+    assert first[VECTOR_PREFIX + "emb"] == pytest.approx([0.1, 0.2, 0.3]) and not bool(first[SKIPPED_COLUMN])
+    assert '"extra": {"k": 1}' in first[FIELDS_COLUMN] and "emb" not in first[FIELDS_COLUMN]
+    assert bool(records.iloc[1][SKIPPED_COLUMN]) is True  # no vector at all: reported as skipped, not written
+    errors = {row["object_id"]: row[ERROR_COLUMN] for row in pd.concat(failures).to_dict("records")}
+    assert "has 2 dimensions, the index expects 3" in errors["o2"] and "NaN" in errors["o4"]
+
+
+def test_a_worker_refuses_an_archive_that_is_not_the_registered_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLUICE_PLUGIN_CACHE", str(tmp_path))
+    data = zip_folder(HASH_EMBEDDER, top="hash_embedder")
+    good = PluginSpec(plugin_id="p", namespace="acme", name="hash_embedder", version="1.0.0",
+                      sha256=hashlib.sha256(data).hexdigest(), archive=data)
+    root = plugin_root(good)
+    assert (root / "manifest.py").is_file() and root.is_relative_to(tmp_path)
+    tampered = PluginSpec(**{**good.__dict__, "sha256": "0" * 64})
+    with pytest.raises(PluginIntegrityError, match="differs from the registered"):
+        plugin_root(tampered)
+
+
+def _plan(index: int, name: str, *, gpus: float = 0.0, batch: int = 64, resource: str = "CPU") -> StepPlan:
+    return StepPlan(index=index, name=name, resource_type=resource, condition="ALWAYS", batch_size=batch,
+                    num_gpus=gpus, num_cpus=1.0, concurrency=None)
+
+
+def test_gpu_steps_run_on_cpu_with_a_warning_or_fail_when_gpus_are_required():
+    steps = [_plan(0, "chunk"), _plan(1, "embed", gpus=1.0, batch=8, resource="GPU")]
+    fitted, warnings = fit_to_cluster(steps, gpus=0)
+    assert fitted[1].num_gpus == 0 and fitted[1].resource_type == "CPU" and fitted[1].batch_size == 64
+    assert warnings == ["step 'embed' needs 1 GPUs, cluster has 0: running it on CPU"]
+    assert gpu_shortfall(steps, gpus=0) == "step 'embed' needs 1 GPUs, cluster has 0"
+    assert gpu_shortfall(steps, gpus=1) is None
+    assert fit_to_cluster(steps, gpus=2) == (steps, [])
+
+
+def test_consecutive_steps_with_the_same_resources_share_a_stage():
+    steps = [_plan(0, "a"), _plan(1, "b"), _plan(2, "g", gpus=1, resource="GPU"), _plan(3, "c")]
+    assert [[s.name for s in g] for g in group_steps(steps)] == [["a", "b"], ["g"], ["c"]]
+    fitted, _ = fit_to_cluster(steps, gpus=0)
+    assert [[s.name for s in g] for g in group_steps(fitted)] == [["a", "b", "g", "c"]]
+
+
+def test_ids_are_stable_per_object_and_version_and_types_come_from_mime_or_content():
+    assert object_id_for("b", "k") == object_id_for("b", "k") != object_id_for("b", "k2")
+    assert document_id_for("c", "b", "k", "v1") != document_id_for("c", "b", "k", "v2")
+    assert document_id_for("c", "b", "k", "v1") != document_id_for("c2", "b", "k", "v1")
+    assert [blob_type_for(m) for m in ("text/markdown", "application/json", "image/png", "application/pdf", "application/zip")] == [
+        "text", "text", "image", "pdf", "file"]
+    assert looks_like_text("héllo".encode()) and not looks_like_text(b"\x00\x01PK")
+    assert looks_like_text("é".encode()[:1] + b"") is True  # a character cut at the sample's end
