@@ -70,7 +70,7 @@ class Collections:
                 f"invalid collection name {name!r}: 1-63 letters, digits, '_' or '-', starting with a letter",
                 details={"field": "collection_name"},
             )
-        if not BUCKET_RE.match(bucket or ""):
+        if not BUCKET_RE.match(bucket or "") or ".." in bucket:
             raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "source.bucket"})
         plugin = await version_or_builtin(self.catalog, self.store, self.plugins_bucket, namespace, extractor, version)
         manifest = plugin.get("manifest") or {}

@@ -20,6 +20,7 @@ from events.payloads import ObjectCreated
 from functions.collections import BUCKET_RE, Collections
 from functions.rest.deps import ScopedNamespace
 from functions.runner import publish
+from infra.objectstore.local import key_problem
 
 OBJECT_UPLOADS = "object_uploads"
 
@@ -36,8 +37,11 @@ def _now() -> str:
 
 
 def _check_key(key: str) -> None:
-    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")) or "\x00" in key:
-        raise InvalidInput(f"invalid object key {key!r}: no leading '/', empty, '.' or '..' parts", details={"field": "key"})
+    """One rule for every store (the local store's, which is the strictest), so a key that works
+    on one deployment works on all of them."""
+    problem = key_problem(key)
+    if problem:
+        raise InvalidInput(f"invalid object key {key!r}: {problem}", details={"field": "key"})
 
 
 def router() -> APIRouter:
@@ -46,18 +50,18 @@ def router() -> APIRouter:
     @api.post("", status_code=201)
     async def request_upload(namespace: ScopedNamespace, bucket: str, body: ObjectUploadRequest, request: Request) -> Any:
         platform = request.app.state.platform
-        if not BUCKET_RE.match(bucket):
+        if not BUCKET_RE.match(bucket) or ".." in bucket:
             raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "bucket"})
         _check_key(body.key)
         await Collections(platform.catalog, platform.vectors).bind_bucket(namespace, bucket)
         await platform.store.ensure_bucket(bucket)
         expires = platform.settings.upload_url_expires_s
         upload_id = "obj_" + secrets.token_hex(12)
+        url = await platform.store.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type)
         await platform.catalog.insert(OBJECT_UPLOADS, upload_id, {
             "upload_id": upload_id, "namespace": namespace, "bucket": bucket, "key": body.key,
             "content_type": body.content_type, "status": "AWAITING_UPLOAD", "created_at": _now(),
         })
-        url = await platform.store.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type)
         base = str(request.base_url).rstrip("/")
         return {
             "upload_id": upload_id, "presigned_url": url, "expires_in": expires,

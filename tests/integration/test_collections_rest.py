@@ -100,3 +100,15 @@ async def test_an_object_upload_confirmed_once_publishes_one_object_created(clie
     assert r.status_code == 409
     r = await client.post("/v1/namespaces/acme/buckets/docs/uploads", json={"key": "../x.txt"}, headers=auth(ADMIN))
     assert r.status_code == 422
+
+
+async def test_a_refused_object_upload_binds_nothing_and_records_nothing(client):
+    transport_app = client._transport.app  # the ASGI app: its platform holds the catalog
+    catalog = transport_app.state.platform.catalog
+    r = await client.post("/v1/namespaces/acme/buckets/do..cs/uploads", json={"key": "a.txt"}, headers=auth(ADMIN))
+    assert r.status_code == 422 and "invalid bucket name" in r.json()["error"]["message"]
+    assert await catalog.get("bucket_bindings", "do..cs") is None
+    for key, problem in (("a\\b.txt", "backslash"), ("x" * 300 + "/a", "longer than 255"), ("a//b", "empty segment")):
+        r = await client.post("/v1/namespaces/acme/buckets/docs-bucket/uploads", json={"key": key}, headers=auth(ADMIN))
+        assert r.status_code == 422 and problem in r.json()["error"]["message"], r.text
+    assert await catalog.count("object_uploads") == 0
