@@ -154,6 +154,8 @@ async def test_objects_are_ingested_and_the_counts_are_what_the_stores_hold(stac
     assert await stack.counts(collection_id) == (12, 12)
     started = await stack.wait_for(lambda e: e.type == "IngestStarted" and e.payload.task_id == payload.task_id)
     assert started.payload.objects == 12
+    progress = await stack.wait_for(lambda e: e.type == "IngestProgress" and e.payload.task_id == payload.task_id)
+    assert progress.payload.rows_total == 12 and 0 < progress.payload.rows_done <= 12
 
     task = (await stack.client.get(f"/v1/namespaces/acme/tasks/{payload.task_id}", headers=auth(ADMIN))).json()
     assert task["status"] == "COMPLETED" and task["documents_written"] == 12 and task["vectors_upserted"] == {"hash_embedding": 12}
