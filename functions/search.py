@@ -9,6 +9,7 @@ the model loads once. The realtime issue moves this behind Ray Serve.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Any
 
 from events.errors import InvalidInput, PermanentError
@@ -22,8 +23,10 @@ from infra.vectors.base import VectorIndex
 
 MAX_LIMIT = 1000
 MAX_QUERY_CHARS = 100_000
+MAX_EMBEDDERS = 8
+"""Query embedders kept per process; the least recently used one is stopped beyond this."""
 
-_embedders: dict[str, Any] = {}
+_embedders: OrderedDict[str, Any] = OrderedDict()
 _lock = asyncio.Lock()
 
 
@@ -35,9 +38,15 @@ async def _embedder(catalog: Catalog, store: ObjectStore, settings: Settings, co
     key = f"{collection['collection_id']}|{plugin['plugin_id']}|{plugin['sha256']}"
     async with _lock:
         if key not in _embedders:
-            # One query at a time is cheap on CPU; the realtime issue puts query embedding on Serve (and GPUs).
+            # One query at a time is cheap on CPU; the realtime issue puts query embedding on Serve
+            # (and GPUs). It reserves no CPU: an idle query actor must never keep an ingest job's
+            # actors from being placed.
             spec = await plugin_spec(catalog, store, settings, collection, plugin, gpus=0)
-            _embedders[key] = ray.remote(num_cpus=0.5)(QueryEmbedder).remote(spec)
+            _embedders[key] = ray.remote(num_cpus=0)(QueryEmbedder).remote(spec)
+            while len(_embedders) > MAX_EMBEDDERS:
+                _, old = _embedders.popitem(last=False)
+                ray.kill(old)
+        _embedders.move_to_end(key)
         return _embedders[key]
 
 

@@ -75,8 +75,9 @@ def group_steps(steps: Sequence[StepPlan]) -> list[list[StepPlan]]:
 
 def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, blocks: int) -> dict[str, Any]:
     """`map_batches` options for a stage: its batch size and resources, and an actor pool sized to
-    what the cluster can hold at once (all of it from the start: a job's actors load their model
-    once, so scaling up late wastes the early minutes), never more actors than input blocks."""
+    what the cluster has free for it (`cpus`, `gpus`) — all of it from the start: a job's actors
+    load their model once, so scaling up late wastes the early minutes — never more actors than
+    input blocks, and at least one (which waits for resources when none are free)."""
     import ray.data
 
     head = group[0]
@@ -106,14 +107,18 @@ def run_job(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.verbose_progress = False
-    resources = cluster_resources()
-    cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+    total, free = cluster_resources(), ray.available_resources()
+    cpus, gpus = free.get("CPU", 0.0), free.get("GPU", 0.0)
+    if cpus < 1 and total.get("CPU", 0.0) >= 1:
+        log.warning("ingest job waits for CPUs: the cluster has %.1f of %.1f free", cpus, total.get("CPU", 0.0))
     spec_ref = replace(spec, archive=spec.archive if not isinstance(spec.archive, (bytes, bytearray)) else ray.put(spec.archive))
     blocks = max(1, min(len(rows) // 8, 256))
     dataset = ray.data.from_items(list(rows), override_num_blocks=blocks)
     groups = group_steps(steps)
     for n, group in enumerate(groups):
-        options = _stage_options(group, cpus=cpus, gpus=gpus, blocks=blocks)
+        # stages share what is free: one stage holding every CPU would starve the next one
+        cpu_stages = sum(1 for g in groups if not g[0].num_gpus)
+        options = _stage_options(group, cpus=cpus / max(1, cpu_stages), gpus=gpus, blocks=blocks)
         if n == 0:  # objects, not rows yet: small enough batches that every actor gets several (a
             # chunker turns one object into many rows, so 64 objects can be minutes of work)
             actors = options["compute"].max_size
