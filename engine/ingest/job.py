@@ -21,6 +21,9 @@ from engine.ingest.worker import PluginSpec, PluginStage, StepPlan, plan
 
 log = logging.getLogger("sluice.ingest.job")
 
+CPUS_PER_ACTOR = 4
+"""Widest CPU actor: beyond about four threads one model instance scales poorly, so a bigger
+machine gets more actors instead."""
 OUTPUT_BATCH_ROWS = 256
 """Rows per write: one vector upsert and one catalog transaction each."""
 
@@ -87,9 +90,17 @@ def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, block
     if head.num_gpus:
         options["num_gpus"] = head.num_gpus
         fits = max(1, int(gpus // head.num_gpus))
+    elif head.concurrency:  # API steps: concurrency is what they asked for
+        fits = head.concurrency
     else:
-        fits = max(1, int(cpus // max(head.num_cpus, 0.01)))
-    size = max(1, min(head.concurrency or fits, blocks))
+        # Fewer, wider actors: each gets up to CPUS_PER_ACTOR CPUs (its model's intra-op threads
+        # follow: Ray sets OMP_NUM_THREADS, ONNX Runtime reads the assignment). Objects are
+        # the unit of work here, so one large object keeps one actor busy while narrow siblings
+        # would sit idle; and every actor holds a copy of the model.
+        width = max(head.num_cpus, float(max(1, min(int(cpus), CPUS_PER_ACTOR))))
+        options["num_cpus"] = width
+        fits = max(1, int(cpus // width))
+    size = max(1, min(fits, blocks))
     options["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=size)
     return options
 
