@@ -31,7 +31,6 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -44,7 +43,7 @@ from events.errors import AlreadyExists, NotFound
 from events.payloads import IngestCompleted, IngestFailed, IngestFailure, IngestProgress, IngestStarted, ObjectCreated
 from events.topics import Topics
 from functions.collections import DOCUMENTS, INGEST_QUEUE, INGESTED, Collections
-from functions.plugin_catalog import VERSIONS
+from functions.plugin_catalog import VERSIONS, now
 from functions.runner import publish
 from functions.secrets import SecretsStore
 from infra.catalog.base import Catalog
@@ -74,10 +73,6 @@ TEXT_MIME_TYPES = frozenset({
     "application/json", "application/xml", "application/x-yaml", "application/yaml", "application/javascript",
     "application/x-ndjson", "application/csv", "application/x-sh",
 })
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 def _digest(*parts: str) -> str:
@@ -255,7 +250,7 @@ class TaskWriter:
         points: list[Point] = []
         documents: list[tuple[str, dict]] = []
         per_vector: dict[str, int] = {}
-        written_at = _now()
+        written_at = now()
         for row in batch.to_dict("records"):
             source = self.sources.get(str(row.get("object_id") or ""))
             if source is None:
@@ -274,8 +269,7 @@ class TaskWriter:
             self._ids.add(document_id)
             fields = json.loads(row[FIELDS_COLUMN]) if isinstance(row.get(FIELDS_COLUMN), str) else {}
             data = fields.pop("data", None)
-            vectors = {name: row[VECTOR_PREFIX + name] for name in self.features
-                       if isinstance(row.get(VECTOR_PREFIX + name), (list, tuple)) or hasattr(row.get(VECTOR_PREFIX + name), "__len__")}
+            vectors = {name: row[VECTOR_PREFIX + name] for name in self.features if _is_vector(row.get(VECTOR_PREFIX + name))}
             pid = point_id(self.collection["collection_id"], document_id)
             obj = source.obj
             text = data if source.text and isinstance(data, str) else None
@@ -433,14 +427,14 @@ class IngestScheduler:
         by_collection: dict[str, list[dict]] = {}
         for entry in pending:
             by_collection.setdefault(entry["collection_id"], []).append(entry)
-        now = time.time()
+        clock = time.time()
         for collection_id, entries in sorted(by_collection.items(), key=lambda kv: kv[1][0]["queued_at"]):
             if len(self._running) >= self.settings.ingest_max_jobs:
                 return
             if collection_id in self._running:
                 continue
             full = len(entries) >= self.settings.ingest_max_objects
-            due = now - entries[0]["queued_at"] >= self.settings.ingest_max_delay_s
+            due = clock - entries[0]["queued_at"] >= self.settings.ingest_max_delay_s
             if not (force or full or due):
                 continue
             task_id = "tsk_" + secrets.token_hex(10)
@@ -452,7 +446,7 @@ class IngestScheduler:
             await self.catalog.insert(TASKS, task_id, {
                 "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": QUEUED,
                 "objects": len(chosen), "correlation_id": first.get("correlation_id"), "owner": self.owner,
-                "created_at": _now(), "started_at": None, "finished_at": None,
+                "created_at": now(), "started_at": None, "finished_at": None,
                 "documents_written": 0, "vectors_upserted": {}, "rows_failed": 0, "rows_skipped": 0, "failures": [],
                 "warnings": [], "reason": None, "rows_done": 0, "rows_total": len(chosen),
             })
@@ -475,7 +469,7 @@ class IngestScheduler:
         await publish(self.bus, self.topics, make(payload, namespace=task["namespace"], correlation_id=task.get("correlation_id")))
 
     async def _run(self, task_id: str, collection_id: str, entries: list[dict]) -> None:
-        task = await self.catalog.update(TASKS, task_id, {"status": RUNNING, "started_at": _now(), "owner": self.owner})
+        task = await self.catalog.update(TASKS, task_id, {"status": RUNNING, "started_at": now(), "owner": self.owner})
         assert task is not None
         writer: TaskWriter | None = None
         try:
@@ -538,9 +532,7 @@ class IngestScheduler:
                     f"{index!r} holds {spec.size}; nothing was run")
 
     async def _prepare(self, collection: dict, plugin: dict) -> tuple[PluginSpec, list, list[str]]:
-        from infra.compute import RayCompute
-
-        if not isinstance(self.compute, RayCompute):
+        if not getattr(self.compute, "runs_jobs", False):
             raise IngestRefused("compute is disabled (SLUICE_COMPUTE=none): set SLUICE_COMPUTE=ray to run ingest jobs")
         from engine.ingest.job import cluster_resources, fit_to_cluster, gpu_shortfall, plan_steps
 
@@ -649,7 +641,7 @@ class IngestScheduler:
         await self._record_objects(collection, entries, writer, task_id)
         status = COMPLETED_WITH_ERRORS if writer.rows_failed else COMPLETED
         facts = {
-            "status": status, "finished_at": _now(), "documents_written": writer.documents_written,
+            "status": status, "finished_at": now(), "documents_written": writer.documents_written,
             "vectors_upserted": writer.vectors_upserted, "rows_failed": writer.rows_failed, "rows_skipped": writer.rows_skipped,
             "failures": [f.model_dump() for f in writer.failures], "warnings": warnings, "rows_done": len(entries),
         }
@@ -682,15 +674,16 @@ class IngestScheduler:
             if before is not None and before.get("marker") != obj.version_marker and status == "written":
                 replaced.append((object_id, obj.version_marker))
             records.append((key, {"collection_id": collection_id, "object_id": object_id, "bucket": obj.bucket, "key": obj.key,
-                                  "marker": obj.version_marker, "status": status, "task_id": task_id, "at": _now()}))
+                                  "marker": obj.version_marker, "status": status, "task_id": task_id, "at": now()}))
         for object_id, marker in replaced:
             stale = await self.catalog.find(DOCUMENTS, {"collection_id": collection_id, "object_id": object_id,
                                                         "source.version": {"$ne": marker}})
             ids = [d["point_id"] for d in stale if d.get("point_id")]
             if ids and collection.get("index_name"):
                 await self.vectors.delete_points(collection["index_name"], ids)
-            for d in stale:
-                await self.catalog.delete(DOCUMENTS, d["id"])
+            if stale:
+                await self.catalog.delete_many(DOCUMENTS, {"collection_id": collection_id, "object_id": object_id,
+                                                           "source.version": {"$ne": marker}})
         await self.catalog.upsert_many(INGESTED, records)
 
     async def _fail(self, task: dict, entries: list[dict], reason: str, writer: TaskWriter | None,
@@ -700,7 +693,7 @@ class IngestScheduler:
         log.error("ingest.failed", task_id=task_id, collection_id=collection_id, reason=reason)
         try:
             await self.catalog.update(TASKS, task_id, {
-                "status": FAILED, "finished_at": _now(), "reason": reason,
+                "status": FAILED, "finished_at": now(), "reason": reason,
                 "documents_written": writer.documents_written if writer else 0,
                 "vectors_upserted": writer.vectors_upserted if writer else {},
                 "rows_failed": writer.rows_failed if writer else 0, "rows_skipped": writer.rows_skipped if writer else 0,
@@ -710,6 +703,12 @@ class IngestScheduler:
             await self.catalog.delete(JOB_LEASES, collection_id)
         finally:
             await self._publish(task, IngestFailed(task_id=task_id, collection_id=collection_id, reason=reason, failures=failures))
+
+
+def _is_vector(value: Any) -> bool:
+    """A feature cell of `to_records` output: a float list (a numpy array after Ray's transport),
+    or None / NaN where the row has no such vector."""
+    return value is not None and not isinstance(value, float)
 
 
 def _owner_alive(owner: str) -> bool:

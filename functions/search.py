@@ -54,8 +54,6 @@ async def search(
     catalog: Catalog, vectors: VectorIndex, store: ObjectStore, settings: Settings, compute: Any, *,
     namespace: str, collection_id: str, query: str, limit: int = 10, feature: str | None = None,
 ) -> dict:
-    from infra.compute import RayCompute
-
     if not isinstance(query, str) or not query.strip():
         raise InvalidInput("query must be non-empty text", details={"field": "query"})
     if len(query) > MAX_QUERY_CHARS:
@@ -70,7 +68,7 @@ async def search(
     if feature not in indexes:
         raise InvalidInput(f"collection {collection['collection_name']!r} has no vector {feature!r}; it has {indexes}",
                            details={"field": "feature", "known": indexes})
-    if not isinstance(compute, RayCompute):
+    if not getattr(compute, "runs_jobs", False):
         raise PermanentError("search embeds queries with Ray, and compute is disabled (SLUICE_COMPUTE=none)")
     plugin = await catalog.get(VERSIONS, collection["feature_extractor"]["plugin_id"])
     if plugin is None:

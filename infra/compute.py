@@ -10,6 +10,8 @@ from events.lifecycle import Health, Lifecycle
 
 class RayCompute(Lifecycle):
     adapter_name = "ray"
+    runs_jobs = True
+    """Handlers ask this, not the adapter's type, whether Ray-backed work can run."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, namespace: str = "sluice") -> None:
         self.address = address
@@ -55,6 +57,7 @@ class NoCompute(Lifecycle):
     """`compute=none`: the platform runs, Ray-backed work is refused with a clear reason."""
 
     adapter_name = "none"
+    runs_jobs = False
 
     async def _health(self) -> Health:
         return Health(status="degraded", adapter="none", detail={"reason": "compute disabled (SLUICE_COMPUTE=none)"})

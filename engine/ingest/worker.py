@@ -224,7 +224,7 @@ def run_isolating(runner: StepRunner, batch: pd.DataFrame) -> tuple[pd.DataFrame
         return runner(batch), []
     except StepFailed as exc:
         if len(batch) <= 1:
-            return batch.iloc[0:0], [_failure_rows(batch, exc.step if hasattr(exc, "step") else runner.step.name, str(exc))]
+            return batch.iloc[0:0], [_failure_rows(batch, exc.step, str(exc))]
     middle = len(batch) // 2
     left, left_failures = run_isolating(runner, batch.iloc[:middle].reset_index(drop=True))
     right, right_failures = run_isolating(runner, batch.iloc[middle:].reset_index(drop=True))
