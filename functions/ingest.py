@@ -37,6 +37,7 @@ import pandas as pd
 import structlog
 
 from engine.ingest.worker import ERROR_COLUMN, FIELDS_COLUMN, SKIPPED_COLUMN, STEP_COLUMN, VECTOR_PREFIX, PluginSpec
+from engine.plugins.extractors.pipeline import TEXT_MIME_TYPES
 from events.bus import EventBus
 from events.envelope import AnyEnvelope, make
 from events.errors import AlreadyExists, NotFound
@@ -68,12 +69,6 @@ MAX_FAILURES_KEPT = 200
 """Failures listed in a task and its event (all of them are counted in `rows_failed`)."""
 PROGRESS_EVERY_S = 1.0
 PAYLOAD_TEXT_CHARS = 2000
-
-TEXT_MIME_TYPES = frozenset({
-    "application/json", "application/xml", "application/x-yaml", "application/yaml", "application/javascript",
-    "application/x-ndjson", "application/csv", "application/x-sh",
-})
-
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

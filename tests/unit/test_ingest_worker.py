@@ -111,5 +111,10 @@ def test_ids_are_stable_per_object_and_version_and_types_come_from_mime_or_conte
     assert document_id_for("c", "b", "k", "v1") != document_id_for("c2", "b", "k", "v1")
     assert [blob_type_for(m) for m in ("text/markdown", "application/json", "image/png", "application/pdf", "application/zip")] == [
         "text", "text", "image", "pdf", "file"]
+    from engine.plugins.extractors.pipeline import RowCondition
+
+    # what ingest passes inline as text, IS_TEXT steps (text_embedding's chunker) see
+    assert all(RowCondition.IS_TEXT.matches(m) for m in ("text/plain", "application/json", "application/x-yaml"))
+    assert not RowCondition.IS_TEXT.matches("image/png")
     assert looks_like_text("héllo".encode()) and not looks_like_text(b"\x00\x01PK")
     assert looks_like_text("é".encode()[:1])  # a character cut at the sample's end

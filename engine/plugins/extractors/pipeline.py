@@ -55,6 +55,8 @@ class RowCondition(str, Enum):
         mime = (mime_type or "").lower().split(";", 1)[0].strip()
         if self is RowCondition.IS_PDF:
             return mime == "application/pdf"
+        if self is RowCondition.IS_TEXT and mime in TEXT_MIME_TYPES:
+            return True
         return mime.startswith(_MIME_PREFIX[self])
 
     def mask(self, batch: pd.DataFrame) -> pd.Series:
@@ -62,6 +64,12 @@ class RowCondition(str, Enum):
             return pd.Series(True, index=batch.index)
         return batch["mime_type"].map(self.matches).astype(bool)
 
+
+TEXT_MIME_TYPES = frozenset({
+    "application/json", "application/xml", "application/x-yaml", "application/yaml", "application/javascript",
+    "application/x-ndjson", "application/csv", "application/x-sh",
+})
+"""Text that is not `text/*`: ingest passes it inline, and IS_TEXT steps see it."""
 
 _MIME_PREFIX = {
     RowCondition.IS_TEXT: "text/",
@@ -292,5 +300,5 @@ def run_steps(steps: Sequence[PipelineStep], batch: pd.DataFrame) -> pd.DataFram
 
 __all__ = [
     "BATCH_SIZE", "PipelineDefinition", "PipelineStep", "PluginContractError", "ResourceType", "RowCondition",
-    "StepDefinition", "StepFailed", "StepRunner", "build_pipeline_steps", "coerce_steps", "run_steps",
+    "StepDefinition", "StepFailed", "StepRunner", "TEXT_MIME_TYPES", "build_pipeline_steps", "coerce_steps", "run_steps",
 ]
