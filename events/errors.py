@@ -52,6 +52,18 @@ class TooLarge(PermanentError):
     error_type = "too_large"
 
 
+class NotReady(TransientError):
+    """What must answer is still starting (a deployment in progress): try again shortly."""
+
+    error_type = "not_ready"
+
+
+class PluginFailed(SluiceError):
+    """A plugin's code raised, or answered outside its contract, while serving a request."""
+
+    error_type = "plugin_error"
+
+
 class NotFound(SluiceError):
     error_type = "not_found"
 

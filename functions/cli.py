@@ -75,6 +75,12 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
     scheduling: asyncio.Task | None = None
     try:
         await runner.start()
+        if getattr(platform.compute, "runs_jobs", False):
+            from functions.deploy import reconcile
+
+            # Versions that should be serving but whose Serve applications are gone (a local Ray
+            # does not outlive the process that started it) are deployed again.
+            await reconcile(platform.catalog, platform.bus, platform.topics)
         scheduling = asyncio.create_task(scheduler.run(stop))
         dropping = asyncio.create_task(DropFolder(
             settings.data_dir / "drop", platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics,

@@ -99,7 +99,7 @@ async def handle(
                 "files": extracted.files, "manifest": report.manifest.model_dump(mode="json"),
                 "scan_report": {"passed": True, "findings": [f.model_dump() for f in findings]},
                 "dry_runs": [d.model_dump() for d in report.dry_runs],
-                "feature_uris": report.feature_uris, "has_realtime": report.has_realtime,
+                "feature_uris": report.feature_uris, "has_realtime": report.has_realtime, "step_gpus": report.step_gpus,
                 "deployment_status": "NOT_DEPLOYED", "registered_at": now(),
             }
             try:

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     ingest_max_objects: int = Field(default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once.")
     ingest_max_jobs: int = Field(default=1, ge=1, description="Ingest jobs running at once in this process.")
     ingest_max_inline_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest text object passed inline in `data`.")
+    deploy_timeout_s: float = Field(default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED.")
+    retriever_wait_s: float = Field(default=30.0, ge=0, le=600, description="How long a query waits for its plugin version's deployment to finish.")
     require_gpu: bool = Field(default=False, description="Fail jobs whose GPU steps the cluster cannot place, instead of running them on CPU.")
     secrets_key: SecretStr | None = Field(default=None, description="Master key for namespace secrets; generated into the data dir when unset.")
 

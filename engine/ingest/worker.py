@@ -351,31 +351,36 @@ class QueryEmbedder:
         self.steps = build_steps(spec)
 
     def embed(self, texts: Sequence[str]) -> dict[str, list[list[float] | None]]:
-        from engine.plugins.extractors.pipeline import run_steps
-        from engine.plugins.frame import frame
+        return embed_texts(self.steps, self.spec, texts)
 
-        spec = self.spec
-        rows = [
-            {"data": t, "document_id": f"query:{i}", "object_id": f"query:{i}", "blob_id": f"query:{i}/content",
-             "collection_id": spec.collection_id or "", "feature_extractor_id": spec.plugin_id}
-            for i, t in enumerate(texts)
-        ]
-        out = run_steps(self.steps, add_input_aliases(frame(rows), spec.input_fields))
-        result: dict[str, list[list[float] | None]] = {}
-        for name, dim in spec.features:
-            per_text: list[list[float] | None] = [None] * len(texts)
-            values = out[name].tolist() if name in out.columns else [None] * len(out)
-            for object_id, value in zip(out["object_id"].tolist(), values, strict=True):
-                i = int(str(object_id).split(":", 1)[1])
-                vector, _ = _vector(value, dim)
-                if per_text[i] is None and vector is not None:
-                    per_text[i] = vector
-            result[name] = per_text
-        return result
+
+def embed_texts(steps: Sequence[PipelineStep], spec: PluginSpec, texts: Sequence[str]) -> dict[str, list[list[float] | None]]:
+    """Each text through the plugin's steps as a one-row text object: per feature, one vector per
+    text (the first chunk's, for a long text), or None where a text gave none."""
+    from engine.plugins.extractors.pipeline import run_steps
+    from engine.plugins.frame import frame
+
+    rows = [
+        {"data": t, "document_id": f"query:{i}", "object_id": f"query:{i}", "blob_id": f"query:{i}/content",
+         "collection_id": spec.collection_id or "", "feature_extractor_id": spec.plugin_id}
+        for i, t in enumerate(texts)
+    ]
+    out = run_steps(list(steps), add_input_aliases(frame(rows), spec.input_fields))
+    result: dict[str, list[list[float] | None]] = {}
+    for name, dim in spec.features:
+        per_text: list[list[float] | None] = [None] * len(texts)
+        values = out[name].tolist() if name in out.columns else [None] * len(out)
+        for object_id, value in zip(out["object_id"].tolist(), values, strict=True):
+            i = int(str(object_id).split(":", 1)[1])
+            vector, _ = _vector(value, dim)
+            if per_text[i] is None and vector is not None:
+                per_text[i] = vector
+        result[name] = per_text
+    return result
 
 
 __all__ = [
     "ERROR_COLUMN", "FIELDS_COLUMN", "PRODUCTION_COLUMNS", "SKIPPED_COLUMN", "STEP_COLUMN", "VECTOR_PREFIX",
-    "PluginIntegrityError", "PluginSpec", "PluginStage", "QueryEmbedder", "StepPlan", "build_steps", "plan",
+    "PluginIntegrityError", "PluginSpec", "PluginStage", "QueryEmbedder", "StepPlan", "build_steps", "embed_texts", "plan",
     "plugin_root", "run_isolating", "to_records",
 ]

@@ -36,6 +36,23 @@ _DISTANCE_SYNONYMS = {
     "dot_product": "dot", "ip": "dot", "inner_product": "dot", "manhattan": None,
 }
 
+class RealtimeConfig(BaseModel):
+    """The manifest's `realtime_config`: how the plugin's Ray Serve replicas run (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(default=1, ge=0, le=100, description="Replicas kept running (0: scale to zero when idle).")
+    max_replicas: int | None = Field(default=None, ge=1, le=100, description="Above min_replicas: autoscale on load.")
+    target_ongoing_requests: float = Field(default=8.0, gt=0, le=1000, description="Autoscaling target per replica.")
+    max_ongoing_requests: int = Field(default=64, ge=1, le=10_000, description="Requests one replica takes at once.")
+    num_cpus: float = Field(default=0.0, ge=0, le=256, description="CPUs reserved per replica (0: shared with batch jobs).")
+    num_gpus: float | None = Field(default=None, ge=0, le=16, description="GPUs per replica (default: 1 when a step is a GPU step).")
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Concurrent queries embedded in one call.")
+    batch_wait_timeout_ms: float = Field(default=0.0, ge=0, le=10_000, description="How long a batch waits to fill.")
+
+
+REALTIME_KEYS = tuple(RealtimeConfig.model_fields)
+
 # rule id -> (severity, hint)
 RULES: dict[str, tuple[str, str]] = {
     "SLU800": ("error", "Fix the exception shown; the manifest must import with only its declared dependencies."),
@@ -54,6 +71,7 @@ RULES: dict[str, tuple[str, str]] = {
     "SLU820": ("error", "Schemas must be pydantic BaseModel subclasses or dicts."),
     "SLU821": ("error", "Give every parameter a default; collections override the ones they need."),
     "SLU822": ("error", "supported_input_types lists some of 'text', 'image', 'video', 'audio', 'pdf'."),
+    "SLU823": ("error", "realtime_config is a dict of " + ", ".join(REALTIME_KEYS) + " (all optional)."),
 }
 
 
@@ -83,6 +101,7 @@ class ManifestSummary(BaseModel):
     parameter_schema: dict[str, Any] | None = None
     parameter_defaults: dict[str, Any] = Field(default_factory=dict)
     dependencies: list[str] = Field(default_factory=list)
+    realtime_config: dict[str, Any] | None = Field(default=None, description="Validated `realtime_config` hints.")
 
 
 def finding(rule_id: str, message: str, *, file: str = "manifest.py", line: int = 0) -> Finding:
@@ -214,6 +233,8 @@ def validate_manifest(
         findings.append(finding("SLU822", f"supported_input_types is {input_types!r}"))
         input_types = ["text"]
 
+    realtime_config = _realtime_config(getattr(module, "realtime_config", None), findings)
+
     if any(f.severity == "error" for f in findings) or not isinstance(name, str):
         return None, findings
     dependencies = getattr(module, "dependencies", None)
@@ -230,5 +251,34 @@ def validate_manifest(
         parameter_schema=parameter_schema,
         parameter_defaults=defaults,
         dependencies=[str(d) for d in dependencies] if isinstance(dependencies, (list, tuple)) else [],
+        realtime_config=realtime_config,
     )
     return summary, findings
+
+
+def _realtime_config(value: Any, findings: list[Finding]) -> dict[str, Any] | None:
+    """`realtime_config` checked key by key: an unknown key names the closest known one."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        findings.append(finding("SLU823", f"realtime_config is a {type(value).__name__}, not a dict"))
+        return None
+    bad = False
+    for key in value:
+        if key not in REALTIME_KEYS:
+            close = difflib.get_close_matches(str(key), REALTIME_KEYS, n=1, cutoff=0.6)
+            findings.append(finding("SLU823", f"realtime_config has an unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")))
+            bad = True
+    if bad:
+        return None
+    try:
+        config = RealtimeConfig(**value)
+    except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError lists each field
+        errors = getattr(exc, "errors", lambda: [])() or [{"loc": ("?",), "msg": str(exc)}]
+        for e in errors:
+            findings.append(finding("SLU823", f"realtime_config[{e['loc'][0]!r}]: {e['msg']}"))
+        return None
+    if config.max_replicas is not None and config.max_replicas < config.min_replicas:
+        findings.append(finding("SLU823", f"realtime_config: max_replicas {config.max_replicas} is below min_replicas {config.min_replicas}"))
+        return None
+    return config.model_dump(exclude_unset=True)

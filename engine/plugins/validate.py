@@ -72,6 +72,7 @@ class ValidationReport(BaseModel):
     manifest: ManifestSummary | None = None
     feature_uris: list[str] = Field(default_factory=list)
     has_realtime: bool = False
+    step_gpus: float = Field(default=0.0, description="The most GPUs one step asks for (realtime replicas follow it).")
     dry_runs: list[DryRun] = Field(default_factory=list)
 
 
@@ -151,7 +152,7 @@ def _realtime_check(realtime: Any, manifest: ManifestSummary, findings: list[Fin
     names = {f.feature_name: f.embedding_dim for f in manifest.features}
     try:
         service = classes[0]()
-        result = asyncio.run(service({"text": "query", "texts": ["query"]}, {}))
+        result = asyncio.run(service({"text": "query"}, {}))
     except Exception as exc:  # noqa: BLE001
         file, line, text = _where(root, exc, "realtime.py")
         findings.append(finding("SLU852", f"calling {classes[0].__name__} raised {text}", file=file, line=line))
@@ -233,6 +234,7 @@ def validate_plugin(
     if not steps:
         findings.append(finding("SLU834", "build_steps returned an empty steps list"))
         return report
+    report.step_gpus = max(float(s.num_gpus or 0) for s in steps)
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="sluice-dry-run-"))
     allow_asset_root(workdir)

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.collections import Collections
 from functions.rest.deps import ScopedNamespace
-from functions.search import search
+from functions.deploy import request_deploy
+from functions.retrieve import feature_search
 
 
 class Source(BaseModel):
@@ -63,7 +64,13 @@ def router() -> APIRouter:
             extractor=body.feature_extractor.feature_extractor_name, version=body.feature_extractor.version,
             parameters=body.feature_extractor.parameters, description=body.description,
         )
-        return _public(record)
+        platform = request.app.state.platform
+        deployment = None
+        if getattr(platform.compute, "runs_jobs", False):
+            # Queries of this collection are embedded by its plugin version's deployment: start it now.
+            deployment = await request_deploy(platform.catalog, platform.bus, platform.topics, namespace,
+                                              record["feature_extractor"]["plugin_id"])
+        return {**_public(record), "deployment_status": deployment["status"] if deployment else "NOT_DEPLOYED"}
 
     @api.get("")
     async def list_collections(namespace: ScopedNamespace, request: Request) -> Any:
@@ -76,9 +83,11 @@ def router() -> APIRouter:
 
     @api.post("/{collection_id}/search")
     async def search_collection(namespace: ScopedNamespace, collection_id: str, body: SearchRequest, request: Request) -> Any:
+        """Text search of one collection: `feature_search` with `{"text": query}`."""
         p = request.app.state.platform
-        return await search(p.catalog, p.vectors, p.store, p.settings, p.compute, namespace=namespace,
-                            collection_id=collection_id, query=body.query, limit=body.limit, feature=body.feature)
+        return await feature_search(p.catalog, p.vectors, p.settings, p.compute, namespace=namespace,
+                                    collection_id=collection_id, query={"text": body.query}, limit=body.limit,
+                                    feature=body.feature)
 
     @api.delete("/{collection_id}")
     async def delete(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:

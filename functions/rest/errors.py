@@ -16,6 +16,7 @@ from events.errors import (
     Forbidden,
     NotFound,
     PermanentError,
+    PluginFailed,
     TooLarge,
     SluiceError,
     TransientError,
@@ -30,6 +31,7 @@ _STATUS: list[tuple[type[SluiceError], int]] = [
     (NotFound, 404),
     (AlreadyExists, 409),
     (Conflict, 409),
+    (PluginFailed, 502),
     (TooLarge, 413),
     (PermanentError, 422),  # InvalidInput and PoisonMessage included
     (TransientError, 503),

@@ -24,9 +24,12 @@ from starlette.background import BackgroundTask
 
 from engine.plugins.archive import ArchiveLimits
 from events.envelope import make
-from events.errors import Conflict, InvalidInput, TooLarge
+from events.errors import Conflict, InvalidInput, NotFound, TooLarge
 from events.payloads import Finding, ObjectRef, PluginUploadConfirmed
+from functions.deploy import Deployments, request_deploy, request_undeploy
+from functions.deploy import forget as forget_deployment
 from functions.rest.deps import ScopedNamespace
+from functions.retrieve import call_deployment, ready_deployment
 from functions.plugin_catalog import AWAITING_UPLOAD, CONFIRMED, FAILED, REGISTERED, TERMINAL, VERSIONS, PluginCatalog, now
 from functions.runner import publish
 from infra.bootstrap import Platform
@@ -65,6 +68,22 @@ class Outcome(BaseModel):
     feature_uris: list[str] = Field(description="`sluice://{name}@{version}/{feature_name}` per declared feature.")
     deployment_status: str | None = Field(description="NOT_DEPLOYED until the realtime endpoint is deployed.")
     status_url: str = Field(description="GET this for the outcome.")
+
+
+class RealtimeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(description="`text` or `texts`, and `vector_index`, as realtime.py receives them.",
+                                   examples=[{"text": "a query"}])
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Inference options passed to the service.")
+
+
+def _deployment_view(record: dict) -> dict:
+    keep = ("plugin_id", "plugin_name", "version", "status", "error", "warning", "mode", "reason", "plan", "replicas",
+            "requested_at", "started_at", "deployed_at", "failed_at", "updated_at", "deployment_removed")
+    view = {k: record.get(k) for k in keep if k in record}
+    view["deployment_status"] = record["status"]
+    return view
 
 
 class RollbackRequest(BaseModel):
@@ -234,12 +253,51 @@ def router() -> APIRouter:
     @api.delete("/{plugin_id}")
     async def delete_plugin(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
         platform = _platform(request)
+        await _plugins(request).get_version(namespace, plugin_id)  # NotFound before anything is removed
+        removed = await forget_deployment(platform.catalog, namespace, plugin_id)
         record, active = await _plugins(request).delete_version(namespace, plugin_id)
         await platform.store.delete(record["archive"]["bucket"], record["archive"]["key"])
         return {
             "deleted": True, "plugin_id": plugin_id, "plugin_name": record["plugin_name"], "version": record["version"],
-            "active_version": active["version"] if active else None, "deployment_removed": False,
+            "active_version": active["version"] if active else None, "deployment_removed": removed,
         }
+
+    @api.post("/{plugin_id}/deploy", status_code=202)
+    async def deploy(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
+        """Queue the version's realtime deployment; follow it with GET .../status."""
+        platform = _platform(request)
+        if not getattr(platform.compute, "runs_jobs", False):
+            raise Conflict("realtime deployments run on Ray, and compute is disabled (SLUICE_COMPUTE=none)")
+        record = await request_deploy(platform.catalog, platform.bus, platform.topics, namespace, plugin_id)
+        return _deployment_view(record)
+
+    @api.post("/{plugin_id}/undeploy")
+    async def undeploy(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
+        """Remove the endpoint; the version and its archive stay registered."""
+        platform = _platform(request)
+        return _deployment_view(await request_undeploy(platform.catalog, platform.bus, platform.topics, namespace, plugin_id))
+
+    @api.get("/{plugin_id}/status")
+    async def deployment_status(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
+        return _deployment_view(await Deployments(_platform(request).catalog).get(namespace, plugin_id))
+
+    @api.post("/{plugin_id}/realtime")
+    async def realtime(namespace: ScopedNamespace, plugin_id: str, body: RealtimeRequest, request: Request) -> Any:
+        """Call the version's realtime service. `plugin_id` may also be a plugin name: the name's
+        serving version answers (the newest version that finished deploying)."""
+        platform = _platform(request)
+        deployments = Deployments(platform.catalog)
+        if await platform.catalog.get(VERSIONS, plugin_id) is None:
+            serving = await deployments.serving(namespace, plugin_id)
+            if serving is None:
+                raise NotFound(f"no plugin version {plugin_id!r} and no deployed plugin named {plugin_id!r} in namespace {namespace!r}",
+                               details={"plugin_id": plugin_id})
+            plugin_id = serving["plugin_id"]
+        version = await _plugins(request).get_version(namespace, plugin_id)
+        record = await ready_deployment(platform.catalog, platform.settings, plugin_id,
+                                        what=f"plugin {version['plugin_name']} {version['version']}")
+        output = await call_deployment(record, "realtime", body.inputs, body.parameters)
+        return {"plugin_id": plugin_id, "plugin_name": version["plugin_name"], "version": version["version"], "outputs": output}
 
     return api
 

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from engine.realtime import control
 from events import codec
 from functions.idempotency import IdempotencyStore
 from functions.ingest import IngestScheduler
@@ -135,6 +136,7 @@ async def stack(tmp_path, ray_cluster):
                 collecting.cancel()
                 await scheduling
                 await runner.stop()
+                await asyncio.to_thread(control.delete_all)  # the session's Ray outlives this data dir
 
 
 async def test_objects_are_ingested_and_the_counts_are_what_the_stores_hold(stack):

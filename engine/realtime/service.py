@@ -1,0 +1,308 @@
+"""The replica of a plugin version's Ray Serve application (`PluginService`).
+
+A replica serves one plugin version, in one of two modes:
+
+* `realtime`: the plugin ships `realtime.py`; its `BaseInferenceService` subclass answers
+  `await service(inputs, parameters)` — the hosted product's contract.
+* `generic`: no `realtime.py`, but the batch pipeline produces embeddings from text; each query
+  runs through the plugin's own steps as a one-row text object (the same code that embedded the
+  documents, so query and document vectors always match).
+
+Concurrent `embed` calls are batched (`serve.batch`): the generic mode runs a batch as one
+DataFrame; the realtime mode sends `{"texts": [...]}` in one call when the service showed at
+start-up that it answers one vector per text, else calls it once per text, concurrently.
+
+Plugin code runs on a private event loop in its own thread, never on the replica's loop: a service
+whose `async __call__` does blocking model work would otherwise stall Serve's health checks and the
+requests queued behind it. Start-up builds the service and makes one warm-up call, so a replica is
+healthy only once the plugin can answer (and a plugin that raises at start-up fails the deployment
+with its own error instead of failing the first query).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import math
+import os
+import threading
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from engine.ingest.worker import PluginSpec, build_steps, configure_assets, plugin_root
+
+WARM_UP_TEXT = "Sluice warm-up query."
+REALTIME = "realtime"
+GENERIC = "generic"
+
+
+class RealtimeContractError(RuntimeError):
+    """The plugin's realtime service answered something the contract does not allow."""
+
+
+def plain(value: Any) -> Any:
+    """A JSON-safe copy of a service's answer (numpy arrays and scalars to lists and numbers)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
+        return value.detach().cpu().tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def vector_of(result: Any, feature: str, dim: int | None) -> list[float]:
+    """The vector a service answered for `feature`: the key named after it, else `embedding`."""
+    if not isinstance(result, dict):
+        raise RealtimeContractError(f"the realtime service returned {type(result).__name__}, not a dict")
+    key = feature if feature in result else "embedding" if "embedding" in result else None
+    if key is None:
+        raise RealtimeContractError(
+            f"the realtime service returned keys {sorted(map(str, result))}, without 'embedding' or {feature!r}")
+    try:
+        array = np.asarray(result[key], dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise RealtimeContractError(f"the realtime service's {key!r} is not a numeric vector: {exc}") from exc
+    if dim is not None and array.size != dim:
+        raise RealtimeContractError(f"the realtime service returned a {array.size}-dimensional {key!r}; the index expects {dim}")
+    if not np.isfinite(array).all():
+        raise RealtimeContractError(f"the realtime service's {key!r} holds NaN or infinite values")
+    return array.tolist()
+
+
+def _vectors_per_text(result: Any, feature: str, count: int) -> list[Any] | None:
+    """One vector per text, when a `texts` call answered that shape; None when it did not."""
+    if not isinstance(result, dict):
+        return None
+    key = feature if feature in result else "embedding" if "embedding" in result else None
+    if key is None:
+        return None
+    value = result[key]
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim != 2 or array.shape[0] != count:
+        return None
+    return [row for row in array]
+
+
+class _PluginLoop:
+    """One event loop in a daemon thread, where all of the plugin's coroutines run."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sluice-plugin-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Any) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Any, timeout_s: float | None = None) -> Any:
+        return self.submit(coro).result(timeout_s)
+
+    async def call(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _await_maybe(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class PluginService:
+    """Serve replica of one plugin version (wrapped by `serve.deployment` in `engine.realtime.control`)."""
+
+    def __init__(self, spec: PluginSpec, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0) -> None:
+        os.environ["SLUICE_SERVING"] = "1"  # plugin code may tell a replica from a batch worker or the dry run
+        configure_assets(spec.asset_access)
+        self.spec = _with_archive_bytes(spec)
+        self.features = dict(spec.features)
+        self._loop = _PluginLoop()
+        self._steps: dict[str, list] = {}
+        self._steps_lock = threading.Lock()
+        self.service: Any = None
+        self.batches_texts = False
+        root = plugin_root(self.spec)
+        if (root / "realtime.py").is_file():
+            self.mode = REALTIME
+            self.service = _realtime_service(self.spec, root)
+            self._warm_up_realtime()
+        else:
+            self.mode = GENERIC
+            self._generic_steps({})
+            self._run_generic([WARM_UP_TEXT], {})
+        self._embed_batch.set_max_batch_size(max_batch_size)
+        self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    # --- start-up --------------------------------------------------------------------------
+
+    def _warm_up_realtime(self) -> None:
+        """Call the service once (a failure fails the replica, with the plugin's error), and learn
+        whether it answers `{"texts": [...]}` with one vector per text (then batches are one call)."""
+        feature = next(iter(self.features), "embedding")
+        single = plain(self._loop.run(_await_maybe(self.service({"text": WARM_UP_TEXT}, {})), timeout_s=600))
+        vector_of(single, feature, self.features.get(feature))
+        try:
+            pair = plain(self._loop.run(_await_maybe(self.service({"texts": [WARM_UP_TEXT, "second"]}, {})), timeout_s=600))
+        except Exception:  # noqa: BLE001 - a service that only takes `text` is fine: it is called per text
+            pair = None
+        self.batches_texts = _vectors_per_text(pair, feature, 2) is not None
+
+    def _generic_steps(self, parameters: dict[str, Any]) -> list:
+        key = hashlib.sha256(repr(sorted(parameters.items())).encode()).hexdigest()
+        with self._steps_lock:
+            if key not in self._steps:
+                if len(self._steps) >= 8:  # a few parameter sets per replica; the oldest go
+                    self._steps.pop(next(iter(self._steps)))
+                spec = replace(self.spec, parameters={**self.spec.parameters, **parameters})
+                self._steps[key] = build_steps(spec)
+            return self._steps[key]
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        return {"plugin_id": self.spec.plugin_id, "mode": self.mode, "batches_texts": self.batches_texts,
+                "features": self.features}
+
+    async def realtime(self, inputs: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`POST .../plugins/{id}/realtime`: the plugin's own answer (generic mode: the vectors)."""
+        parameters = parameters or {}
+        if self.mode == REALTIME:
+            return plain(await self._loop.call(_await_maybe(self.service(inputs, parameters))))
+        texts = inputs.get("texts") if isinstance(inputs.get("texts"), list) else [inputs.get("text")]
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("inputs must hold 'text' (a string) or 'texts' (a list of strings)")
+        vectors = await asyncio.to_thread(self._run_generic, texts, parameters)
+        out: dict[str, Any] = {}
+        for name, per_text in vectors.items():
+            out[name] = per_text if "texts" in inputs else per_text[0]
+        if len(vectors) == 1:
+            out["embedding"] = next(iter(out.values()))
+        return out
+
+    async def embed(self, text: str, feature: str, parameters: dict[str, Any] | None = None) -> list[float]:
+        """One query vector for `feature`; concurrent calls are batched."""
+        outcome = await self._embed_batch((text, feature, _freeze(parameters or {})))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _embed_batch(self, items: list[tuple[str, str, tuple]]) -> list[Any]:
+        """Group the batch by (feature, parameters), run each group once; a failing group answers
+        its exception to its own callers only."""
+        results: list[Any] = [None] * len(items)
+        groups: dict[tuple[str, tuple], list[int]] = {}
+        for i, (_, feature, frozen) in enumerate(items):
+            groups.setdefault((feature, frozen), []).append(i)
+        for (feature, frozen), indexes in groups.items():
+            texts = [items[i][0] for i in indexes]
+            try:
+                vectors = await self._embed_group(texts, feature, {k: _thaw(v) for k, v in frozen})
+            except Exception as exc:  # noqa: BLE001 - answered to these callers
+                vectors = [exc] * len(indexes)
+            for i, vector in zip(indexes, vectors, strict=True):
+                results[i] = vector
+        return results
+
+    async def _embed_group(self, texts: list[str], feature: str, parameters: dict[str, Any]) -> list[Any]:
+        dim = self.features.get(feature)
+        if self.mode == GENERIC:
+            vectors = (await asyncio.to_thread(self._run_generic, texts, parameters)).get(feature)
+            if vectors is None:
+                raise RealtimeContractError(f"the plugin declares no feature {feature!r}; it has {sorted(self.features)}")
+            return [v if v is not None else RealtimeContractError(f"the plugin produced no {feature!r} vector for this query")
+                    for v in vectors]
+        if self.batches_texts and len(texts) > 1:
+            answer = plain(await self._loop.call(_await_maybe(self.service({"texts": texts}, parameters))))
+            rows = _vectors_per_text(answer, feature, len(texts))
+            if rows is not None:
+                return [vector_of({feature: row}, feature, dim) for row in rows]
+        answers = await asyncio.gather(*[
+            self._loop.call(_await_maybe(self.service({"text": t}, parameters))) for t in texts
+        ], return_exceptions=True)
+        return [a if isinstance(a, BaseException) else vector_of(plain(a), feature, dim) for a in answers]
+
+    def _run_generic(self, texts: Sequence[str], parameters: dict[str, Any]) -> dict[str, list[list[float] | None]]:
+        from engine.ingest.worker import embed_texts
+
+        return embed_texts(self._generic_steps(parameters), self.spec, texts)
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.close()
+
+
+def _freeze(parameters: dict[str, Any]) -> tuple:
+    """Parameters as a hashable key (values by repr: they are JSON from a request)."""
+    return tuple(sorted((str(k), _hashable(v)) for k, v in parameters.items()))
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("__dict__", tuple(sorted((str(k), _hashable(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("__list__", tuple(_hashable(v) for v in value))
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__dict__":
+        return {k: _thaw(v) for k, v in value[1]}
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__list__":
+        return [_thaw(v) for v in value[1]]
+    return value
+
+
+def _with_archive_bytes(spec: PluginSpec) -> PluginSpec:
+    """A spec whose archive is a URL (`s3://`, `file://`) is fetched here; `plugin_root` checks
+    the digest. Replicas fetch for themselves: Serve keeps a deployment's arguments in its
+    controller's checkpoint, where a 500 MB archive has no place."""
+    if not isinstance(spec.archive, str):
+        return spec
+    from engine.assets import open_asset
+
+    with open_asset(spec.archive, suffix=".zip") as path, open(path, "rb") as f:
+        return replace(spec, archive=f.read())
+
+
+def _realtime_service(spec: PluginSpec, root: Any) -> Any:
+    from engine.plugins.loader import import_module
+    from engine.plugins.validate import plugin_container
+    from engine.shared.plugins.inference.serve import BaseInferenceService
+
+    module = import_module(root, "realtime")
+    classes = [obj for obj in vars(module).values()
+               if isinstance(obj, type) and issubclass(obj, BaseInferenceService) and obj is not BaseInferenceService]
+    if not classes:
+        raise RealtimeContractError("realtime.py defines no subclass of shared.plugins.inference.serve.BaseInferenceService")
+    service = classes[0]()
+    if getattr(service, "container", None) is None:
+        service.container = plugin_container(spec.namespace, spec.context)
+    return service
+
+
+def describe_failure(exc: BaseException, limit: int = 20) -> str:
+    """The exception and the last lines of its traceback, as a deployment's error shows them."""
+    lines = "".join(traceback.format_exception(exc)).strip().splitlines()
+    return "\n".join(lines[-limit:])
+
+
+__all__ = ["GENERIC", "REALTIME", "PluginService", "RealtimeContractError", "plain", "vector_of"]
