@@ -226,8 +226,18 @@ def _search(args: argparse.Namespace) -> int:
                 names = ", ".join(sorted(c["collection_name"] for c in listed.json()["collections"])) or "none"
                 print(f"sluice: no collection {args.collection!r} in namespace {namespace!r} (there are: {names})", file=sys.stderr)
                 return 1
-            response = client.post(f"{base}/{matches[0]['collection_id']}/search",
-                                   json={"query": args.query, "limit": args.limit, "feature": args.feature})
+            collection = matches[0]
+            feature_uri = None
+            if args.feature:
+                uris = {v["name"]: v["feature_uri"] for v in collection["vector_indexes"]}
+                if args.feature not in uris:
+                    print(f"sluice: collection {collection['collection_name']!r} has no vector {args.feature!r} "
+                          f"(it has: {', '.join(uris) or 'none'})", file=sys.stderr)
+                    return 1
+                feature_uri = uris[args.feature]
+            response = client.post(f"/v1/namespaces/{quote(namespace, safe='')}/retrievers/feature_search", json={
+                "collection_id": collection["collection_id"], "query": {"text": args.query}, "limit": args.limit,
+                **({"feature_uri": feature_uri} if feature_uri else {})})
     except httpx.HTTPError as exc:
         print(f"sluice: cannot reach the server: {exc}", file=sys.stderr)
         return 1

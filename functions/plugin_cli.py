@@ -92,6 +92,16 @@ def add_plugin_commands(subparsers: Any) -> None:
 
     p = sub.add_parser("status", parents=[common], help="active version, scan result, features, deployment")
     p.add_argument("name")
+    p.add_argument("--version", default=None, help="version (default: the active one)")
+
+    p = sub.add_parser("deploy", parents=[common], help="deploy a version's realtime endpoint (Ray Serve) and wait for it")
+    p.add_argument("name")
+    p.add_argument("--version", default=None, help="version (default: the active one)")
+    p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for DEPLOYED or FAILED (0: do not wait)")
+
+    p = sub.add_parser("undeploy", parents=[common], help="remove a version's realtime endpoint (the version stays)")
+    p.add_argument("name")
+    p.add_argument("--version", default=None, help="version (default: the active one)")
 
     p = sub.add_parser("rollback", parents=[common], help="make an earlier version active")
     p.add_argument("name")
@@ -112,7 +122,7 @@ def add_plugin_commands(subparsers: Any) -> None:
 def run_plugin_command(args: argparse.Namespace) -> int:
     commands = {
         "init": _cmd_init, "test": _cmd_test, "push": _cmd_push, "pull": _cmd_pull, "log": _cmd_log,
-        "status": _cmd_status, "rollback": _cmd_rollback, "diff": _cmd_diff, "list": _cmd_list, "delete": _cmd_delete,
+        "status": _cmd_status, "deploy": _cmd_deploy, "undeploy": _cmd_undeploy, "rollback": _cmd_rollback, "diff": _cmd_diff, "list": _cmd_list, "delete": _cmd_delete,
     }
     try:
         if args.plugin_command not in ("init", "test"):
@@ -651,22 +661,76 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        entry = _pick(_versions(client, args, args.name), args.name, None)
+        entry = _pick(_versions(client, args, args.name), args.name, args.version)
         record = _api(client, "GET", f"{_base(args)}/{quote(entry['plugin_id'], safe='')}")
+        deployment = _api(client, "GET", f"{_base(args)}/{quote(entry['plugin_id'], safe='')}/status")
     if args.json:
-        _print_json(record)
+        _print_json({**record, "deployment": deployment})
         return 0
     scan = record.get("scan_report") or {}
     findings = scan.get("findings") or []
     warnings = sum(f.get("severity") == "warning" for f in findings)
     scan_text = ("passed" if scan.get("passed") else "failed") if scan else "unknown"
-    print(f"{args.name}: active version {record['version']}")
+    print(f"{args.name}: {'active ' if record.get('active') else ''}version {record['version']}")
     print(f"  plugin_id:   {record['plugin_id']}")
     print(f"  scan:        {scan_text} ({_count(warnings, 'warning')})")
     for uri in record.get("feature_uris") or []:
         print(f"  feature:     {uri}")
-    print(f"  deployment:  {record.get('deployment_status')}")
+    _print_deployment(deployment)
     print(f"  registered:  {record.get('registered_at')}")
+    return 0
+
+
+def _print_deployment(deployment: dict[str, Any]) -> None:
+    mode = f" ({deployment['mode']})" if deployment.get("mode") and deployment["status"] != "NOT_DEPLOYED" else ""
+    print(f"  deployment:  {deployment['status']}{mode}")
+    if deployment.get("reason"):
+        print(f"  reason:      {deployment['reason']}")
+    if deployment.get("warning"):
+        print(f"  warning:     {deployment['warning']}")
+    plan = deployment.get("plan") or {}
+    if plan and deployment["status"] == "DEPLOYED":
+        replicas = f"{plan['min_replicas']}" if plan["min_replicas"] == plan["max_replicas"] else f"{plan['min_replicas']}-{plan['max_replicas']}"
+        print(f"  replicas:    {replicas}, {plan['num_cpus']:g} CPU and {plan['num_gpus']:g} GPU each, batches up to {plan['max_batch_size']}")
+    if deployment.get("error"):
+        print("  error:       " + deployment["error"].replace("\n", "\n               "))
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = _pick(_versions(client, args, args.name), args.name, args.version)
+        path = f"{_base(args)}/{quote(entry['plugin_id'], safe='')}"
+        deployment = _api(client, "POST", f"{path}/deploy")
+        deadline = time.monotonic() + args.wait
+        shown = None
+        while deployment["status"] in ("QUEUED", "PENDING", "IN_PROGRESS") and time.monotonic() < deadline:
+            if deployment["status"] != shown and not args.json:
+                print(f"{args.name} {entry['version']}: {deployment['status']}", file=sys.stderr, flush=True)
+                shown = deployment["status"]
+            time.sleep(0.5)
+            deployment = _api(client, "GET", f"{path}/status")
+    if args.json:
+        _print_json(deployment)
+    else:
+        print(f"{args.name} {entry['version']} ({entry['plugin_id']})")
+        _print_deployment(deployment)
+    if deployment["status"] == "FAILED":
+        return 1
+    if deployment["status"] in ("QUEUED", "PENDING", "IN_PROGRESS") and args.wait:
+        print(f"sluice: still {deployment['status']} after {args.wait:g} s; check with `sluice plugin status {args.name}`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_undeploy(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = _pick(_versions(client, args, args.name), args.name, args.version)
+        body = _api(client, "POST", f"{_base(args)}/{quote(entry['plugin_id'], safe='')}/undeploy")
+    if args.json:
+        _print_json(body)
+    else:
+        removed = "endpoint removed" if body.get("deployment_removed") else "no endpoint was running"
+        print(f"{args.name} {entry['version']}: NOT_DEPLOYED ({removed}; the version stays registered)")
     return 0
 
 

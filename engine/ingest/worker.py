@@ -340,20 +340,6 @@ def to_records(frame: pd.DataFrame, features: Sequence[tuple[str, int]]) -> tupl
     return pd.DataFrame(records, columns=columns), failures
 
 
-class QueryEmbedder:
-    """Query-time embedding for search, in a worker (a Ray actor: the steps are built once). Each
-    text goes through the plugin's steps as a one-row text object; `embed` answers, per feature,
-    one vector per text (the first chunk's, for a long query), or None where a text gave none."""
-
-    def __init__(self, spec: PluginSpec) -> None:
-        configure_assets(spec.asset_access)
-        self.spec = spec
-        self.steps = build_steps(spec)
-
-    def embed(self, texts: Sequence[str]) -> dict[str, list[list[float] | None]]:
-        return embed_texts(self.steps, self.spec, texts)
-
-
 def embed_texts(steps: Sequence[PipelineStep], spec: PluginSpec, texts: Sequence[str]) -> dict[str, list[list[float] | None]]:
     """Each text through the plugin's steps as a one-row text object: per feature, one vector per
     text (the first chunk's, for a long text), or None where a text gave none."""
@@ -381,6 +367,6 @@ def embed_texts(steps: Sequence[PipelineStep], spec: PluginSpec, texts: Sequence
 
 __all__ = [
     "ERROR_COLUMN", "FIELDS_COLUMN", "PRODUCTION_COLUMNS", "SKIPPED_COLUMN", "STEP_COLUMN", "VECTOR_PREFIX",
-    "PluginIntegrityError", "PluginSpec", "PluginStage", "QueryEmbedder", "StepPlan", "build_steps", "embed_texts", "plan",
+    "PluginIntegrityError", "PluginSpec", "PluginStage", "StepPlan", "build_steps", "embed_texts", "plan",
     "plugin_root", "run_isolating", "to_records",
 ]

@@ -113,7 +113,7 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path, ray_cluster):
-    settings = Settings(data_dir=tmp_path, bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.3)
+    settings = Settings(data_dir=tmp_path, bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=1.0)
     async with bootstrap(settings) as platform:
         scheduler = IngestScheduler.for_platform(platform)
         runner = Runner(
