@@ -12,11 +12,11 @@ Concurrent `embed` calls are batched (`serve.batch`): the generic mode runs a ba
 DataFrame; the realtime mode sends `{"texts": [...]}` in one call when the service showed at
 start-up that it answers one vector per text, else calls it once per text, concurrently.
 
-Plugin code runs on a private event loop in its own thread, never on the replica's loop: a service
-whose `async __call__` does blocking model work would otherwise stall Serve's health checks and the
-requests queued behind it. Start-up builds the service and makes one warm-up call, so a replica is
-healthy only once the plugin can answer (and a plugin that raises at start-up fails the deployment
-with its own error instead of failing the first query).
+Plugin code runs on Serve's user-code event loop (its own thread, apart from the replica's control
+loop, so a service whose `async __call__` blocks cannot stall health checks); the generic mode's
+steps run in a worker thread. Start-up (an async constructor, on that same loop) builds the service
+and makes one warm-up call, so a replica is healthy only once the plugin can answer, and a plugin
+that raises at start-up fails the deployment with its own error instead of failing the first query.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import os
 import threading
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -84,10 +83,11 @@ def vector_of(result: Any, feature: str, dim: int | None) -> list[float]:
 
 
 def _vectors_per_text(result: Any, feature: str, count: int) -> list[Any] | None:
-    """One vector per text, when a `texts` call answered that shape; None when it did not."""
+    """One vector per text, when a `texts` call answered that shape (under the feature's name,
+    `embeddings` or `embedding`); None when it did not."""
     if not isinstance(result, dict):
         return None
-    key = feature if feature in result else "embedding" if "embedding" in result else None
+    key = next((k for k in (feature, "embeddings", "embedding") if k in result), None)
     if key is None:
         return None
     value = result[key]
@@ -100,27 +100,6 @@ def _vectors_per_text(result: Any, feature: str, count: int) -> list[Any] | None
     return [row for row in array]
 
 
-class _PluginLoop:
-    """One event loop in a daemon thread, where all of the plugin's coroutines run."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sluice-plugin-loop", daemon=True)
-        self.thread.start()
-
-    def submit(self, coro: Any) -> Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Any, timeout_s: float | None = None) -> Any:
-        return self.submit(coro).result(timeout_s)
-
-    async def call(self, coro: Any) -> Any:
-        return await asyncio.wrap_future(self.submit(coro))
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 async def _await_maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -128,38 +107,36 @@ async def _await_maybe(value: Any) -> Any:
 class PluginService:
     """Serve replica of one plugin version (wrapped by `serve.deployment` in `engine.realtime.control`)."""
 
-    def __init__(self, spec: PluginSpec, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0) -> None:
+    async def __init__(self, spec: PluginSpec, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0) -> None:
         os.environ["SLUICE_SERVING"] = "1"  # plugin code may tell a replica from a batch worker or the dry run
         configure_assets(spec.asset_access)
-        self.spec = _with_archive_bytes(spec)
+        self.spec = await asyncio.to_thread(_with_archive_bytes, spec)
         self.features = dict(spec.features)
-        self._loop = _PluginLoop()
         self._steps: dict[str, list] = {}
         self._steps_lock = threading.Lock()
         self.service: Any = None
         self.batches_texts = False
-        root = plugin_root(self.spec)
+        root = await asyncio.to_thread(plugin_root, self.spec)
         if (root / "realtime.py").is_file():
             self.mode = REALTIME
             self.service = _realtime_service(self.spec, root)
-            self._warm_up_realtime()
+            await self._warm_up_realtime()
         else:
             self.mode = GENERIC
-            self._generic_steps({})
-            self._run_generic([WARM_UP_TEXT], {})
+            await asyncio.to_thread(self._run_generic, [WARM_UP_TEXT], {})
         self._embed_batch.set_max_batch_size(max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     # --- start-up --------------------------------------------------------------------------
 
-    def _warm_up_realtime(self) -> None:
+    async def _warm_up_realtime(self) -> None:
         """Call the service once (a failure fails the replica, with the plugin's error), and learn
         whether it answers `{"texts": [...]}` with one vector per text (then batches are one call)."""
         feature = next(iter(self.features), "embedding")
-        single = plain(self._loop.run(_await_maybe(self.service({"text": WARM_UP_TEXT}, {})), timeout_s=600))
+        single = plain(await _await_maybe(self.service({"text": WARM_UP_TEXT}, {})))
         vector_of(single, feature, self.features.get(feature))
         try:
-            pair = plain(self._loop.run(_await_maybe(self.service({"texts": [WARM_UP_TEXT, "second"]}, {})), timeout_s=600))
+            pair = plain(await _await_maybe(self.service({"texts": [WARM_UP_TEXT, "second"]}, {})))
         except Exception:  # noqa: BLE001 - a service that only takes `text` is fine: it is called per text
             pair = None
         self.batches_texts = _vectors_per_text(pair, feature, 2) is not None
@@ -184,7 +161,7 @@ class PluginService:
         """`POST .../plugins/{id}/realtime`: the plugin's own answer (generic mode: the vectors)."""
         parameters = parameters or {}
         if self.mode == REALTIME:
-            return plain(await self._loop.call(_await_maybe(self.service(inputs, parameters))))
+            return plain(await _await_maybe(self.service(inputs, parameters)))
         texts = inputs.get("texts") if isinstance(inputs.get("texts"), list) else [inputs.get("text")]
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("inputs must hold 'text' (a string) or 'texts' (a list of strings)")
@@ -230,12 +207,12 @@ class PluginService:
             return [v if v is not None else RealtimeContractError(f"the plugin produced no {feature!r} vector for this query")
                     for v in vectors]
         if self.batches_texts and len(texts) > 1:
-            answer = plain(await self._loop.call(_await_maybe(self.service({"texts": texts}, parameters))))
+            answer = plain(await _await_maybe(self.service({"texts": texts}, parameters)))
             rows = _vectors_per_text(answer, feature, len(texts))
             if rows is not None:
                 return [vector_of({feature: row}, feature, dim) for row in rows]
         answers = await asyncio.gather(*[
-            self._loop.call(_await_maybe(self.service({"text": t}, parameters))) for t in texts
+            _await_maybe(self.service({"text": t}, parameters)) for t in texts
         ], return_exceptions=True)
         return [a if isinstance(a, BaseException) else vector_of(plain(a), feature, dim) for a in answers]
 
@@ -244,10 +221,6 @@ class PluginService:
 
         return embed_texts(self._generic_steps(parameters), self.spec, texts)
 
-    def __del__(self) -> None:
-        loop = getattr(self, "_loop", None)
-        if loop is not None:
-            loop.close()
 
 
 def _freeze(parameters: dict[str, Any]) -> tuple:
