@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from engine.plugins.builtin.text_embedding.processors.chunker import split_text
+from engine.realtime import control
 from events import decode
 from functions.idempotency import IdempotencyStore
 from functions.ingest import IngestScheduler
@@ -127,3 +128,4 @@ async def test_s3_objects_and_their_notifications_on_the_broker_end_in_counted_c
             await scheduling
             await subscriber.close()
             await runner.stop()
+            await asyncio.to_thread(control.delete_all)  # the session's Ray outlives this test
