@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(default=None, description="CPUs for the local Ray (default: all).")
 
     plugins_bucket: str = Field(default="sluice-plugins", description="Bucket holding plugin archives.")
+    models_bucket: str = Field(default="sluice-models", description="Bucket holding model archives.")
+    models_max_per_namespace: int = Field(default=50, ge=1, description="Model versions one namespace may hold.")
+    models_max_archive_bytes: int = Field(default=10 * 1024**3, ge=1, description="Largest model archive (10 GB).")
     upload_url_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Lifetime of presigned upload URLs.")
     confirm_wait_s: float = Field(default=60.0, ge=0, le=600, description="How long a confirm waits for scan and register.")
     plugin_validation_timeout_s: float = Field(default=300.0, gt=0, description="Limit on one plugin's validation and dry run.")
