@@ -44,6 +44,7 @@ from events.errors import AlreadyExists, NotFound
 from events.payloads import IngestCompleted, IngestFailed, IngestFailure, IngestProgress, IngestStarted, ObjectCreated
 from events.topics import Topics
 from functions.collections import DOCUMENTS, INGEST_QUEUE, INGESTED, Collections
+from functions.model_deploy import model_resources
 from functions.plugin_catalog import VERSIONS, now
 from functions.runner import publish
 from functions.secrets import SecretsStore
@@ -131,6 +132,7 @@ async def plugin_spec(
         features=tuple((v["name"], int(v["dimensions"])) for v in collection["vector_indexes"]),
         context=await SecretsStore.from_settings(catalog, settings).context_for(collection["namespace"]),
         available_gpus=gpus, asset_access=asset_access(settings),
+        model_resources=await model_resources(catalog, collection["namespace"]),
     )
 
 

@@ -70,6 +70,9 @@ class PluginSpec:
     available_gpus: int = 0
     asset_access: dict[str, Any] = field(default_factory=dict)
     """How `open_asset` reaches the objects: {"kind": "local", "root": ...} or {"kind": "s3", ...}."""
+    model_resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    """{model_id: {num_cpus, num_gpus, memory_gb}} of the namespace's deployed models: a step whose
+    service loads one of them (`model_source = "namespace"`) gets at least those resources."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,10 @@ def build_steps(spec: PluginSpec) -> list[PipelineStep]:
     from engine.plugins.request import ExtractorConfig, ExtractorRequest
     from engine.plugins.validate import plugin_container
 
+    from engine.models.registry import install_resolver
+
     root = plugin_root(spec)
+    install_resolver(spec.namespace)  # load_namespace_model reads this namespace's deployed models, no other's
     pipeline = import_module(root, "pipeline")
     request = ExtractorRequest(
         namespace=spec.namespace, feature_extractor_id=spec.plugin_id, collection_id=spec.collection_id,
@@ -161,13 +167,27 @@ def build_steps(spec: PluginSpec) -> list[PipelineStep]:
 
 def plan(spec: PluginSpec) -> list[StepPlan]:
     """The steps' names and resources (run as a Ray task: this imports the plugin)."""
-    return [
-        StepPlan(
-            index=i, name=s.name, resource_type=s.resource_type.value, condition=s.condition.value,
-            batch_size=int(s.batch_size), num_gpus=float(s.num_gpus), num_cpus=float(s.num_cpus), concurrency=s.concurrency,
-        )
-        for i, s in enumerate(build_steps(spec))
-    ]
+    plans = []
+    for i, s in enumerate(build_steps(spec)):
+        num_gpus, num_cpus, resource_type = float(s.num_gpus), float(s.num_cpus), s.resource_type.value
+        hints = _model_hints(s.service_class, spec.model_resources)
+        if hints:
+            num_gpus = max(num_gpus, float(hints.get("num_gpus") or 0))
+            num_cpus = max(num_cpus, float(hints.get("num_cpus") or 0))
+            if num_gpus and resource_type == "CPU":
+                resource_type = "GPU"
+        plans.append(StepPlan(
+            index=i, name=s.name, resource_type=resource_type, condition=s.condition.value,
+            batch_size=int(s.batch_size), num_gpus=num_gpus, num_cpus=num_cpus, concurrency=s.concurrency,
+        ))
+    return plans
+
+
+def _model_hints(service_class: Any, resources: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """The registry's resource hints of the namespace model a step's service loads, if any."""
+    if getattr(service_class, "model_source", None) != "namespace":
+        return None
+    return resources.get(str(getattr(service_class, "model_id", "") or ""))
 
 
 def configure_assets(access: dict[str, Any]) -> None:

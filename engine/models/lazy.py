@@ -86,6 +86,10 @@ class LazyModelMixin:
     model_class: Any = "AutoModel"
     tokenizer_class: Any = "AutoTokenizer"
     torch_dtype: Any = None
+    model_source: str = "huggingface"
+    """`huggingface`: `model_id` is a Hugging Face id, loaded offline (`load_hf_model`);
+    `namespace`: `model_id` is a model uploaded to this namespace's registry and deployed
+    (`load_namespace_model`), turned into a model by `_instantiate_model`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._model = getattr(self, "_model", None)
@@ -112,10 +116,58 @@ class LazyModelMixin:
                             f"{type(self).__name__}.model_id is not set: name the model to load as a class attribute",
                             details={"service": type(self).__name__},
                         )
-                    model, tokenizer = build_model(self.model_id, self.model_class, self.tokenizer_class, self.torch_dtype)
+                    if self.model_source == "namespace":
+                        from engine.models.namespace import load_namespace_model
+
+                        model, tokenizer = self._instantiate_model(load_namespace_model(self.model_id))
+                    elif self.model_source == "huggingface":
+                        model, tokenizer = build_model(self.model_id, self.model_class, self.tokenizer_class, self.torch_dtype,
+                                                       device=self._detect_device())
+                    else:
+                        raise PermanentError(
+                            f"{type(self).__name__}.model_source is {self.model_source!r}; use 'huggingface' or 'namespace'",
+                            details={"service": type(self).__name__})
                     self._tokenizer = tokenizer
                     self._model = model
         return self._model, getattr(self, "_tokenizer", None)
+
+    def _detect_device(self) -> str:
+        """Where the model runs: the GPU Ray gave this worker, else CPU (`select_device`)."""
+        return select_device()
+
+    def _instantiate_model(self, weights: Any) -> tuple[Any, Any]:
+        """`(model, tokenizer)` from a namespace model. Override it for architectures of your own.
+
+        By default: a state_dict goes into `model_class()` (a `torch.nn.Module` subclass that takes
+        no arguments), in eval mode on `_detect_device()`; a Hugging Face folder is loaded with
+        `model_class.from_pretrained` (and `tokenizer_class`, when set); ONNX bytes or an ONNX
+        path are returned as they are, without a tokenizer."""
+        import torch
+
+        if isinstance(weights, (bytes, bytearray)) or (hasattr(weights, "suffix") and str(weights).endswith(".onnx")):
+            return weights, None
+        device = self._detect_device()
+        if hasattr(weights, "is_dir") and weights.is_dir():
+            cls = resolve_class(self.model_class, "model_class")
+            model = cls.from_pretrained(str(weights), local_files_only=True, **_dtype(self.torch_dtype)).to(device).eval()
+            tokenizer = None
+            if self.tokenizer_class is not None:
+                tokenizer = resolve_class(self.tokenizer_class, "tokenizer_class").from_pretrained(str(weights), local_files_only=True)
+            return model, tokenizer
+        cls = self.model_class
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            raise PermanentError(
+                f"{type(self).__name__}: namespace model {self.model_id!r} is a state_dict; set model_class to the "
+                "torch.nn.Module class it belongs to, or override _instantiate_model(weights)",
+                details={"service": type(self).__name__, "model_id": self.model_id})
+        model = cls()
+        model.load_state_dict(weights)
+        return model.to(device).eval(), None
+
+
+def _dtype(torch_dtype: Any) -> dict[str, Any]:
+    dtype = resolve_dtype(torch_dtype)
+    return {"torch_dtype": dtype} if dtype is not None else {}
 
 
 def lazy_model(

@@ -90,6 +90,7 @@ FORBIDDEN_MODULES: dict[str, str] = {
     **dict.fromkeys(("builtins", "__builtin__"), "exposes eval, exec, open and __import__"),
     **dict.fromkeys(("code", "codeop", "timeit", "pdb", "bdb", "trace", "cProfile", "profile", "doctest"), "compiles and runs code from strings"),
     "gc": "reaches every live object in the interpreter",
+    "ray": "reaches the cluster directly (other tenants' actors, deployed models and objects); the platform runs your steps on Ray for you",
 }
 PICKLE_MODULES = frozenset({"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"})
 

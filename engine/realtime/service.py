@@ -261,6 +261,9 @@ def _realtime_service(spec: PluginSpec, root: Any) -> Any:
     from engine.plugins.validate import plugin_container
     from engine.shared.plugins.inference.serve import BaseInferenceService
 
+    from engine.models.registry import install_resolver
+
+    install_resolver(spec.namespace)
     module = import_module(root, "realtime")
     classes = [obj for obj in vars(module).values()
                if isinstance(obj, type) and issubclass(obj, BaseInferenceService) and obj is not BaseInferenceService]

@@ -1,0 +1,134 @@
+"""Model deploy: a registered model's weights into the Ray object store, held for its namespace.
+
+`POST /v1/namespaces/{ns}/models/{model_id}/deploy` (model id or `name@alias`): the archive is read
+back from the object store, its sha256 compared with the one validation recorded, validated again
+(`engine.models.validate`: nothing in it runs), turned into a payload (a state_dict of numpy arrays,
+ONNX bytes, a Hugging Face folder's files) and put into the object store owned by the namespace's
+holder actor (`engine.models.registry`). The record gets `deployment_status` DEPLOYED and
+`cached: true`; `ModelDeployed` is published. Deploying a deployed model is a no-op that says
+`cached: true` (the seeds' "pre-deploy to warm the cache").
+
+Deploy is synchronous (a REST call, like the hosted product's): validation and the put take
+seconds for the model sizes the registry takes, and the caller wants `cached` in the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from events.envelope import make
+from events.errors import Conflict, NotFound
+from events.payloads import ModelDeployed
+from functions.plugin_catalog import now
+from functions.runner import publish
+
+log = structlog.get_logger("sluice.models")
+
+MODELS = "models"
+
+
+def _key(namespace: str, model_id: str) -> str:
+    return f"{namespace}|{model_id}"
+
+
+async def _record(catalog: Any, namespace: str, ref: str) -> dict:
+    try:
+        from functions.models import ModelRegistry
+
+        return await ModelRegistry(catalog).resolve(namespace, ref)
+    except ImportError:  # pragma: no cover - the registry module ships with this one
+        record = await catalog.get(MODELS, _key(namespace, ref))
+        if record is None:
+            raise NotFound(f"no model {ref!r} in namespace {namespace!r}", details={"model_id": ref}) from None
+        return record
+
+
+def _build(archive: Path, work: Path, record: dict) -> dict[str, Any]:
+    from engine.models.registry import build_payload
+    from engine.models.validate import validate_model_archive
+
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if record.get("sha256") and digest.hexdigest() != record["sha256"]:
+        raise Conflict(f"the archive of model {record['model_id']} changed after validation; refusing to deploy it",
+                       details={"model_id": record["model_id"]})
+    validated = validate_model_archive(archive, work / "model", record["model_format"])
+    return build_payload(validated.root, record["model_format"], validated.files)
+
+
+async def deploy_model(catalog: Any, store: Any, settings: Any, compute: Any, bus: Any, topics: Any,
+                       namespace: str, ref: str) -> dict:
+    """Deploy (or confirm deployed) the model `ref`; answers the updated record."""
+    from engine.models import registry
+
+    record = await _record(catalog, namespace, ref)
+    if record.get("status") != "REGISTERED":
+        raise Conflict(f"model {record['model_id']} is {record.get('status')}: only a registered model deploys",
+                       details={"model_id": record["model_id"], "status": record.get("status")})
+    if not getattr(compute, "runs_jobs", False):
+        raise Conflict("models deploy to the Ray object store, and compute is disabled (SLUICE_COMPUTE=none)")
+    held = await asyncio.to_thread(registry.deployed, namespace)
+    if record["model_id"] in held and held[record["model_id"]].get("sha256") == record.get("sha256"):
+        return await _mark(catalog, record, "DEPLOYED", cached=True, bytes=held[record["model_id"]].get("bytes"))
+    work = Path(tempfile.mkdtemp(prefix="sluice-model-deploy-", dir=_scratch(settings)))
+    try:
+        await _mark(catalog, record, "DEPLOYING", cached=False)
+        archive = work / "model.tar.gz"
+        await store.download_file(record["archive"]["bucket"], record["archive"]["key"], archive)
+        try:
+            payload = await asyncio.to_thread(_build, archive, work, record)
+            meta = {"sha256": record.get("sha256"), "model_format": record["model_format"], "name": record["name"],
+                    "version": record["version"], "resources": record.get("resources") or {}}
+            held = await asyncio.to_thread(registry.deploy, namespace, record["model_id"], payload, meta)
+        except Exception as exc:
+            await _mark(catalog, record, "FAILED", cached=False, error=f"{type(exc).__name__}: {exc}")
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    updated = await _mark(catalog, record, "DEPLOYED", cached=True, bytes=held.get("bytes"), error=None, deployed_at=now())
+    await publish(bus, topics, make(ModelDeployed(model_id=record["model_id"], cached=True, deployment_status="DEPLOYED"),
+                                    namespace=namespace))
+    log.info("model.deployed", namespace=namespace, model_id=record["model_id"], bytes=held.get("bytes"))
+    return updated
+
+
+async def undeploy_model(catalog: Any, compute: Any, namespace: str, ref: str) -> tuple[dict, bool]:
+    """Release the weights from the object store; the registered archive stays."""
+    from engine.models import registry
+
+    record = await _record(catalog, namespace, ref)
+    removed = False
+    if getattr(compute, "runs_jobs", False):
+        removed = await asyncio.to_thread(registry.undeploy, namespace, record["model_id"])
+    return await _mark(catalog, record, "NOT_DEPLOYED", cached=False), removed
+
+
+async def _mark(catalog: Any, record: dict, status: str, **changes: Any) -> dict:
+    updated = await catalog.update(MODELS, _key(record["namespace"], record["model_id"]),
+                                   {"deployment_status": status, "deployed": status == "DEPLOYED", **changes})
+    return updated or {**record, "deployment_status": status, **changes}
+
+
+async def model_resources(catalog: Any, namespace: str) -> dict[str, dict[str, float]]:
+    """{model_id: resources} of the namespace's deployed models: ingest applies them to the steps
+    whose service loads that model (`LazyModelMixin.model_id` with `model_source="namespace"`)."""
+    return {r["model_id"]: dict(r.get("resources") or {})
+            for r in await catalog.find(MODELS, {"namespace": namespace, "deployment_status": "DEPLOYED"})}
+
+
+def _scratch(settings: Any) -> Path:
+    path = Path(settings.scratch_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+__all__ = ["deploy_model", "model_resources", "undeploy_model"]
