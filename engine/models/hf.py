@@ -132,8 +132,8 @@ class _Entry:
     model_dir: Path
 
 
-# Per-process cache, keyed by (model id, model class, dtype). Cluster-wide caching (a model loaded
-# once and shared through the Ray object store) comes with the model registry.
+# Per-process cache, keyed by (model id, model class, dtype). On Ray, a model loaded once is also
+# shared through the object store (`_cluster_get` / `_cluster_put`): later workers map the weights.
 _cache: dict[tuple[str, str, str], _Entry] = {}
 _cache_lock = threading.Lock()
 _load_locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -186,13 +186,54 @@ def _load(model_id: str, model_class: Any, torch_dtype: Any) -> _Entry:
     model_dir = resolve_model_dir(model_id)
     if not (model_dir / "config.json").is_file():
         raise ModelNotAvailable(model_id, f"{model_dir} is not a Hugging Face model folder (it has no config.json)")
+    shared_key = f"hf:{model_id}|{_name(model_class)}|{torch_dtype}"
+    shared = _cluster_get(shared_key)
+    if shared is not None:  # another worker loaded it: the weights come from the object store
+        from engine.models.registry import _torch_state_dict
+
+        return _Entry(config=shared["config"], state_dict=_torch_state_dict(shared["state_dict"]), model_dir=model_dir)
     _force_offline()
     cls = resolve_class(model_class, "model_class")
     try:
         model = cls.from_pretrained(str(model_dir), local_files_only=True, **_dtype_kwargs(resolve_dtype(torch_dtype)))
     except OSError as exc:  # the folder exists but lacks the files this class needs
         raise ModelNotAvailable(model_id, f"{_name(model_class)} could not load it from {model_dir}: {exc}") from exc
-    return _Entry(config=model.config.to_dict(), state_dict=model.state_dict(), model_dir=model_dir)
+    entry = _Entry(config=model.config.to_dict(), state_dict=model.state_dict(), model_dir=model_dir)
+    _cluster_put(shared_key, entry)
+    return entry
+
+
+CLUSTER_CACHE = "__hf__"
+"""The holder (see `engine.models.registry`) that shares Hugging Face weights across a cluster:
+public models, so one holder for every namespace."""
+
+
+def _cluster_get(key: str) -> dict[str, Any] | None:
+    """The shared copy of a model's weights, when this process runs on Ray and one exists."""
+    ray = __import__("sys").modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    from engine.models.registry import holder
+
+    try:
+        actor = holder(CLUSTER_CACHE, create=False)
+        refs = ray.get(actor.get.remote(key)) if actor is not None else None
+        return ray.get(refs[0]) if refs else None
+    except Exception:  # noqa: BLE001 - the cache is an optimisation: load from disk instead
+        return None
+
+
+def _cluster_put(key: str, entry: _Entry) -> None:
+    ray = __import__("sys").modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    from engine.models.registry import _numpy_state_dict, holder
+
+    try:
+        payload = {"kind": "state_dict", "config": entry.config, "state_dict": _numpy_state_dict(dict(entry.state_dict))}
+        ray.get(holder(CLUSTER_CACHE, create=True).add.remote(key, payload, {"model_format": "huggingface"}))
+    except Exception:  # noqa: BLE001 - a failed share costs the next worker a disk load, nothing more
+        pass
 
 
 def clear_model_cache() -> None:

@@ -180,3 +180,35 @@ def test_plugins_may_not_reach_ray_directly():
 
     findings = scan_source("import ray\nray.get_actor('sluice-models.acme', namespace='sluice-models')\n", "processors/steal.py")
     assert any(f.rule_id == "SLU101" and "other tenants" in f.message for f in findings)
+
+
+def test_load_hf_model_is_shared_across_workers_through_the_object_store(ray_cluster):
+    from engine.models.hf import CLUSTER_CACHE
+
+    @ray_cluster.remote(num_cpus=0, max_calls=1)  # a fresh worker process per call
+    def load() -> dict:
+        import os
+
+        import ray as r
+
+        from engine.models import load_hf_model
+        from engine.models.hf import CLUSTER_CACHE as cache
+
+        key = "hf:sentence-transformers/all-MiniLM-L6-v2|AutoModel|None"
+        loaded = load_hf_model("sentence-transformers/all-MiniLM-L6-v2")
+        name, weight = next(iter(loaded["state_dict"].items()))
+        refs = r.get(registry.holder(cache, create=False).get.remote(key))
+        stored = r.get(refs[0])["state_dict"][name]
+        return {"pid": os.getpid(), "tensors": len(loaded["state_dict"]), "config": loaded["config"]["hidden_size"],
+                "mapped": weight.data_ptr() == stored.ctypes.data}
+
+    try:
+        first = ray_cluster.get(load.remote())
+        assert "hf:sentence-transformers/all-MiniLM-L6-v2|AutoModel|None" in registry.deployed(CLUSTER_CACHE)
+        second = ray_cluster.get(load.remote())
+        assert first["pid"] != second["pid"] and first["tensors"] == second["tensors"] and second["config"] == 384
+        assert first["mapped"] is False and second["mapped"] is True  # the second worker read the first one's weights
+    finally:
+        actor = registry.holder(CLUSTER_CACHE, create=False)
+        if actor is not None:
+            ray_cluster.kill(actor)
