@@ -310,9 +310,11 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--namespace", "-n", default=None, help="namespace (default $SLUICE_NAMESPACE)")
     search.add_argument("--json", action="store_true", help="print the response as JSON")
     from functions.ingest_cli import add_ingest_command
+    from functions.model_cli import add_model_commands
     from functions.plugin_cli import add_plugin_commands
 
     add_plugin_commands(sub)
+    add_model_commands(sub)
     add_ingest_command(sub)
     return parser
 
@@ -338,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from functions.plugin_cli import run_plugin_command
 
             return run_plugin_command(args)
+        case "model":
+            from functions.model_cli import run_model_command
+
+            return run_model_command(args)
         case "ingest":
             from functions.ingest_cli import run_ingest_command
 

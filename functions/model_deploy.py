@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from events.envelope import make
-from events.errors import Conflict, NotFound
+from events.errors import Conflict
 from events.payloads import ModelDeployed
 from functions.plugin_catalog import now
 from functions.runner import publish
@@ -39,15 +39,9 @@ def _key(namespace: str, model_id: str) -> str:
 
 
 async def _record(catalog: Any, namespace: str, ref: str) -> dict:
-    try:
-        from functions.models import ModelRegistry
+    from functions.models import ModelRegistry
 
-        return await ModelRegistry(catalog).resolve(namespace, ref)
-    except ImportError:  # pragma: no cover - the registry module ships with this one
-        record = await catalog.get(MODELS, _key(namespace, ref))
-        if record is None:
-            raise NotFound(f"no model {ref!r} in namespace {namespace!r}", details={"model_id": ref}) from None
-        return record
+    return await ModelRegistry(catalog).resolve(namespace, ref)
 
 
 def _build(archive: Path, work: Path, record: dict) -> dict[str, Any]:

@@ -8,7 +8,7 @@ validate_model.
 from __future__ import annotations
 
 from events.s3 import decode_notification
-from functions import deploy, ingest, notifications, register, scan
+from functions import deploy, ingest, models, notifications, register, scan
 from functions.runner import Function
 
 FUNCTIONS: list[Function] = [
@@ -16,5 +16,6 @@ FUNCTIONS: list[Function] = [
     Function("register", register.handle, frozenset({"PluginScanned"})),
     Function("deploy", deploy.handle, frozenset({"DeployPlugin"})),
     Function("ingest", ingest.handle, frozenset({"ObjectCreated"})),
+    Function("validate_model", models.handle, frozenset({"ModelUploadConfirmed"})),
     Function("notifications", notifications.handle, frozenset({"BucketNotification"}), decode=decode_notification),
 ]

@@ -110,6 +110,8 @@ class ModelHolder:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.models: dict[str, dict[str, Any]] = {}
+        self.aliases: dict[str, str] = {}
+        """`name@alias` -> model_id, as the registry set them."""
 
     def add(self, model_id: str, payload: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         """Keep the payload as an object this actor owns (so it outlives the deploying process)."""
@@ -118,10 +120,18 @@ class ModelHolder:
         self.models[model_id] = {"ref": ray.put(payload), **meta}
         return {"model_id": model_id, "cached": True, **meta}
 
-    def get(self, model_id: str) -> list[Any] | None:
-        """`[ref]` (a list, so Ray hands back the ref rather than the value), or None."""
+    def get(self, ref: str) -> list[Any] | None:
+        """`[ref]` (a list, so Ray hands back the ref rather than the value), or None. `ref` is a
+        model id, `name@alias` or `name@X.Y.Z`."""
+        model_id = self.aliases.get(ref, ref)
+        if model_id not in self.models and "@" in ref:
+            name, _, version = ref.partition("@")
+            model_id = next((k for k, e in self.models.items() if e.get("name") == name and e.get("version") == version), ref)
         entry = self.models.get(model_id)
         return [entry["ref"]] if entry else None
+
+    def set_aliases(self, aliases: dict[str, str]) -> None:
+        self.aliases = dict(aliases)
 
     def remove(self, model_id: str) -> bool:
         return self.models.pop(model_id, None) is not None
@@ -150,6 +160,15 @@ def deploy(namespace: str, model_id: str, payload: dict[str, Any], meta: dict[st
 
     actor = holder(namespace, create=True)
     return ray.get(actor.add.remote(model_id, payload, {**meta, "bytes": payload_bytes(payload)}))
+
+
+def set_aliases(namespace: str, aliases: dict[str, str]) -> None:
+    """Tell the namespace's holder every `name@alias` -> model_id (when it exists)."""
+    import ray
+
+    actor = holder(namespace, create=False)
+    if actor is not None:
+        ray.get(actor.set_aliases.remote(aliases))
 
 
 def undeploy(namespace: str, model_id: str) -> bool:
@@ -245,5 +264,5 @@ def install_resolver(namespace: str) -> None:
 
 __all__ = [
     "ModelHolder", "NamespaceModels", "RAY_NAMESPACE", "build_payload", "deploy", "deployed", "holder", "holder_name",
-    "install_resolver", "undeploy",
+    "install_resolver", "set_aliases", "undeploy",
 ]

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from events.lifecycle import Health
-from functions.rest import buckets, collections, plugins, retrievers, tasks
+from functions.rest import buckets, collections, models, plugins, retrievers, tasks
 from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
 from functions.secrets import SecretsStore
@@ -120,6 +120,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(buckets.router())
     app.include_router(tasks.router())
     app.include_router(retrievers.router())
+    app.include_router(models.router())
     for router in platform.store.http_routers():
         app.include_router(router)
     return app
