@@ -22,18 +22,20 @@ import httpx
 
 from functions.plugin_cli import (
     UPLOAD_CHUNK,
-    Progress,
     _api,
     _body,
     _client,
+    _confirm_upload,
     _count,
     _error,
     _Exit,
     _fail,
     _namespace,
     _print_json,
-    _request,
+    _put_chunks,
+    _put_presigned,
     _size,
+    _wait_for_status,
 )
 
 FORMATS = ("pytorch", "safetensors", "onnx", "huggingface")
@@ -108,25 +110,13 @@ def _path(args: argparse.Namespace, model_id: str, *rest: str) -> str:
 def upload_file(url: str, headers: dict[str, str], path: Path, *, stream: TextIO | None = None) -> httpx.Response:
     """PUT a file to a presigned URL, read in chunks as it is sent, with a progress bar."""
     total = path.stat().st_size
-    progress = Progress(total, stream or sys.stderr)
 
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as fh:
             while chunk := fh.read(UPLOAD_CHUNK):
                 yield chunk
-                progress.advance(len(chunk))
 
-    safe = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "content-length", "host")}
-    safe.setdefault("Content-Type", ARCHIVE_CONTENT_TYPE)
-    safe["Content-Length"] = str(total)  # S3 refuses chunked uploads to presigned URLs
-    ok = False
-    try:
-        with httpx.Client(timeout=httpx.Timeout(60.0, write=600.0)) as plain:
-            response = plain.put(url, content=chunks(), headers=safe)
-        ok = not response.is_error
-        return response
-    finally:
-        progress.finish(ok)
+    return _put_chunks(url, headers, chunks(), total=total, content_type=ARCHIVE_CONTENT_TYPE, stream=stream)
 
 
 def format_model_finding(finding: dict[str, Any]) -> str:
@@ -197,31 +187,16 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     }
     with _client(args) as client:
         ticket = _api(client, "POST", f"{base}/uploads", json={k: v for k, v in request.items() if v is not None})
-        url = ticket["presigned_url"]
-        if url.startswith("/"):
-            url = str(client.base_url).rstrip("/") + url
         if not args.json:
             print(f"uploading {args.name} {args.version} ({_size(path.stat().st_size)})", file=sys.stderr, flush=True)
-        try:
-            put = upload_file(url, ticket.get("upload_headers") or {}, path)
-        except httpx.HTTPError as exc:
-            raise _fail(f"upload to the object store failed: {exc}") from exc
-        if put.is_error:
-            raise _fail(f"upload to the object store failed: {put.status_code} {put.text[:500]}")
+        _put_presigned(client, ticket, lambda url, headers: upload_file(url, headers, path))
         deadline = time.monotonic() + args.wait
-        confirm_wait = max(0.0, min(args.wait, 600.0))
-        response = _request(client, "POST", f"{base}/uploads/{quote(ticket['model_id'], safe='')}/confirm",
-                            params={"wait": f"{confirm_wait:g}"}, timeout=confirm_wait + 60)
+        response = _confirm_upload(client, f"{base}/uploads/{quote(ticket['model_id'], safe='')}/confirm", args.wait)
         if _is_rejection(response):
             return _rejected(args, response)
         if response.status_code not in (200, 202):
             raise _error(response)
-        model = response.json()
-        delay = 0.5
-        while model["status"] not in TERMINAL and time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 5.0)
-            model = _api(client, "GET", _path(args, ticket["model_id"]))
+        model = _wait_for_status(client, _path(args, ticket["model_id"]), response.json(), TERMINAL, deadline)
     return _done(args, model)
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -485,27 +485,69 @@ class Progress:
         self.stream.flush()
 
 
-def upload(url: str, headers: dict[str, str], data: bytes, *, stream: TextIO | None = None) -> httpx.Response:
-    """PUT `data` to a presigned URL with a plain client: the API key never goes to the store."""
-    progress = Progress(len(data), stream or sys.stderr)
+def _put_chunks(url: str, headers: dict[str, str], chunks: Iterable[bytes], *, total: int, content_type: str,
+                stream: TextIO | None = None) -> httpx.Response:
+    """PUT `total` bytes, sent as `chunks` yields them, to a presigned URL with a plain client (the
+    API key never goes to the store), with a progress bar."""
+    progress = Progress(total, stream or sys.stderr)
 
-    def chunks() -> Iterator[bytes]:
-        for start in range(0, len(data), UPLOAD_CHUNK):
-            chunk = data[start:start + UPLOAD_CHUNK]
+    def counted() -> Iterator[bytes]:
+        for chunk in chunks:
             yield chunk
             progress.advance(len(chunk))
 
     safe = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "content-length", "host")}
-    safe.setdefault("Content-Type", "application/zip")
-    safe["Content-Length"] = str(len(data))  # S3 refuses chunked uploads to presigned URLs
+    safe.setdefault("Content-Type", content_type)
+    safe["Content-Length"] = str(total)  # S3 refuses chunked uploads to presigned URLs
     ok = False
     try:
         with httpx.Client(timeout=httpx.Timeout(60.0, write=600.0)) as plain:
-            response = plain.put(url, content=chunks(), headers=safe)
+            response = plain.put(url, content=counted(), headers=safe)
         ok = not response.is_error
         return response
     finally:
         progress.finish(ok)
+
+
+def upload(url: str, headers: dict[str, str], data: bytes, *, stream: TextIO | None = None) -> httpx.Response:
+    """PUT `data` to a presigned URL with a plain client: the API key never goes to the store."""
+    chunks = (data[start:start + UPLOAD_CHUNK] for start in range(0, len(data), UPLOAD_CHUNK))
+    return _put_chunks(url, headers, chunks, total=len(data), content_type="application/zip", stream=stream)
+
+
+# --- presigned upload, confirm and wait (`sluice plugin push`, `sluice model upload`) ----------
+
+def _put_presigned(client: httpx.Client, ticket: dict[str, Any],
+                   send: Callable[[str, dict[str, str]], httpx.Response]) -> None:
+    """PUT the upload to the ticket's presigned URL with `send(url, headers)`. A URL that starts
+    with '/' (the local store behind the API) is made absolute; a failed PUT stops the command."""
+    url = ticket["presigned_url"]
+    if url.startswith("/"):
+        url = str(client.base_url).rstrip("/") + url
+    try:
+        put = send(url, ticket.get("upload_headers") or {})
+    except httpx.HTTPError as exc:
+        raise _fail(f"upload to the object store failed: {exc}") from exc
+    if put.is_error:
+        raise _fail(f"upload to the object store failed: {put.status_code} {put.text[:500]}")
+
+
+def _confirm_upload(client: httpx.Client, path: str, wait: float) -> httpx.Response:
+    """POST the confirm route, asking the server to hold the answer up to `wait` s (600 at most)."""
+    confirm_wait = max(0.0, min(wait, 600.0))
+    return _request(client, "POST", path, params={"wait": f"{confirm_wait:g}"}, timeout=confirm_wait + 60)
+
+
+def _wait_for_status(client: httpx.Client, path: str, current: dict[str, Any], terminal: tuple[str, ...],
+                     deadline: float) -> dict[str, Any]:
+    """GET `path` with backoff (0.5 s, then x1.5 up to 5 s) until its status is one of `terminal`
+    or the `time.monotonic()` deadline passes; the last body read."""
+    delay = 0.5
+    while current["status"] not in terminal and time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 5.0)
+        current = _api(client, "GET", path)
+    return current
 
 
 # --- sluice plugin push -------------------------------------------------------------------------
@@ -565,33 +607,18 @@ def _cmd_push(args: argparse.Namespace) -> int:
         if response.is_error:
             raise _error(response)
         ticket = response.json()
-        url = ticket["presigned_url"]
-        if url.startswith("/"):
-            url = str(client.base_url).rstrip("/") + url
         if not args.json:
             print(f"pushing {name} {ticket['version']} ({_size(len(data))})", file=sys.stderr, flush=True)
-        try:
-            put = upload(url, ticket.get("upload_headers") or {}, data)
-        except httpx.HTTPError as exc:
-            raise _fail(f"upload to the object store failed: {exc}") from exc
-        if put.is_error:
-            raise _fail(f"upload to the object store failed: {put.status_code} {put.text[:500]}")
+        _put_presigned(client, ticket, lambda url, headers: upload(url, headers, data))
         deadline = time.monotonic() + args.wait
-        confirm_wait = max(0.0, min(args.wait, 600.0))
-        response = _request(
-            client, "POST", f"{base}/uploads/{quote(ticket['upload_id'], safe='')}/confirm",
-            params={"wait": f"{confirm_wait:g}"}, timeout=confirm_wait + 60,
-        )
+        upload_path = f"{base}/uploads/{quote(ticket['upload_id'], safe='')}"
+        response = _confirm_upload(client, f"{upload_path}/confirm", args.wait)
         outcome = _body(response)
         if response.status_code not in (200, 202, 422) or not isinstance(outcome, dict) or "upload_id" not in outcome:
             raise _error(response)
         if outcome["status"] not in TERMINAL and not args.json:
             print(f"{name} {outcome['version']}: still validating; status: {outcome['status_url']}", file=sys.stderr, flush=True)
-        delay = 0.5
-        while outcome["status"] not in TERMINAL and time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 5.0)
-            outcome = _api(client, "GET", f"{base}/uploads/{quote(ticket['upload_id'], safe='')}")
+        outcome = _wait_for_status(client, upload_path, outcome, TERMINAL, deadline)
     if args.json:
         _print_json(outcome)
     else:

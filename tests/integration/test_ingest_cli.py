@@ -5,65 +5,44 @@ one `ObjectCreated` per file, empty files, a 4xx for one file while the others g
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.responses import JSONResponse
 
 from events import decode
 from functions import ingest_cli
 from functions.cli import main
-from functions.rest.app import create_app
-from infra.bootstrap import bootstrap
-from infra.bus.memory import InMemoryBus
-from tests.integration.test_plugin_cli_rest import ADMIN, Stack, _Server, free_port
+from tests.fixtures.rest_server import RestServer, clear_cli_env, free_port, point_cli_at
 
 pytestmark = pytest.mark.integration
+ADMIN = "sk_admin_ingest_cli_test"
 
 
-class IngestStack(Stack):
+class IngestServer(RestServer):
     """The REST app alone (no functions consume the events), with a switch to make chosen
     requests fail: `fail(method, path_part, status, times)`."""
 
-    faults: list[list]
+    run_functions = False
 
-    async def _start(self) -> None:
-        import uvicorn
-
-        self.faults = []
+    def __init__(self, data_dir: Path, admin_key: str) -> None:
+        super().__init__(data_dir, admin_key)
+        self.faults: list[list] = []
         self.requests: list[tuple[str, str]] = []
-        self.platform = bootstrap(self.settings, bus=InMemoryBus())
-        await self.platform.connect()
-        app = create_app(self.platform)
 
-        @app.middleware("http")
-        async def inject_faults(request, call_next):
-            path = request.url.path
-            self.requests.append((request.method, path))
-            for fault in self.faults:
-                method, part, status, times = fault
-                if times and request.method == method and part in path:
-                    fault[3] -= 1
-                    await request.body()
-                    return JSONResponse({"error": {"type": "injected", "message": f"injected {status}"}}, status_code=status)
-            return await call_next(request)
-
-        self.server = _Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off"))
-        self.serving = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.serving.done():
-                self.serving.result()
-            await asyncio.sleep(0.02)
-
-    async def _stop(self) -> None:
-        self.server.should_exit = True
-        await self.serving
-        await self.platform.close()
+    async def middleware(self, request, call_next):
+        path = request.url.path
+        self.requests.append((request.method, path))
+        for fault in self.faults:
+            method, part, status, times = fault
+            if times and request.method == method and part in path:
+                fault[3] -= 1
+                await request.body()
+                return JSONResponse({"error": {"type": "injected", "message": f"injected {status}"}}, status_code=status)
+        return await call_next(request)
 
     def fail(self, method: str, path_part: str, status: int, times: int = 1) -> None:
         self.faults.append([method, path_part, status, times])
@@ -80,16 +59,10 @@ class IngestStack(Stack):
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
-    for name in ("SLUICE_API_KEY", "SLUICE_NAMESPACE", "SLUICE_URL", "SLUICE_ADMIN_KEY", "SLUICE_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    clear_cli_env(monkeypatch)
     monkeypatch.setattr(ingest_cli, "BACKOFF_S", 0.01)
-    with IngestStack(tmp_path / "data") as running:
-        admin = {"Authorization": f"Bearer {ADMIN}"}
-        assert httpx.post(f"{running.url}/v1/namespaces", json={"namespace_name": "acme"}, headers=admin).status_code == 201
-        key = httpx.post(f"{running.url}/v1/namespaces/acme/api-keys", json={"name": "cli"}, headers=admin).json()["api_key"]
-        monkeypatch.setenv("SLUICE_URL", running.url)
-        monkeypatch.setenv("SLUICE_API_KEY", key)
-        monkeypatch.setenv("SLUICE_NAMESPACE", "acme")
+    with IngestServer(tmp_path / "data", ADMIN) as running:
+        point_cli_at(monkeypatch, running.url, running.create_namespace("acme"))
         yield running
 
 
@@ -227,9 +200,7 @@ def test_5xx_and_429_are_retried_and_each_object_is_announced_once(stack, tmp_pa
 
 def test_an_unreachable_server_fails_every_file_after_retries(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ingest_cli, "BACKOFF_S", 0.01)
-    monkeypatch.setenv("SLUICE_URL", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("SLUICE_API_KEY", "sk_whatever")
-    monkeypatch.setenv("SLUICE_NAMESPACE", "acme")
+    point_cli_at(monkeypatch, f"http://127.0.0.1:{free_port()}", "sk_whatever")
     write(tmp_path / "x" / "a.txt", "a")
     write(tmp_path / "x" / "b.txt", "b")
     code, out, err = sluice(capsys, "ingest", str(tmp_path / "x"), "--bucket", "docs", "--no-progress")
@@ -239,8 +210,7 @@ def test_an_unreachable_server_fails_every_file_after_retries(tmp_path, monkeypa
 
 
 def test_usage_errors_exit_2_before_anything_is_uploaded(tmp_path, monkeypatch, capsys):
-    for name in ("SLUICE_API_KEY", "SLUICE_NAMESPACE", "SLUICE_URL", "SLUICE_ADMIN_KEY", "SLUICE_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    clear_cli_env(monkeypatch)
     monkeypatch.setenv("SLUICE_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens: any request would fail with 1
     monkeypatch.setenv("SLUICE_API_KEY", "sk_whatever")
     a = write(tmp_path / "a" / "same.txt", "a")

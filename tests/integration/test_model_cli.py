@@ -7,126 +7,52 @@ what the CLI sends and prints, whatever the route does on a machine without Ray.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import json
 import os
 import re
-import socket
 import tarfile
-import threading
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.responses import JSONResponse
 
 from functions.cli import main
-from functions.idempotency import IdempotencyStore
-from functions.rest.app import create_app
-from functions.runner import Runner
-from functions.table import FUNCTIONS
-from infra.bootstrap import bootstrap
-from infra.bus.memory import InMemoryBus
-from infra.settings import Settings
+from tests.fixtures.rest_server import RestServer, clear_cli_env, point_cli_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
 ADMIN = "sk_admin_model_cli_test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ModelCliServer(RestServer):
+    """With the model deploy route answered by a middleware (see the module's docstring);
+    `deploy_calls` holds the paths it answered."""
 
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # runs in a thread: the test process keeps its signals
-        yield
-
-
-class Stack:
-    """The REST app and the function runner on their own event loop in a thread, so the CLI's
-    blocking HTTP calls from the test thread reach a live server."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.settings = Settings(data_dir=data_dir, port=self.port, host="127.0.0.1", compute="none", admin_key=ADMIN)
-        self.store_requests: list[httpx.Headers] = []
+    def __init__(self, data_dir: Path, admin_key: str) -> None:
+        super().__init__(data_dir, admin_key)
         self.deploy_calls: list[str] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def _run(self, coro, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _start(self) -> None:
-        self.platform = bootstrap(self.settings, bus=InMemoryBus())
-        await self.platform.connect()
-        self.runner = Runner(bus=self.platform.bus, topics=self.platform.topics, functions=FUNCTIONS,
-                             deps=self.platform.deps(), idempotency=IdempotencyStore(self.platform.catalog))
-        await self.runner.start()
-        app = create_app(self.platform)
-
-        @app.middleware("http")
-        async def observe(request, call_next):
-            path = request.url.path
-            if path.startswith("/v1/objects/"):
-                self.store_requests.append(httpx.Headers(dict(request.headers)))
-            if request.method == "POST" and path.startswith("/v1/namespaces/") and path.endswith("/deploy") and "/models/" in path:
-                self.deploy_calls.append(path)
-                model_id = path.split("/")[-2]
-                return JSONResponse({"success": True, "model_id": model_id, "deployment_status": "DEPLOYED", "cached": True,
-                                     "message": f"Model {model_id} loaded into Ray object store"})
-            return await call_next(request)
-
-        self.server = _Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off"))
-        self.serving = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.serving.done():
-                self.serving.result()
-            await asyncio.sleep(0.05)
-
-    async def _stop(self) -> None:
-        self.server.should_exit = True
-        await self.serving
-        await self.runner.stop()
-        await self.platform.close()
-
-    def __enter__(self) -> Stack:
-        self.thread.start()
-        self._run(self._start())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self._run(self._stop(), timeout=60)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
+    async def middleware(self, request, call_next):
+        path = request.url.path
+        if request.method == "POST" and path.startswith("/v1/namespaces/") and path.endswith("/deploy") and "/models/" in path:
+            self.deploy_calls.append(path)
+            model_id = path.split("/")[-2]
+            return JSONResponse({"success": True, "model_id": model_id, "deployment_status": "DEPLOYED", "cached": True,
+                                 "message": f"Model {model_id} loaded into Ray object store"})
+        return await super().middleware(request, call_next)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("model-cli") / "data") as running:
-        admin = {"Authorization": f"Bearer {ADMIN}"}
-        r = httpx.post(f"{running.url}/v1/namespaces", json={"namespace_name": "acme"}, headers=admin)
-        assert r.status_code == 201, r.text
-        running.key = httpx.post(f"{running.url}/v1/namespaces/acme/api-keys", json={"name": "cli"}, headers=admin).json()["api_key"]
+    with ModelCliServer(tmp_path_factory.mktemp("model-cli") / "data", ADMIN) as running:
+        running.key = running.create_namespace("acme")
         yield running
 
 
 @pytest.fixture
 def cli_env(stack, monkeypatch):
-    for name in ("SLUICE_API_KEY", "SLUICE_NAMESPACE", "SLUICE_URL", "SLUICE_ADMIN_KEY", "SLUICE_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLUICE_URL", stack.url)
-    monkeypatch.setenv("SLUICE_API_KEY", stack.key)
-    monkeypatch.setenv("SLUICE_NAMESPACE", "acme")
+    clear_cli_env(monkeypatch)
+    point_cli_at(monkeypatch, stack.url, stack.key)
     return stack
 
 

@@ -4,114 +4,27 @@ delete, a refused push, and a push that outlives its --wait."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from functions.cli import main
-from functions.idempotency import IdempotencyStore
-from functions.rest.app import create_app
-from functions.runner import Runner
-from functions.table import FUNCTIONS
-from infra.bootstrap import bootstrap
-from infra.bus.memory import InMemoryBus
-from infra.settings import Settings
 from tests.fixtures.plugins import HASH_EMBEDDER
+from tests.fixtures.rest_server import RestServer, clear_cli_env, point_cli_at
 
 pytestmark = pytest.mark.integration
 ADMIN = "sk_admin_plugin_cli_test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # runs in a thread: the test process keeps its signals
-        yield
-
-
-class Stack:
-    """The REST app and the function runner on their own event loop in a thread, so the CLI's
-    blocking HTTP calls from the test thread reach a live server."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.settings = Settings(data_dir=data_dir, port=self.port, host="127.0.0.1", compute="none", admin_key=ADMIN)
-        self.store_requests: list[httpx.Headers] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def _run(self, coro, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _start(self) -> None:
-        self.platform = bootstrap(self.settings, bus=InMemoryBus())
-        await self.platform.connect()
-        self.runner = Runner(
-            bus=self.platform.bus, topics=self.platform.topics, functions=FUNCTIONS, deps=self.platform.deps(),
-            idempotency=IdempotencyStore(self.platform.catalog),
-        )
-        await self.runner.start()
-        app = create_app(self.platform)
-
-        @app.middleware("http")
-        async def record_store_requests(request, call_next):
-            if request.url.path.startswith("/v1/objects/"):
-                self.store_requests.append(httpx.Headers(dict(request.headers)))
-            return await call_next(request)
-
-        self.server = _Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off"))
-        self.serving = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.serving.done():
-                self.serving.result()
-            await asyncio.sleep(0.05)
-
-    async def _stop(self) -> None:
-        self.server.should_exit = True
-        await self.serving
-        await self.runner.stop()
-        await self.platform.close()
-
-    def __enter__(self) -> Stack:
-        self.thread.start()
-        self._run(self._start())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self._run(self._stop(), timeout=60)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
-    for name in ("SLUICE_API_KEY", "SLUICE_NAMESPACE", "SLUICE_URL", "SLUICE_ADMIN_KEY", "SLUICE_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    with Stack(tmp_path / "data") as running:
-        admin = {"Authorization": f"Bearer {ADMIN}"}
-        r = httpx.post(f"{running.url}/v1/namespaces", json={"namespace_name": "acme"}, headers=admin)
-        assert r.status_code == 201, r.text
-        key = httpx.post(f"{running.url}/v1/namespaces/acme/api-keys", json={"name": "cli"}, headers=admin).json()["api_key"]
-        monkeypatch.setenv("SLUICE_URL", running.url)
-        monkeypatch.setenv("SLUICE_API_KEY", key)
-        monkeypatch.setenv("SLUICE_NAMESPACE", "acme")
-        running.key = key
+    clear_cli_env(monkeypatch)
+    with RestServer(tmp_path / "data", ADMIN) as running:
+        running.key = running.create_namespace("acme")
+        point_cli_at(monkeypatch, running.url, running.key)
         yield running
 
 
