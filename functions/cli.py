@@ -35,6 +35,21 @@ def _stop_on_signals() -> asyncio.Event:
 
 # --- sluice up ---------------------------------------------------------------------------------
 
+async def _schedule_after_models(platform: Any, scheduler: Any, stop: asyncio.Event) -> None:
+    """Ingest starts once the models the catalog says are deployed are back in the object store
+    (gone with a local Ray when the last process stopped): a job started earlier would fail its
+    rows with "not deployed". The REST API serves meanwhile."""
+    from functions.model_deploy import reconcile_models
+
+    try:
+        await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute, platform.bus, platform.topics)
+    except Exception:  # noqa: BLE001 - ingest must still start; each model's record says what failed
+        import structlog
+
+        structlog.get_logger("sluice.models").exception("model.reconcile_failed")
+    await scheduler.run(stop)
+
+
 async def _up(args: argparse.Namespace, on_ready=None) -> int:
     """Run until Ctrl-C (or until `on_ready(settings)` returns, when given: the demo)."""
     import uvicorn
@@ -81,7 +96,7 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
             # Versions that should be serving but whose Serve applications are gone (a local Ray
             # does not outlive the process that started it) are deployed again.
             await reconcile(platform.catalog, platform.bus, platform.topics)
-        scheduling = asyncio.create_task(scheduler.run(stop))
+        scheduling = asyncio.create_task(_schedule_after_models(platform, scheduler, stop))
         dropping = asyncio.create_task(DropFolder(
             settings.data_dir / "drop", platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics,
         ).run(stop))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import mimetypes
 import os
 import secrets
@@ -546,9 +547,9 @@ class IngestScheduler:
             shortfall = gpu_shortfall(steps, gpus=gpus)
             if shortfall:
                 raise IngestRefused(f"{shortfall} (SLUICE_REQUIRE_GPU is set)")
-        steps, warnings = fit_to_cluster(steps, gpus=gpus)
+        steps, warnings = fit_to_cluster(steps, gpus=gpus, memory=float(resources.get("memory", math.inf)))
         for warning in warnings:
-            log.warning("ingest.gpu_fallback", detail=warning)
+            log.warning("ingest.resource_fallback", detail=warning)
         return spec, steps, warnings
 
     async def _inputs(

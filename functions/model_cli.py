@@ -141,7 +141,8 @@ def _print_model(model: dict[str, Any]) -> None:
         ("aliases", ", ".join(model.get("aliases") or []) or None), ("sha256", model.get("sha256")),
         ("size", _size(model["size_bytes"]) if model.get("size_bytes") else None),
         ("files", ", ".join(model.get("files") or []) or None),
-        ("deployment", model.get("deployment_status")), ("cached", str(bool(model.get("cached"))).lower()),
+        ("deployment", model.get("deployment_status")), ("error", model.get("deployment_error")),
+        ("cached", str(bool(model.get("cached"))).lower()),
     ]
     for key, value in rows:
         if value is not None:

@@ -77,8 +77,8 @@ async def deploy_model(catalog: Any, store: Any, settings: Any, compute: Any, bu
     try:
         await _mark(catalog, record, "DEPLOYING", cached=False)
         archive = work / "model.tar.gz"
-        await store.download_file(record["archive"]["bucket"], record["archive"]["key"], archive)
         try:
+            await store.download_file(record["archive"]["bucket"], record["archive"]["key"], archive)
             payload = await asyncio.to_thread(_build, archive, work, record)
             meta = {"sha256": record.get("sha256"), "model_format": record["model_format"], "name": record["name"],
                     "version": record["version"], "resources": record.get("resources") or {}}
@@ -112,11 +112,63 @@ async def _mark(catalog: Any, record: dict, status: str, **changes: Any) -> dict
     return updated or {**record, "deployment_status": status, **changes}
 
 
+async def sync_aliases(catalog: Any, compute: Any, namespace: str) -> None:
+    """Workers resolve `name@alias` through the namespace's holder: give it the current map."""
+    if not getattr(compute, "runs_jobs", False):
+        return
+    from engine.models import registry
+    from functions.models import ALIASES
+
+    aliases = {f"{a['name']}@{a['alias']}": a["model_id"] for a in await catalog.find(ALIASES, {"namespace": namespace})}
+    await asyncio.to_thread(registry.set_aliases, namespace, aliases)
+
+
+async def reconcile_models(catalog: Any, store: Any, settings: Any, compute: Any, bus: Any, topics: Any) -> dict[str, list[str]]:
+    """Deploy again every model whose record says it is in the object store but whose holder has
+    lost it: a local Ray does not outlive the process that started it, and a cluster restart
+    empties every holder. A model that no longer deploys is marked FAILED with the reason.
+    Answers `{"redeployed": [...], "failed": [...]}` (`namespace/model_id`)."""
+    from engine.models import registry
+
+    outcome: dict[str, list[str]] = {"redeployed": [], "failed": []}
+    if not getattr(compute, "runs_jobs", False):
+        return outcome
+    wanted = await catalog.find(MODELS, {"deployment_status": {"$in": ["DEPLOYED", "DEPLOYING"]}})
+    for namespace in sorted({r["namespace"] for r in wanted}):
+        held = await asyncio.to_thread(registry.deployed, namespace)
+        for record in (r for r in wanted if r["namespace"] == namespace):
+            entry = held.get(record["model_id"])
+            if entry is not None and entry.get("sha256") == record.get("sha256"):
+                continue
+            try:
+                await deploy_model(catalog, store, settings, compute, bus, topics, namespace, record["model_id"])
+            except Exception as exc:  # noqa: BLE001 - recorded on the model, and the others go on
+                log.warning("model.redeploy_failed", namespace=namespace, model_id=record["model_id"], error=str(exc))
+                outcome["failed"].append(f"{namespace}/{record['model_id']}")
+            else:
+                outcome["redeployed"].append(f"{namespace}/{record['model_id']}")
+        await sync_aliases(catalog, compute, namespace)
+    if outcome["redeployed"] or outcome["failed"]:
+        log.info("model.reconciled", **outcome)
+    return outcome
+
+
 async def model_resources(catalog: Any, namespace: str) -> dict[str, dict[str, float]]:
-    """{model_id: resources} of the namespace's deployed models: ingest applies them to the steps
-    whose service loads that model (`LazyModelMixin.model_id` with `model_source="namespace"`)."""
-    return {r["model_id"]: dict(r.get("resources") or {})
-            for r in await catalog.find(MODELS, {"namespace": namespace, "deployment_status": "DEPLOYED"})}
+    """{ref: resources} of the namespace's deployed models, under every name a plugin may use
+    (`model_id`, `name@X.Y.Z`, `name@alias`): ingest applies them to the steps whose service
+    loads that model (`LazyModelMixin.model_id` with `model_source="namespace"`, or
+    `@lazy_model(..., model_source="namespace")`)."""
+    from functions.models import ALIASES
+
+    deployed = {r["model_id"]: r for r in await catalog.find(MODELS, {"namespace": namespace, "deployment_status": "DEPLOYED"})}
+    resources: dict[str, dict[str, float]] = {}
+    for model_id, record in deployed.items():
+        hints = dict(record.get("resources") or {})
+        resources[model_id] = resources[f"{record['name']}@{record['version']}"] = hints
+    for alias in await catalog.find(ALIASES, {"namespace": namespace}):
+        if alias["model_id"] in deployed:
+            resources[f"{alias['name']}@{alias['alias']}"] = resources[alias["model_id"]]
+    return resources
 
 
 def _scratch(settings: Any) -> Path:
@@ -125,4 +177,4 @@ def _scratch(settings: Any) -> Path:
     return path
 
 
-__all__ = ["deploy_model", "model_resources", "undeploy_model"]
+__all__ = ["deploy_model", "model_resources", "reconcile_models", "sync_aliases", "undeploy_model"]

@@ -42,9 +42,10 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
-def fit_to_cluster(steps: Sequence[StepPlan], *, gpus: float) -> tuple[list[StepPlan], list[str]]:
-    """Steps that ask for more GPUs than the cluster has run on CPU, with their CPU batch size.
-    Returns the steps and one warning per step moved."""
+def fit_to_cluster(steps: Sequence[StepPlan], *, gpus: float, memory: float = math.inf) -> tuple[list[StepPlan], list[str]]:
+    """Steps that ask for more GPUs than the cluster has run on CPU, with their CPU batch size; a
+    memory reservation larger than the whole cluster's (an actor that could never be placed) is
+    dropped. Returns the steps and one warning per step changed."""
     from engine.plugins.extractors.pipeline import BATCH_SIZE, ResourceType
 
     fitted, warnings = [], []
@@ -53,6 +54,10 @@ def fit_to_cluster(steps: Sequence[StepPlan], *, gpus: float) -> tuple[list[Step
             warnings.append(f"step {step.name!r} needs {step.num_gpus:g} GPUs, cluster has {gpus:g}: running it on CPU")
             step = replace(step, num_gpus=0.0, resource_type=ResourceType.CPU.value,
                            batch_size=max(step.batch_size, BATCH_SIZE[ResourceType.CPU]))
+        if step.memory_bytes and step.memory_bytes > memory:
+            warnings.append(f"step {step.name!r} reserves {step.memory_bytes / 2**30:.1f} GB of memory (its model's memory_gb), "
+                            f"cluster has {memory / 2**30:.1f} GB: running it without a reservation")
+            step = replace(step, memory_bytes=0)
         fitted.append(step)
     return fitted, warnings
 
@@ -76,9 +81,10 @@ def group_steps(steps: Sequence[StepPlan]) -> list[list[StepPlan]]:
     return groups
 
 
-def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, blocks: int) -> dict[str, Any]:
+def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, blocks: int,
+                   memory: float = math.inf) -> dict[str, Any]:
     """`map_batches` options for a stage: its batch size and resources, and an actor pool sized to
-    the cluster's share for it (`cpus`, `gpus`) — all of it from the start: a job's actors
+    the cluster's share for it (`cpus`, `gpus`, `memory`) — all of it from the start: a job's actors
     load their model once, so scaling up late wastes the early minutes — never more actors than
     input blocks, and at least one (which waits for resources when none are free)."""
     import ray.data
@@ -100,6 +106,9 @@ def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, block
         width = max(head.num_cpus, float(max(1, min(int(cpus), CPUS_PER_ACTOR))))
         options["num_cpus"] = width
         fits = max(1, int(cpus // width))
+    if head.memory_bytes:
+        options["memory"] = head.memory_bytes
+        fits = min(fits, max(1, int(memory // head.memory_bytes)))
     size = max(1, min(fits, blocks))
     options["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=size)
     return options
@@ -133,7 +142,8 @@ def run_job(
     for n, group in enumerate(groups):
         # stages share what is free: one stage holding every CPU would starve the next one
         cpu_stages = sum(1 for g in groups if not g[0].num_gpus)
-        options = _stage_options(group, cpus=cpus / max(1, cpu_stages), gpus=gpus, blocks=blocks)
+        options = _stage_options(group, cpus=cpus / max(1, cpu_stages), gpus=gpus, blocks=blocks,
+                                 memory=total.get("memory", math.inf))
         if n == 0:  # objects, not rows yet: small enough batches that every actor gets several (a
             # chunker turns one object into many rows, so 64 objects can be minutes of work)
             actors = options["compute"].max_size
@@ -149,4 +159,7 @@ def run_job(
         sink(batch)
 
 
-__all__ = ["OUTPUT_BATCH_ROWS", "cluster_resources", "fit_to_cluster", "gpu_shortfall", "group_steps", "plan_steps", "run_job"]
+__all__ = [
+    "OUTPUT_BATCH_ROWS", "cluster_resources", "fit_to_cluster", "gpu_shortfall", "group_steps", "plan_steps",
+    "run_job",
+]

@@ -87,10 +87,13 @@ class StepPlan:
     num_gpus: float
     num_cpus: float
     concurrency: int | None
+    memory_bytes: int = 0
+    """Memory each actor of the step reserves (Ray's `memory` resource); 0: none reserved. Set from
+    the `memory_gb` hint of the namespace model the step loads."""
 
     def same_resources(self, other: StepPlan) -> bool:
-        return (self.resource_type, self.num_gpus, self.num_cpus, self.concurrency) == (
-            other.resource_type, other.num_gpus, other.num_cpus, other.concurrency)
+        return (self.resource_type, self.num_gpus, self.num_cpus, self.concurrency, self.memory_bytes) == (
+            other.resource_type, other.num_gpus, other.num_cpus, other.concurrency, other.memory_bytes)
 
 
 # --- unpacking and building -----------------------------------------------------------------
@@ -170,24 +173,32 @@ def plan(spec: PluginSpec) -> list[StepPlan]:
     plans = []
     for i, s in enumerate(build_steps(spec)):
         num_gpus, num_cpus, resource_type = float(s.num_gpus), float(s.num_cpus), s.resource_type.value
+        memory_bytes = 0
         hints = _model_hints(s.service_class, spec.model_resources)
         if hints:
             num_gpus = max(num_gpus, float(hints.get("num_gpus") or 0))
             num_cpus = max(num_cpus, float(hints.get("num_cpus") or 0))
+            memory_bytes = int(float(hints.get("memory_gb") or 0) * 2**30)
             if num_gpus and resource_type == "CPU":
                 resource_type = "GPU"
         plans.append(StepPlan(
             index=i, name=s.name, resource_type=resource_type, condition=s.condition.value,
             batch_size=int(s.batch_size), num_gpus=num_gpus, num_cpus=num_cpus, concurrency=s.concurrency,
+            memory_bytes=memory_bytes,
         ))
     return plans
 
 
 def _model_hints(service_class: Any, resources: dict[str, dict[str, float]]) -> dict[str, float] | None:
-    """The registry's resource hints of the namespace model a step's service loads, if any."""
-    if getattr(service_class, "model_source", None) != "namespace":
+    """The registry's resource hints of the namespace models a step's service loads (the mixin's
+    `model_id` with `model_source = "namespace"`, or methods decorated with
+    `@lazy_model(..., model_source="namespace")`), each resource the largest asked; None if none."""
+    from engine.models.lazy import namespace_models_of
+
+    found = [resources[ref] for ref in namespace_models_of(service_class) if ref in resources]
+    if not found:
         return None
-    return resources.get(str(getattr(service_class, "model_id", "") or ""))
+    return {key: max(float(h.get(key) or 0) for h in found) for key in ("num_cpus", "num_gpus", "memory_gb")}
 
 
 def configure_assets(access: dict[str, Any]) -> None:

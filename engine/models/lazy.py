@@ -18,7 +18,7 @@ from engine.models.device import select_device
 from engine.models.hf import load_hf_model, resolve_class, resolve_dtype
 from events.errors import PermanentError
 
-__all__ = ["LazyModelMixin", "build_model", "lazy_model"]
+__all__ = ["LazyModelMixin", "build_model", "instantiate_namespace_model", "lazy_model", "namespace_models_of"]
 
 
 def build_model(
@@ -136,33 +136,57 @@ class LazyModelMixin:
         return select_device()
 
     def _instantiate_model(self, weights: Any) -> tuple[Any, Any]:
-        """`(model, tokenizer)` from a namespace model. Override it for architectures of your own.
+        """`(model, tokenizer)` from a namespace model. Override it for architectures of your own;
+        the default is `instantiate_namespace_model`."""
+        return instantiate_namespace_model(
+            weights, model_id=str(self.model_id), model_class=self.model_class, tokenizer_class=self.tokenizer_class,
+            torch_dtype=self.torch_dtype, device=self._detect_device(), owner=type(self).__name__)
 
-        By default: a state_dict goes into `model_class()` (a `torch.nn.Module` subclass that takes
-        no arguments), in eval mode on `_detect_device()`; a Hugging Face folder is loaded with
-        `model_class.from_pretrained` (and `tokenizer_class`, when set); ONNX bytes or an ONNX
-        path are returned as they are, without a tokenizer."""
-        import torch
 
-        if isinstance(weights, (bytes, bytearray)) or (hasattr(weights, "suffix") and str(weights).endswith(".onnx")):
-            return weights, None
-        device = self._detect_device()
-        if hasattr(weights, "is_dir") and weights.is_dir():
-            cls = resolve_class(self.model_class, "model_class")
-            model = cls.from_pretrained(str(weights), local_files_only=True, **_dtype(self.torch_dtype)).to(device).eval()
-            tokenizer = None
-            if self.tokenizer_class is not None:
-                tokenizer = resolve_class(self.tokenizer_class, "tokenizer_class").from_pretrained(str(weights), local_files_only=True)
-            return model, tokenizer
-        cls = self.model_class
-        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-            raise PermanentError(
-                f"{type(self).__name__}: namespace model {self.model_id!r} is a state_dict; set model_class to the "
-                "torch.nn.Module class it belongs to, or override _instantiate_model(weights)",
-                details={"service": type(self).__name__, "model_id": self.model_id})
-        model = cls()
-        model.load_state_dict(weights)
-        return model.to(device).eval(), None
+def instantiate_namespace_model(
+    weights: Any, *, model_id: str, model_class: Any, tokenizer_class: Any = None, torch_dtype: Any = None,
+    device: str | None = None, owner: str = "service",
+) -> tuple[Any, Any]:
+    """`(model, tokenizer)` from what `load_namespace_model` answered: a state_dict goes into
+    `model_class()` (a `torch.nn.Module` subclass that takes no arguments), in eval mode on
+    `device`; a Hugging Face folder is loaded with `model_class.from_pretrained` (and
+    `tokenizer_class`, when set); ONNX bytes or an ONNX path are returned as they are, without a
+    tokenizer."""
+    import torch
+
+    if isinstance(weights, (bytes, bytearray)) or (hasattr(weights, "suffix") and str(weights).endswith(".onnx")):
+        return weights, None
+    device = device or select_device()
+    if hasattr(weights, "is_dir") and weights.is_dir():
+        cls = resolve_class(model_class, "model_class")
+        model = cls.from_pretrained(str(weights), local_files_only=True, **_dtype(torch_dtype)).to(device).eval()
+        tokenizer = None
+        if tokenizer_class is not None:
+            tokenizer = resolve_class(tokenizer_class, "tokenizer_class").from_pretrained(str(weights), local_files_only=True)
+        return model, tokenizer
+    if not (isinstance(model_class, type) and issubclass(model_class, torch.nn.Module)):
+        raise PermanentError(
+            f"{owner}: namespace model {model_id!r} is a state_dict; set model_class to the "
+            "torch.nn.Module class it belongs to, or override _instantiate_model(weights)",
+            details={"service": owner, "model_id": model_id})
+    model = model_class()
+    model.load_state_dict(weights)
+    return model.to(device).eval(), None
+
+
+def namespace_models_of(service_class: Any) -> list[str]:
+    """The namespace models a service class loads, as it names them: the mixin's `model_id` when
+    `model_source` is "namespace", and every method decorated with
+    `@lazy_model(..., model_source="namespace")`. Ingest gives such steps the models' resource hints."""
+    refs: list[str] = []
+    if getattr(service_class, "model_source", None) == "namespace" and getattr(service_class, "model_id", None):
+        refs.append(str(service_class.model_id))
+    for klass in getattr(service_class, "__mro__", ()):
+        for value in vars(klass).values():
+            declared = getattr(value, "__sluice_model__", None)
+            if isinstance(declared, dict) and declared.get("model_source") == "namespace" and declared["model_id"] not in refs:
+                refs.append(declared["model_id"])
+    return refs
 
 
 def _dtype(torch_dtype: Any) -> dict[str, Any]:
@@ -175,17 +199,39 @@ def lazy_model(
     model_class: Any = "AutoModel",
     tokenizer_class: Any = "AutoTokenizer",
     torch_dtype: Any = None,
+    model_source: str = "huggingface",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a method so that `self._model` and `self._tokenizer` are loaded (when they are None)
     before its first call. Works on plain and `async` methods; an async method loads in a thread so
-    the event loop keeps serving meanwhile."""
+    the event loop keeps serving meanwhile.
 
+    `model_source="namespace"`: `model_id` (an id, `name@alias` or `name@X.Y.Z`) is a model
+    uploaded to this namespace's registry and deployed; its weights come from the object store
+    and become a model through the class's own `_instantiate_model(self, weights)` when it defines
+    one, else `instantiate_namespace_model` with this decorator's arguments (on the instance's
+    `_detect_device()` when it has one)."""
+    if model_source not in ("huggingface", "namespace"):
+        raise ValueError(f"lazy_model({model_id!r}): model_source is {model_source!r}; use 'huggingface' or 'namespace'")
     lock = threading.Lock()
+    namespace = model_source == "namespace"
 
     def missing(self: Any) -> tuple[bool, bool]:
         no_model = getattr(self, "_model", None) is None
-        no_tokenizer = tokenizer_class is not None and getattr(self, "_tokenizer", None) is None
+        # a namespace model brings its tokenizer with it (a folder) or has none (weights, ONNX)
+        no_tokenizer = not namespace and tokenizer_class is not None and getattr(self, "_tokenizer", None) is None
         return no_model, no_tokenizer
+
+    def load_namespace(self: Any) -> tuple[Any, Any]:
+        from engine.models.namespace import load_namespace_model
+
+        weights = load_namespace_model(model_id)
+        custom = getattr(type(self), "_instantiate_model", None)
+        if custom is not None and custom is not LazyModelMixin._instantiate_model:
+            return custom(self, weights)
+        detect = getattr(self, "_detect_device", None)
+        return instantiate_namespace_model(
+            weights, model_id=model_id, model_class=model_class, tokenizer_class=tokenizer_class, torch_dtype=torch_dtype,
+            device=detect() if callable(detect) else None, owner=type(self).__name__)
 
     def ensure_loaded(self: Any) -> None:
         if not any(missing(self)):
@@ -193,9 +239,12 @@ def lazy_model(
         with lock:
             no_model, no_tokenizer = missing(self)
             if no_model:
-                model, tokenizer = build_model(model_id, model_class, tokenizer_class, torch_dtype)
+                if namespace:
+                    model, tokenizer = load_namespace(self)
+                else:
+                    model, tokenizer = build_model(model_id, model_class, tokenizer_class, torch_dtype)
                 self._model = model
-                if no_tokenizer:
+                if no_tokenizer or (namespace and getattr(self, "_tokenizer", None) is None):
                     self._tokenizer = tokenizer
             elif no_tokenizer:
                 self._tokenizer = _load_tokenizer(load_hf_model(model_id, model_class, tokenizer_class, torch_dtype), tokenizer_class)
@@ -208,13 +257,16 @@ def lazy_model(
                 await asyncio.to_thread(ensure_loaded, self)
                 return await method(self, *args, **kwargs)
 
-            return async_wrapper
+            wrapped = async_wrapper
+        else:
 
-        @functools.wraps(method)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            ensure_loaded(self)
-            return method(self, *args, **kwargs)
+            @functools.wraps(method)
+            def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                ensure_loaded(self)
+                return method(self, *args, **kwargs)
 
-        return wrapper
+            wrapped = wrapper
+        wrapped.__sluice_model__ = {"model_id": model_id, "model_source": model_source}  # type: ignore[attr-defined]
+        return wrapped
 
     return decorate

@@ -26,9 +26,8 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, TooLarge
 from events.payloads import ModelUploadConfirmed, ObjectRef
-from functions.model_deploy import deploy_model, undeploy_model
+from functions.model_deploy import deploy_model, sync_aliases, undeploy_model
 from functions.models import (
-    ALIASES,
     ARCHIVE_CONTENT_TYPE,
     AWAITING_UPLOAD,
     REGISTERED,
@@ -102,6 +101,7 @@ def public(record: dict, request: Request) -> dict[str, Any]:
         "validation_status": {REGISTERED: "PASSED", REJECTED: "FAILED"}.get(status, "PENDING"),
         "validation_errors": record.get("errors") or [], "errors": record.get("errors") or [],
         "deployment_status": record.get("deployment_status"), "deployed": record.get("deployment_status") == "DEPLOYED",
+        "deployment_error": record.get("error") if record.get("deployment_status") == "FAILED" else None,
         "cached": bool(record.get("cached")), "aliases": record.get("aliases") or [],
         "sha256": record.get("sha256"), "size_bytes": record.get("size_bytes"), "total_bytes": record.get("total_bytes"),
         "files": record.get("files") or [], "details": record.get("details") or {},
@@ -328,16 +328,8 @@ WaitQuery = Annotated[float | None, Query(ge=0, le=600, description="Seconds to 
 
 
 async def _sync_aliases(request: Request, namespace: str) -> None:
-    """Workers resolve `name@alias` through the namespace's holder: give it the current map."""
-    import asyncio
-
     p = _platform(request)
-    if not getattr(p.compute, "runs_jobs", False):
-        return
-    from engine.models import registry as held
-
-    aliases = {f"{a['name']}@{a['alias']}": a["model_id"] for a in await p.catalog.find(ALIASES, {"namespace": namespace})}
-    await asyncio.to_thread(held.set_aliases, namespace, aliases)
+    await sync_aliases(p.catalog, p.compute, namespace)
 
 
 def router() -> APIRouter:

@@ -138,3 +138,59 @@ async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(s
         assert r.status_code == 200 and r.json()["cached"] is True, r.text
     held = registry.deployed("acme")
     assert held["tiny-onnx_1_0_0"]["model_format"] == "onnx" and held["minilm_1_0_0"]["bytes"] > 90_000_000
+
+
+async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_resource_hints(stack, clean_holders):  # noqa: F811
+    """A local Ray dies with `sluice up`, and with it every holder: the records still say DEPLOYED.
+    The reconcile at start puts each model back (aliases included) or marks it FAILED with the
+    reason; a step that names its model with `@lazy_model` gets the model's resource hints."""
+    import asyncio
+
+    import torch
+
+    from functions.model_deploy import reconcile_models
+
+    client, platform = stack.client, stack.platform
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(768, 256)
+    r = await multipart(client, tar_gz({"model.pt": torch_bytes(layer.state_dict())}), "my-embedding-model",
+                        key=ADMIN, memory_gb="100000")  # more than any cluster here: the reservation is dropped, with a warning
+    assert r.status_code == 201, r.text
+    r = await client.put("/v1/namespaces/acme/models/my-embedding-model_1_0_0/aliases/prod", headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    r = await multipart(client, tar_gz({"model.onnx": tiny_onnx().SerializeToString()}), "tiny-onnx", model_format="onnx", key=ADMIN)
+    assert r.status_code == 201, r.text
+    for model_id in ("my-embedding-model_1_0_0", "tiny-onnx_1_0_0"):
+        r = await client.post(f"/v1/namespaces/acme/models/{model_id}/deploy", headers=auth(ADMIN))
+        assert r.status_code == 200 and r.json()["deployment_status"] == "DEPLOYED", r.text
+    onnx = await platform.catalog.get("models", "acme|tiny-onnx_1_0_0")
+    await platform.store.delete(onnx["archive"]["bucket"], onnx["archive"]["key"])  # lost while the platform was down
+
+    ray.kill(registry.holder("acme", create=False))  # what a Ray restart does to the holders
+    for _ in range(100):
+        if registry.holder("acme", create=False) is None:
+            break
+        await asyncio.sleep(0.1)
+    assert registry.deployed("acme") == {}
+
+    outcome = await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute,
+                                     platform.bus, platform.topics)
+    assert outcome == {"redeployed": ["acme/my-embedding-model_1_0_0"], "failed": ["acme/tiny-onnx_1_0_0"]}
+    assert set(registry.deployed("acme")) == {"my-embedding-model_1_0_0"}
+    failed = (await client.get("/v1/namespaces/acme/models/tiny-onnx_1_0_0", headers=auth(ADMIN))).json()
+    assert failed["deployment_status"] == "FAILED" and "not found" in failed["deployment_error"], failed
+    again = await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute,
+                                   platform.bus, platform.topics)
+    assert again == {"redeployed": [], "failed": []}  # nothing lost: nothing done
+
+    r = await push(client, "acme", zip_folder(PLUGINS / "fixtures" / "projector", top="projector"), "projector", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("lazy", "lazy-bucket", "projector", parameters={"loader": "decorator"})
+    await stack.put("lazy-bucket", "b.txt", DOCS["b.txt"].encode())
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestCompleted" and done.payload.documents_written == 1, done.payload  # the alias came back too
+    points = await platform.vectors.search(index_name("acme", collection["collection_id"]), "projected",
+                                           layer(torch.from_numpy(hashed(DOCS["b.txt"]))).detach().numpy().tolist(), limit=1)
+    assert points[0].score == pytest.approx(1.0, abs=1e-4)
+    task = (await client.get(f"/v1/namespaces/acme/tasks/{done.payload.task_id}", headers=auth(ADMIN))).json()
+    assert any("reserves 100000.0 GB of memory (its model's memory_gb)" in w for w in task["warnings"]), task

@@ -7,7 +7,7 @@ import hashlib
 import pandas as pd
 import pytest
 
-from engine.ingest.job import fit_to_cluster, gpu_shortfall, group_steps
+from engine.ingest.job import _stage_options, fit_to_cluster, gpu_shortfall, group_steps
 from engine.ingest.worker import (
     ERROR_COLUMN,
     FIELDS_COLUMN,
@@ -17,6 +17,7 @@ from engine.ingest.worker import (
     PluginIntegrityError,
     PluginSpec,
     StepPlan,
+    _model_hints,
     plugin_root,
     run_isolating,
     to_records,
@@ -96,6 +97,52 @@ def test_gpu_steps_run_on_cpu_with_a_warning_or_fail_when_gpus_are_required():
     assert gpu_shortfall(steps, gpus=0) == "step 'embed' needs 1 GPUs, cluster has 0"
     assert gpu_shortfall(steps, gpus=1) is None
     assert fit_to_cluster(steps, gpus=2) == (steps, [])
+
+
+def test_a_models_memory_hint_reserves_memory_per_actor_and_bounds_the_pool():
+    from dataclasses import replace
+
+    step = replace(_plan(0, "project"), memory_bytes=4 * 2**30)
+    options = _stage_options([step], cpus=16, gpus=0, blocks=100, memory=10 * 2**30)
+    assert options["memory"] == 4 * 2**30
+    assert options["compute"].max_size == 2  # ten GB hold two 4 GB actors, whatever the CPUs allow
+    assert "memory" not in _stage_options([_plan(0, "chunk")], cpus=16, gpus=0, blocks=100)
+    # a reservation the whole cluster cannot hold would wait for ever: dropped, with a warning
+    fitted, warnings = fit_to_cluster([step], gpus=0, memory=3 * 2**30)
+    assert fitted[0].memory_bytes == 0
+    assert warnings == ["step 'project' reserves 4.0 GB of memory (its model's memory_gb), cluster has 3.0 GB: "
+                        "running it without a reservation"]
+    assert fit_to_cluster([step], gpus=0, memory=8 * 2**30) == ([step], [])
+    assert not step.same_resources(_plan(1, "other"))
+
+
+def test_model_hints_follow_the_namespace_models_a_service_loads_by_any_name():
+    from engine.models import LazyModelMixin, lazy_model
+
+    resources = {"enc_1_0_0": {"num_cpus": 1.0, "num_gpus": 0.0, "memory_gb": 4.0},
+                 "enc@prod": {"num_cpus": 1.0, "num_gpus": 0.0, "memory_gb": 4.0},
+                 "big@2.0.0": {"num_cpus": 2.0, "num_gpus": 1.0, "memory_gb": 16.0}}
+
+    class Mixin(LazyModelMixin):
+        model_id = "enc@prod"
+        model_source = "namespace"
+
+    class HubModel(LazyModelMixin):
+        model_id = "enc_1_0_0"  # a Hugging Face id that happens to share the name: no hints
+
+    class Decorated:
+        @lazy_model("enc_1_0_0", model_source="namespace")
+        def small(self, batch):
+            return batch
+
+        @lazy_model("big@2.0.0", model_source="namespace")
+        def large(self, batch):
+            return batch
+
+    assert _model_hints(Mixin, resources) == {"num_cpus": 1.0, "num_gpus": 0.0, "memory_gb": 4.0}
+    assert _model_hints(HubModel, resources) is None
+    assert _model_hints(Decorated, resources) == {"num_cpus": 2.0, "num_gpus": 1.0, "memory_gb": 16.0}
+    assert _model_hints(Decorated, {}) is None
 
 
 def test_consecutive_steps_with_the_same_resources_share_a_stage():

@@ -242,3 +242,58 @@ def test_load_namespace_model_returns_what_the_installed_resolver_returns(no_res
 
     assert load_namespace_model("m1") == {"loaded": "m1"}
     assert shared_loader is load_namespace_model
+
+
+@pytest.mark.torch
+def test_lazy_model_decorator_loads_a_namespace_model_into_its_class(no_resolver):
+    import torch
+
+    from engine.models import lazy_model
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 2)
+    asked: list[str] = []
+
+    def resolver(model_id: str):
+        asked.append(model_id)
+        return layer.state_dict()
+
+    class Projection(torch.nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(4, 2)
+
+    class Service:
+        _model = None
+        _tokenizer = None
+
+        @lazy_model("projection@prod", model_class=Projection, model_source="namespace")
+        def project(self, x):
+            return self._model(x)
+
+    set_namespace_model_resolver(resolver)
+    service = Service()
+    x = torch.ones(1, 4)
+    assert torch.allclose(service.project(x), layer(x))
+    service.project(x)
+    assert asked == ["projection@prod"]  # loaded once, by the name the plugin used
+    assert not service._model.training and service._tokenizer is None
+
+
+def test_lazy_model_decorator_uses_the_class_own_instantiate_model_and_names_bad_sources(no_resolver):
+    from engine.models import lazy_model
+
+    class Service:
+        _model = None
+        _tokenizer = None
+
+        def _instantiate_model(self, weights):
+            return ("built", weights), "tok"
+
+        @lazy_model("onnx-encoder_1_0_0", model_source="namespace")
+        def run(self):
+            return self._model, self._tokenizer
+
+    set_namespace_model_resolver(lambda model_id: b"onnx-bytes")
+    assert Service().run() == (("built", b"onnx-bytes"), "tok")
+    with pytest.raises(ValueError, match="model_source is 'hub'"):
+        lazy_model("x", model_source="hub")
