@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from functions import record_cache
 from functions.builtins import version_or_builtin
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
@@ -158,6 +159,7 @@ class Collections:
         await self.catalog.delete_many(INGEST_QUEUE, {"collection_id": collection_id})
         await self.catalog.delete_many(INGESTED, {"collection_id": collection_id})
         await self.catalog.delete(COLLECTIONS, collection_id)
+        record_cache.forget(self.catalog, COLLECTIONS, collection_id)
         await self.catalog.delete(COLLECTION_NAMES, f"{namespace}/{record['collection_name']}")
         if not await self.catalog.count(COLLECTIONS, {"source.bucket": record["source"]["bucket"]}):
             await self.catalog.delete(BUCKET_BINDINGS, record["source"]["bucket"])

@@ -33,8 +33,8 @@ import structlog
 
 from engine.realtime import control
 from events.envelope import AnyEnvelope, make
-from events.errors import Conflict, NotFound
 from events.payloads import DeployPlugin, PluginDeploymentChanged
+from functions import record_cache
 from functions.plugin_catalog import VERSIONS, PluginCatalog, now
 from functions.runner import publish
 from functions.secrets import SecretsStore
@@ -94,12 +94,14 @@ class Deployments:
     async def set(self, plugin_id: str, status: str, *, expect: dict | None = None, **changes: Any) -> dict | None:
         """Move a record to `status`; None when `expect` no longer holds (another request won)."""
         updated = await self.catalog.update(DEPLOYMENTS, plugin_id, {"status": status, "updated_at": now(), **changes}, expect=expect)
+        record_cache.forget(self.catalog, DEPLOYMENTS, plugin_id)
         if updated is not None:
             await self.catalog.update(VERSIONS, plugin_id, {"deployment_status": status})
         return updated
 
     async def put(self, record: dict) -> dict:
         await self.catalog.upsert(DEPLOYMENTS, record["plugin_id"], record)
+        record_cache.forget(self.catalog, DEPLOYMENTS, record["plugin_id"])
         await self.catalog.update(VERSIONS, record["plugin_id"], {"deployment_status": record["status"]})
         return record
 
@@ -188,6 +190,7 @@ async def forget(catalog: Catalog, namespace: str, plugin_id: str) -> bool:
     removed = await remove_app(record)
     await Deployments(catalog).retire_serving(record)
     await catalog.delete(DEPLOYMENTS, plugin_id)
+    record_cache.forget(catalog, DEPLOYMENTS, plugin_id)
     return removed
 
 

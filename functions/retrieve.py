@@ -16,7 +16,8 @@ from typing import Any
 
 from engine.realtime import control
 from events.errors import Conflict, InvalidInput, NotReady, PermanentError, PluginFailed
-from functions.collections import DOCUMENTS, Collections
+from functions import record_cache
+from functions.collections import COLLECTIONS, DOCUMENTS, Collections
 from functions.deploy import DEPLOYED, DEPLOYMENTS, IN_FLIGHT
 from infra.catalog.base import Catalog
 from infra.settings import Settings
@@ -32,7 +33,9 @@ async def ready_deployment(catalog: Catalog, settings: Settings, plugin_id: str,
     """The version's DEPLOYED record, waiting (bounded) for one in flight; else a clear error."""
     deadline = time.monotonic() + settings.retriever_wait_s
     while True:
-        record = await catalog.get(DEPLOYMENTS, plugin_id)
+        record = await record_cache.cached(catalog, DEPLOYMENTS, plugin_id, settings.retriever_cache_s,
+                                           lambda: catalog.get(DEPLOYMENTS, plugin_id),
+                                           keep=lambda r: r is not None and r["status"] == DEPLOYED)
         if record is not None and record["status"] == DEPLOYED:
             return record
         if record is None or record["status"] not in IN_FLIGHT or record.get("desired") != "deployed":
@@ -50,8 +53,9 @@ async def ready_deployment(catalog: Catalog, settings: Settings, plugin_id: str,
         await asyncio.sleep(0.2)
 
 
-async def call_deployment(record: dict, method: str, *args: Any) -> Any:
-    """`await handle.<method>.remote(*args)`; the plugin's own errors become `PluginFailed`."""
+async def call_deployment(record: dict, method: str, *args: Any, catalog: Catalog | None = None) -> Any:
+    """`await handle.<method>.remote(*args)`; the plugin's own errors become `PluginFailed`. An
+    unreachable deployment is NotReady (and its cached record in `catalog` is dropped)."""
     from ray import serve
 
     try:
@@ -59,6 +63,8 @@ async def call_deployment(record: dict, method: str, *args: Any) -> Any:
         return await getattr(handle, method).remote(*args)
     except (serve.exceptions.DeploymentUnavailableError, ValueError, KeyError) as exc:
         control.forget_handle(record["app_name"])
+        if catalog is not None:
+            record_cache.forget(catalog, DEPLOYMENTS, record["plugin_id"])
         raise NotReady(f"the deployment of plugin {record['plugin_name']} {record['version']} is not reachable: {exc}",
                        details={"plugin_id": record["plugin_id"]}) from exc
     except Exception as exc:  # noqa: BLE001 - a RayTaskError wrapping the plugin's exception
@@ -127,7 +133,10 @@ async def feature_search(
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}", details={"field": "limit"})
     if not isinstance(query, dict) or len([k for k in ("text", "vector") if query.get(k) is not None]) != 1:
         raise InvalidInput("query must hold exactly one of 'text' or 'vector'", details={"field": "query"})
-    collection = await Collections(catalog, vectors).get(namespace, collection_id)
+    collection = await record_cache.cached(catalog, COLLECTIONS, collection_id, settings.retriever_cache_s,
+                                           lambda: Collections(catalog, vectors).get(namespace, collection_id))
+    if collection.get("namespace") != namespace:  # cached for another namespace's caller: same answer as the catalog's
+        await Collections(catalog, vectors).get(namespace, collection_id)
     index = _pick_index(collection, feature_uri, feature)
     where = _filters(filters)
     timings: dict[str, float] = {}
@@ -146,7 +155,8 @@ async def feature_search(
                 f"(which built collection {collection['collection_name']!r})")
         record = await ready_deployment(catalog, settings, extractor["plugin_id"], what=what)
         embed_started = time.perf_counter()
-        vector = await call_deployment(record, "embed", text, index["name"], dict(extractor.get("parameters") or {}))
+        vector = await call_deployment(record, "embed", text, index["name"], dict(extractor.get("parameters") or {}),
+                                       catalog=catalog)
         timings["embed_ms"] = round((time.perf_counter() - embed_started) * 1000, 3)
     search_started = time.perf_counter()
     hits = await vectors.search(collection["index_name"], index["name"], vector, limit=limit, where=where)

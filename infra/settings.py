@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     ingest_max_inline_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest text object passed inline in `data`.")
     deploy_timeout_s: float = Field(default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED.")
     retriever_wait_s: float = Field(default=30.0, ge=0, le=600, description="How long a query waits for its plugin version's deployment to finish.")
+    retriever_cache_s: float = Field(default=1.0, ge=0, le=60, description="How long a query reuses its collection and deployment records (0: read them every time; changes made in this process are seen at once).")
     require_gpu: bool = Field(default=False, description="Fail jobs whose GPU steps the cluster cannot place, instead of running them on CPU.")
     secrets_key: SecretStr | None = Field(default=None, description="Master key for namespace secrets; generated into the data dir when unset.")
 

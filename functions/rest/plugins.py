@@ -296,7 +296,7 @@ def router() -> APIRouter:
         version = await _plugins(request).get_version(namespace, plugin_id)
         record = await ready_deployment(platform.catalog, platform.settings, plugin_id,
                                         what=f"plugin {version['plugin_name']} {version['version']}")
-        output = await call_deployment(record, "realtime", body.inputs, body.parameters)
+        output = await call_deployment(record, "realtime", body.inputs, body.parameters, catalog=platform.catalog)
         return {"plugin_id": plugin_id, "plugin_name": version["plugin_name"], "version": version["version"], "outputs": output}
 
     return api
