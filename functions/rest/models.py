@@ -30,6 +30,7 @@ from functions.model_deploy import deploy_model, sync_aliases, undeploy_model
 from functions.models import (
     ARCHIVE_CONTENT_TYPE,
     AWAITING_UPLOAD,
+    MODELS,
     REGISTERED,
     REJECTED,
     RULE_EMPTY,
@@ -38,6 +39,8 @@ from functions.models import (
     VALIDATING,
     ModelRegistry,
     describe_finding,
+    model_id_for,
+    model_key,
     now,
 )
 from functions.rest.deps import ScopedNamespace
@@ -251,11 +254,20 @@ async def _create(request: Request, namespace: str, spec: ModelSpec) -> dict:
     platform = _platform(request)
     settings = platform.settings
     await platform.store.ensure_bucket(settings.models_bucket)
-    return await _registry(request).create(
+    try:
+        previous = await platform.catalog.get(MODELS, model_key(namespace, model_id_for(spec.name, spec.version)))
+    except InvalidInput:
+        previous = None  # `create` names what is wrong
+    record = await _registry(request).create(
         namespace, name=spec.name, version=spec.version, model_format=spec.model_format, framework=spec.framework,
         task_type=spec.task_type, resources={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "memory_gb": spec.memory_gb},
         bucket=settings.models_bucket, max_models=settings.models_max_per_namespace, expires_in=settings.upload_url_expires_s,
     )
+    replaced = (previous or {}).get("upload") or {}
+    if replaced.get("key") and replaced["key"] != record["upload"]["key"]:
+        # an earlier unconfirmed (or rejected) upload of this id: its object would be left behind
+        await platform.store.delete(replaced["bucket"], replaced["key"])
+    return record
 
 
 async def _confirm(request: Request, record: dict) -> dict:

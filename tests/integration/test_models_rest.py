@@ -224,6 +224,19 @@ async def test_presigned_upload_registers_and_two_versions_coexist_in_the_list(s
     assert r.status_code == 409
 
 
+async def test_asking_again_for_an_unconfirmed_upload_removes_the_earlier_object(stack):
+    client, platform = stack
+    body = {"name": "my-embedding-model", "version": "1.0.0", "model_format": "pytorch"}
+    first = (await client.post("/v1/namespaces/acme/models/uploads", json=body, headers=auth())).json()
+    put = await client.put(first["presigned_url"], content=quickstart_archive(), headers=first["upload_headers"])
+    assert put.status_code in (200, 204), put.text
+    assert len(await stored_keys(platform, "acme/uploads/")) == 1  # PUT, never confirmed
+    r = await presigned(client, quickstart_archive(), "my-embedding-model")  # the user starts over
+    assert r.status_code == 200 and r.json()["status"] == "REGISTERED", r.text
+    assert await stored_keys(platform, "acme/uploads/") == []
+    assert await stored_keys(platform) == ["acme/models/my-embedding-model/1.0.0/model.tar.gz"]
+
+
 async def test_onnx_and_safetensors_models_register(stack):
     client, _ = stack
     r = await multipart(client, tar_gz({"model.onnx": tiny_onnx().SerializeToString()}), "product-classifier",
