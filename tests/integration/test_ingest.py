@@ -11,16 +11,13 @@ import time
 import httpx
 import pytest
 
-from engine.realtime import control
 from events import codec
-from functions.idempotency import IdempotencyStore
 from functions.ingest import IngestScheduler
 from functions.rest.app import create_app
-from functions.runner import Runner
-from functions.table import FUNCTIONS
 from infra.bootstrap import bootstrap
 from infra.settings import Settings
 from infra.vectors.base import VectorSpec
+from tests.fixtures.functions import running_functions
 from tests.integration.test_plugins_rest import ADMIN, auth, hash_plugin, push
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -114,15 +111,7 @@ class Stack:
 @pytest.fixture
 async def stack(tmp_path, ray_cluster):
     settings = Settings(data_dir=tmp_path, bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=1.0)
-    async with bootstrap(settings) as platform:
-        scheduler = IngestScheduler.for_platform(platform)
-        runner = Runner(
-            bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps={**platform.deps(), "ingest": scheduler},
-            idempotency=IdempotencyStore(platform.catalog),
-        )
-        await runner.start()
-        stop = asyncio.Event()
-        scheduling = asyncio.create_task(scheduler.run(stop))
+    async with bootstrap(settings) as platform, running_functions(platform) as scheduler:
         transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
             r = await client.post("/v1/namespaces", json={"namespace_name": "acme"}, headers=auth(ADMIN))
@@ -132,11 +121,7 @@ async def stack(tmp_path, ray_cluster):
             try:
                 yield stack
             finally:
-                stop.set()
                 collecting.cancel()
-                await scheduling
-                await runner.stop()
-                await asyncio.to_thread(control.delete_all)  # the session's Ray outlives this data dir
 
 
 async def test_objects_are_ingested_and_the_counts_are_what_the_stores_hold(stack):
