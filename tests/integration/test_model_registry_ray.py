@@ -44,16 +44,7 @@ def linear_state_dict() -> tuple[bytes, object]:
     return buffer.getvalue(), model
 
 
-@pytest.fixture
-def holders(ray_cluster):
-    yield
-    for namespace in ("acme", "globex"):
-        actor = registry.holder(namespace, create=False)
-        if actor is not None:
-            ray_cluster.kill(actor)
-
-
-def test_the_quickstart_state_dict_is_loaded_by_workers_of_its_namespace_only(tmp_path, holders, ray_cluster):
+def test_the_quickstart_state_dict_is_loaded_by_workers_of_its_namespace_only(tmp_path, model_holders, ray_cluster):
     import torch
 
     data, model = linear_state_dict()
@@ -100,7 +91,7 @@ def test_the_quickstart_state_dict_is_loaded_by_workers_of_its_namespace_only(tm
     assert "my-embedding-model_1_0_0" not in registry.deployed("acme")
 
 
-def test_onnx_bytes_and_the_minilm_folder_deploy_and_load(tmp_path, holders, ray_cluster):
+def test_onnx_bytes_and_the_minilm_folder_deploy_and_load(tmp_path, model_holders, ray_cluster):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -144,7 +135,7 @@ def test_onnx_bytes_and_the_minilm_folder_deploy_and_load(tmp_path, holders, ray
     onnx.checker.check_model(model)
 
 
-def test_lazy_model_mixin_loads_a_namespace_model_into_its_class(tmp_path, holders, ray_cluster):
+def test_lazy_model_mixin_loads_a_namespace_model_into_its_class(tmp_path, model_holders, ray_cluster):
     data, model = linear_state_dict()
     deploy_archive(tmp_path, "acme", "proj_1_0_0", {"model.pt": data}, "pytorch")
 
