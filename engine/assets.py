@@ -31,6 +31,7 @@ from events.errors import Forbidden, InvalidInput, NotFound, PermanentError, Tra
 __all__ = [
     "AssetAccessDenied",
     "allow_asset_root",
+    "configure_asset_bridge",
     "configure_asset_resolver",
     "disallow_asset_root",
     "download_asset",
@@ -57,6 +58,7 @@ _lock = threading.Lock()
 _allowed_roots: list[Path] = []
 _resolver: AssetResolver | None = None
 _temp_dir: Path | None = None
+_bridge: Callable[[str, str], str] | None = None
 
 
 def allow_asset_root(path: str | os.PathLike[str]) -> Path:
@@ -86,6 +88,15 @@ def configure_asset_resolver(resolver: AssetResolver | None) -> None:
         _resolver = resolver
 
 
+def configure_asset_bridge(bridge: Callable[[str, str], str] | None) -> None:
+    """In a plugin host: `bridge(url, suffix)` asks the trusted side for an object (`s3://`, or a
+    `file://` URL outside this process's own roots) and returns the path of a private copy, which
+    the caller owns. The trusted side answers only for the host's namespace."""
+    global _bridge
+    with _lock:
+        _bridge = bridge
+
+
 @contextlib.contextmanager
 def open_asset(url: str, suffix: str = "") -> Iterator[str]:
     """A local path for `url`, valid inside the `with` block; a downloaded copy is deleted on exit.
@@ -104,8 +115,15 @@ def download_asset(url: str, suffix: str = "") -> tuple[str, bool]:
     if not isinstance(url, str) or not url:
         raise InvalidInput(f"an asset URL must be a non-empty string, got {url!r}", details={"url": repr(url)})
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    with _lock:
+        bridge = _bridge
     if scheme == "file":
+        if bridge is not None and not _below_allowed_root(url):
+            return bridge(url, suffix), True
         return str(_local_file(url)), False
+    if scheme == "s3" and bridge is not None:
+        _split_s3(url)
+        return bridge(url, suffix), True
     if scheme == "s3":
         bucket, key = _split_s3(url)
         return _into_temp(url, suffix, lambda dest: _fetch_s3(url, bucket, key, dest)), True
@@ -117,11 +135,21 @@ def download_asset(url: str, suffix: str = "") -> tuple[str, bool]:
     )
 
 
-def _local_file(url: str) -> Path:
+def _file_path(url: str) -> Path:
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise InvalidInput(f"file URL {url!r} names a remote host {parts.netloc!r}", details={"url": url})
-    path = Path(url2pathname(unquote(parts.path))).resolve()
+    return Path(url2pathname(unquote(parts.path)))
+
+
+def _below_allowed_root(url: str) -> bool:
+    path = os.path.realpath(_file_path(url))
+    with _lock:
+        return any(Path(path).is_relative_to(root) for root in _allowed_roots)
+
+
+def _local_file(url: str) -> Path:
+    path = _file_path(url).resolve()
     with _lock:
         roots = list(_allowed_roots)
     if not any(path.is_relative_to(root) for root in roots):

@@ -132,18 +132,41 @@ async def plugin_spec(
         collection_id=collection["collection_id"], input_fields=tuple(manifest.get("input_fields") or ()),
         features=tuple((v["name"], int(v["dimensions"])) for v in collection["vector_indexes"]),
         context=await SecretsStore.from_settings(catalog, settings).context_for(collection["namespace"]),
-        available_gpus=gpus, asset_access=asset_access(settings),
+        available_gpus=gpus, asset_access=asset_access(settings, await namespace_buckets(catalog, collection["namespace"])),
         model_resources=await model_resources(catalog, collection["namespace"]),
+        network_allow=tuple(plugin.get("network_allow") or ()), sandbox=sandbox_options(settings).as_dict(),
     )
 
 
-def asset_access(settings: Settings) -> dict[str, Any]:
-    """How workers reach the objects through `open_asset`."""
+def asset_access(settings: Settings, buckets: list[str]) -> dict[str, Any]:
+    """How the trusted side of a plugin host fetches the objects its `open_asset` asks for: the
+    store's location and credentials (which never reach the host) and the only buckets it may
+    read, the namespace's own."""
     if settings.effective_object_store == "s3":
         secret = settings.s3_secret_access_key
-        return {"kind": "s3", "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region,
+        return {"kind": "s3", "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region, "buckets": buckets,
                 "access_key_id": settings.s3_access_key_id, "secret_access_key": secret.get_secret_value() if secret else None}
-    return {"kind": "local", "root": str(settings.data_dir / "objects")}
+    return {"kind": "local", "root": str(settings.data_dir / "objects"), "buckets": buckets}
+
+
+async def namespace_buckets(catalog: Catalog, namespace: str) -> list[str]:
+    """The buckets bound to `namespace`: what its plugins may read."""
+    from functions.collections import BUCKET_BINDINGS
+
+    return sorted(b["bucket"] for b in await catalog.find(BUCKET_BINDINGS, {"namespace": namespace}, limit=10_000))
+
+
+def sandbox_options(settings: Settings) -> Any:
+    """How plugin hosts start, from the settings (carried to Ray workers in the spec)."""
+    from engine.sandbox.client import SandboxOptions
+
+    return SandboxOptions(
+        enabled=settings.sandbox == "on", allow_degraded=settings.sandbox_allow_degraded,
+        cache_root=str(settings.sandbox_cache_dir or ""),
+        memory_bytes=int(settings.sandbox_memory_gb * 2**30) if settings.sandbox_memory_gb else None,
+        cpu_seconds=settings.sandbox_cpu_seconds, call_timeout_s=settings.sandbox_call_timeout_s,
+        pinned_hosts=dict(settings.egress_pinned_hosts), denied_ports=tuple(p for p in (settings.port,) if p),
+    )
 
 
 # --- the handler -----------------------------------------------------------------------------
@@ -238,10 +261,18 @@ class TaskWriter:
         if len(self.failures) < MAX_FAILURES_KEPT:
             self.failures.append(IngestFailure(object_id=object_id, step=step, error=" ".join(error.split())[:1000]))
 
+    def violation(self, message: str) -> None:
+        """A sandbox violation: kept with the failures (step `sandbox`), counted as no row."""
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures.append(IngestFailure(object_id="", step="sandbox", error=" ".join(message.split())[:1000]))
+
     async def write(self, batch: pd.DataFrame) -> None:
         if ERROR_COLUMN in batch.columns:
             failed = batch[ERROR_COLUMN].notna().to_numpy()
             for row in batch[failed].to_dict("records"):
+                if row.get(STEP_COLUMN) == "sandbox":  # a refused action, reported even when the plugin swallowed it
+                    self.violation(str(row[ERROR_COLUMN]))
+                    continue
                 self.fail(str(row.get("object_id") or ""), str(row.get(STEP_COLUMN) or "?"), str(row[ERROR_COLUMN]))
             batch = batch[~failed]
         index = self.collection.get("index_name")

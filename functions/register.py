@@ -10,6 +10,7 @@ the version's own key, which no presigned URL can write, and the version becomes
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import structlog
 
@@ -18,6 +19,7 @@ from engine.plugins.validate import validate_isolated
 from events.envelope import AnyEnvelope
 from events.errors import Conflict, NotFound
 from events.payloads import Finding, PluginRegistered, PluginRegistrationFailed, PluginScanned
+from functions.ingest import sandbox_options
 from functions.plugin_catalog import FAILED, HEADS, REGISTERED, UPLOADS, VERSIONS, PluginCatalog, archive_key, now, plugin_id_for
 from functions.scratch import scratch, sha256_file
 from functions.secrets import SecretsStore
@@ -82,12 +84,16 @@ async def handle(
                 extracted = await asyncio.to_thread(extract_plugin, archive, src)
             except ArchiveRejected as rejected:
                 return await _fail(event, plugins, scanned, list(rejected.findings))
+            network_allow, network_findings = network_declaration(extracted.root)
+            if any(f.severity == "error" for f in network_findings):
+                return await _fail(event, plugins, scanned, list(scanned.findings) + network_findings)
             report = await validate_isolated(
                 extracted.root, name=name, version=version, namespace=namespace, plugin_id=plugin_id,
                 timeout_s=settings.plugin_validation_timeout_s, strict=bool(upload.get("strict")),
                 context=await SecretsStore.from_settings(catalog, settings).context_for(namespace),
+                options=sandbox_options(settings), network_allow=network_allow,
             )
-            findings = list(scanned.findings) + list(report.findings)
+            findings = list(scanned.findings) + network_findings + list(report.findings)
             if not report.passed or report.manifest is None:
                 return await _fail(event, plugins, scanned, findings)
             key = archive_key(namespace, name, version)
@@ -100,6 +106,7 @@ async def handle(
                 "scan_report": {"passed": True, "findings": [f.model_dump() for f in findings]},
                 "dry_runs": [d.model_dump() for d in report.dry_runs],
                 "feature_uris": report.feature_uris, "has_realtime": report.has_realtime, "step_gpus": report.step_gpus,
+                "network_allow": list(network_allow),
                 "deployment_status": "NOT_DEPLOYED", "registered_at": now(),
             }
             try:
@@ -129,3 +136,14 @@ async def handle(
         deployment_status=record["deployment_status"],
     ))]
 
+
+
+def network_declaration(root: Path) -> tuple[tuple[str, ...], list]:
+    """The hosts manifest.py declares (`network = {"allow": [...]}`), read from its SOURCE by the
+    trusted side: what the dry run reports is the plugin's word, this is the platform's."""
+    from engine.plugins.manifest import read_network_declaration
+
+    manifest = root / "manifest.py"
+    if not manifest.is_file():
+        return (), []
+    return read_network_declaration(manifest.read_text(encoding="utf-8", errors="replace"))

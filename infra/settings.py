@@ -59,6 +59,24 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = Field(default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED.")
     retriever_wait_s: float = Field(default=30.0, ge=0, le=600, description="How long a query waits for its plugin version's deployment to finish.")
     retriever_cache_s: float = Field(default=1.0, ge=0, le=60, description="How long a query reuses its collection and deployment records (0: read them every time; changes made in this process are seen at once).")
+    sandbox: Literal["on", "off"] = Field(
+        default="on", description="Run plugin code only in confined plugin hosts (`off`: in the owner's process, "
+        "uncontained — for trusted plugins and benchmarks only; logged loudly).")
+    sandbox_allow_degraded: bool = Field(
+        default=False, description="Start plugin hosts even when a confinement layer is missing on this machine "
+        "(the layers that remain are applied; /v1/health shows which). Off: refuse to run plugin code.")
+    sandbox_cache_dir: Path | None = Field(
+        default=None, description="Per-node folder of unpacked plugins, exported models and host scratch folders "
+        "(default: the temp dir's sluice-sandbox-<uid>).")
+    sandbox_memory_gb: float | None = Field(
+        default=16.0, gt=0, description="Address-space limit of one plugin host (RLIMIT_AS; not applied to hosts with GPUs).")
+    sandbox_cpu_seconds: int | None = Field(default=None, gt=0, description="CPU-time limit of one plugin host (RLIMIT_CPU).")
+    sandbox_call_timeout_s: float = Field(
+        default=600.0, gt=0, description="Wall-clock limit of one call into a plugin host (a batch, a query); past it the "
+        "host is killed and the call fails, naming the plugin.")
+    egress_pinned_hosts: dict[str, str] = Field(
+        default_factory=dict, description="Operator pins of declared egress hosts to addresses, JSON {host: ip}; a pinned "
+        "address may be private (an on-prem API). Plugins still reach only the hosts their manifest declares.")
     require_gpu: bool = Field(default=False, description="Fail jobs whose GPU steps the cluster cannot place, instead of running them on CPU.")
     secrets_key: SecretStr | None = Field(default=None, description="Master key for namespace secrets; generated into the data dir when unset.")
 

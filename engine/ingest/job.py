@@ -91,7 +91,7 @@ def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, block
 
     head = group[0]
     options: dict[str, Any] = {
-        "batch_size": head.batch_size, "batch_format": "pandas", "num_cpus": head.num_cpus, "zero_copy_batch": False,
+        "batch_size": head.batch_size, "batch_format": "pyarrow", "num_cpus": head.num_cpus, "zero_copy_batch": False,
     }
     if head.num_gpus:
         options["num_gpus"] = head.num_gpus

@@ -1,28 +1,25 @@
-"""The Ray side of ingest: where plugin code is imported and run.
+"""Ingest's plugin stages, on both sides of the trust boundary (each function says which).
 
-Plugin code runs only here, in Ray workers (and in the validation subprocess), never in the
-process that runs the handlers: the driver passes a `PluginSpec` (the verified archive bytes in
-Ray's object store, the parameters, the namespace's secrets context) and each worker unpacks the
-archive into its own cache, checks its digest again, imports it and builds the steps itself.
+TRUSTED side (Ray actors and tasks): `PluginStage` is the class `map_batches` runs. It owns one
+plugin host (`engine.sandbox`) for the spec's namespace and plugin version, sends it each batch as
+Arrow and takes back an Arrow table it checks (`trusted_table`, and `output_table` for the last
+stage: exactly the record columns, typed, each vector of the declared dimension). It never
+imports plugin code. `plan` asks a host for the steps' resources and caps them.
 
-`PluginStage` is the class `map_batches` runs. One stage runs one or more consecutive steps that
-need the same resources, each over batches of its own size, so a CPU chunker and a CPU embedder
-share one actor instead of paying a hop between actors. A step that raises for a batch is retried
-on halves of it until the rows that raise are found: those become failure rows
-(`_sluice_error`, `_sluice_step`, `object_id`), which later steps never see, and the rest go on.
-The last stage turns rows into plain records (`document_id`, `object_id`, `_fields` as JSON,
-one float32 list per feature), so nothing of the plugin's own types reaches the driver.
+HOST side (inside the plugin host): `step_plans`, `run_stage` and `embed_rows` run the plugin's
+steps. One stage runs one or more consecutive steps that need the same resources, each over
+batches of its own size, so a CPU chunker and a CPU embedder share one actor. A step that raises
+for a batch is retried on halves of it until the rows that raise are found: those become failure
+rows (`_sluice_error`, `_sluice_step`, `object_id`), which later steps never see. The last stage
+turns rows into plain records (`document_id`, `object_id`, `_fields` as JSON, one float32 list
+per feature). A host that crashes fails its batch's rows, naming the plugin; a sandbox violation
+is reported as a failure row of step `sandbox` even when plugin code swallowed it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.plugins.extractors.pipeline import PipelineStep, StepFailed, StepRunner, coerce_steps
+from engine.plugins.extractors.pipeline import PipelineStep, StepFailed, StepRunner
 from engine.plugins.frame import PRODUCTION_COLUMNS, add_input_aliases
+from engine.sandbox.cache import PluginIntegrityError
 
 ERROR_COLUMN = "_sluice_error"
 STEP_COLUMN = "_sluice_step"
@@ -43,10 +41,6 @@ MARKER_COLUMNS = (ERROR_COLUMN, STEP_COLUMN)
 
 MAX_FIELD_CHARS = 65_536
 """A document field longer than this (as text) is cut: documents hold metadata, not blobs."""
-
-
-class PluginIntegrityError(RuntimeError):
-    """The archive a worker received is not the one that was registered."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +67,11 @@ class PluginSpec:
     model_resources: dict[str, dict[str, float]] = field(default_factory=dict)
     """{model_id: {num_cpus, num_gpus, memory_gb}} of the namespace's deployed models: a step whose
     service loads one of them (`model_source = "namespace"`) gets at least those resources."""
+    network_allow: tuple[str, ...] = ()
+    """The hosts the version's manifest declares (`network = {"allow": [...]}`, read from its
+    source at register): the only ones its host reaches, through the egress proxy."""
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    """`SandboxOptions.as_dict()` from the settings: how the owner starts the plugin's hosts."""
 
 
 @dataclass(frozen=True)
@@ -96,85 +95,127 @@ class StepPlan:
             other.resource_type, other.num_gpus, other.num_cpus, other.concurrency, other.memory_bytes)
 
 
-# --- unpacking and building -----------------------------------------------------------------
+# --- on the trusted side: the host of a spec ------------------------------------------------------
 
-_lock = threading.Lock()
-_roots: dict[str, Path] = {}
+def run_info(spec: PluginSpec) -> dict[str, Any]:
+    """What the host needs to know of the run: plain data, no archive, credentials or secrets."""
+    return {
+        "plugin_id": spec.plugin_id, "name": spec.name, "version": spec.version, "parameters": spec.parameters,
+        "collection_id": spec.collection_id, "input_fields": list(spec.input_fields),
+        "features": [list(f) for f in spec.features], "available_gpus": spec.available_gpus,
+        "model_resources": spec.model_resources,
+    }
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SLUICE_PLUGIN_CACHE") or Path(tempfile.gettempdir()) / f"sluice-plugins-{os.getuid()}")
+def archive_bytes(spec: PluginSpec) -> bytes:
+    """The archive's bytes: given, from Ray's object store, or fetched by URL (replicas fetch it
+    themselves: Serve checkpoints a deployment's arguments, where archives have no place)."""
+    data = spec.archive
+    if isinstance(data, str):
+        return _fetch_url(data, spec.asset_access)
+    if not isinstance(data, (bytes, bytearray)):
+        import ray
+
+        data = ray.get(data)
+    return bytes(data)
+
+
+def _fetch_url(url: str, access: dict[str, Any]) -> bytes:
+    from urllib.parse import unquote, urlsplit
+    from urllib.request import url2pathname
+
+    if url.startswith("file:"):
+        return Path(url2pathname(unquote(urlsplit(url).path))).read_bytes()
+    if not url.startswith("s3://"):
+        raise ValueError(f"plugin archives are fetched by s3:// or file:// URL, not {url!r}")
+    import botocore.session
+
+    bucket, _, key = url[5:].partition("/")
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=access.get("endpoint_url"), region_name=access.get("region") or "us-east-1",
+        aws_access_key_id=access.get("access_key_id"), aws_secret_access_key=access.get("secret_access_key"))
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        client.close()
 
 
 def plugin_root(spec: PluginSpec) -> Path:
-    """The plugin's folder in this worker's cache, unpacked once per archive digest."""
-    from engine.plugins.archive import extract_plugin
+    """The plugin's verified folder in the namespace's cache on this node (checked on every call)."""
+    from engine.sandbox.cache import plugin_root as cached_root
+    from engine.sandbox.client import SandboxOptions
 
-    with _lock:
-        if spec.sha256 in _roots and _roots[spec.sha256].is_dir():
-            return _roots[spec.sha256]
-        data = spec.archive
-        if not isinstance(data, (bytes, bytearray)):
-            import ray
-
-            data = ray.get(data)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != spec.sha256:
-            raise PluginIntegrityError(
-                f"plugin {spec.name} {spec.version}: archive digest {digest[:12]}… differs from the registered {spec.sha256[:12]}…")
-        cache = _cache_dir()
-        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        final = cache / spec.sha256
-        marker = final / ".root"
-        if not marker.is_file():
-            work = Path(tempfile.mkdtemp(prefix=f".{spec.sha256[:12]}-", dir=cache))
-            try:
-                (work / "archive.zip").write_bytes(data)
-                (work / "src").mkdir()
-                extracted = extract_plugin(work / "archive.zip", work / "src")
-                (work / ".root").write_text(str(extracted.root.relative_to(work)))
-                (work / "archive.zip").unlink()
-                try:
-                    work.rename(final)
-                except OSError:  # another worker of this node won the race: use its copy
-                    shutil.rmtree(work, ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(work, ignore_errors=True)
-                raise
-        root = final / marker.read_text().strip()
-        _roots[spec.sha256] = root
-        return root
+    options = SandboxOptions.from_dict(spec.sandbox)
+    return cached_root(options.root(), spec.namespace, spec.sha256, archive_bytes(spec), f"{spec.name} {spec.version}")
 
 
-def build_steps(spec: PluginSpec) -> list[PipelineStep]:
-    """Import the plugin in this process and call its `build_steps` for the collection."""
-    from engine.plugins.loader import import_module
-    from engine.plugins.request import ExtractorConfig, ExtractorRequest
-    from engine.plugins.validate import plugin_container
+def open_spec_host(spec: PluginSpec, *, env: dict[str, str] | None = None, root: Path | None = None) -> Any:
+    """A started plugin host for `spec` (confined unless the operator turned the sandbox off)."""
+    from engine.sandbox.cache import models_dir
+    from engine.sandbox.client import SandboxOptions, open_host
+    from engine.sandbox.services import HostServices
 
-    from engine.models.registry import install_resolver
+    options = SandboxOptions.from_dict(spec.sandbox)
+    root = root or plugin_root(spec)
+    services = HostServices(spec.namespace, asset_access=spec.asset_access, secrets_context=spec.context,
+                            models_dir=models_dir(options.root(), spec.namespace))
+    return open_host(namespace=spec.namespace, plugin=f"{spec.name} {spec.version}", plugin_root=root, run=run_info(spec),
+                     services=services, options=options, network_allow=tuple(spec.network_allow), env=env)
 
-    root = plugin_root(spec)
-    install_resolver(spec.namespace)  # load_namespace_model reads this namespace's deployed models, no other's
-    pipeline = import_module(root, "pipeline")
-    request = ExtractorRequest(
-        namespace=spec.namespace, feature_extractor_id=spec.plugin_id, collection_id=spec.collection_id,
-        extractor_config=ExtractorConfig(feature_extractor_name=spec.name, version=spec.version, parameters=spec.parameters),
-        available_gpus=spec.available_gpus,
-    )
-    steps = coerce_steps(pipeline.build_steps(request, container=plugin_container(spec.namespace, spec.context), base_steps=None))
-    if not steps:
-        raise StepFailed("build_steps", "returned no steps")
-    return steps
+
+def host_error(answer: dict[str, Any], default_step: str) -> StepFailed:
+    error = answer.get("error") or {}
+    where = f" ({error['file']}:{error['line']})" if error.get("file") else ""
+    return StepFailed(default_step, f"{error.get('message', 'the plugin failed')}{where}")
 
 
 def plan(spec: PluginSpec) -> list[StepPlan]:
-    """The steps' names and resources (run as a Ray task: this imports the plugin)."""
+    """The steps' names and resources, as the plugin builds them (asked of a host; bounded here,
+    since a host's answer is the plugin's word)."""
+    host = open_spec_host(spec)
+    try:
+        answer, _ = host.call("plan")
+    finally:
+        host.close()
+    if not answer.get("ok"):
+        raise host_error(answer, "build_steps")
+    return [bounded_plan(p) for p in answer["plans"]]
+
+
+MAX_STEP_CPUS = 64.0
+MAX_STEP_GPUS = 8.0
+MAX_CONCURRENCY = 64
+MAX_BATCH_SIZE = 65_536
+
+
+def bounded_plan(raw: dict[str, Any]) -> StepPlan:
+    """A host's step plan with every resource checked and capped: a plugin cannot ask the cluster
+    for more than one step may hold."""
+    from engine.plugins.extractors.pipeline import ResourceType
+
+    resource = str(raw.get("resource_type") or "CPU")
+    if resource not in {r.value for r in ResourceType}:
+        resource = "CPU"
+    concurrency = raw.get("concurrency")
+    return StepPlan(
+        index=int(raw["index"]), name=str(raw.get("name") or f"step{raw['index']}")[:200], resource_type=resource,
+        condition=str(raw.get("condition") or "")[:200],
+        batch_size=max(1, min(int(raw.get("batch_size") or 1), MAX_BATCH_SIZE)),
+        num_gpus=max(0.0, min(float(raw.get("num_gpus") or 0), MAX_STEP_GPUS)),
+        num_cpus=max(0.0, min(float(raw.get("num_cpus") or 0), MAX_STEP_CPUS)),
+        concurrency=None if concurrency is None else max(1, min(int(concurrency), MAX_CONCURRENCY)),
+        memory_bytes=max(0, int(raw.get("memory_bytes") or 0)),
+    )
+
+
+# --- in the host: building and running the steps ------------------------------------------------
+
+def step_plans(steps: Sequence[PipelineStep], model_resources: dict[str, dict[str, float]]) -> list[StepPlan]:
     plans = []
-    for i, s in enumerate(build_steps(spec)):
+    for i, s in enumerate(steps):
         num_gpus, num_cpus, resource_type = float(s.num_gpus), float(s.num_cpus), s.resource_type.value
         memory_bytes = 0
-        hints = _model_hints(s.service_class, spec.model_resources)
+        hints = _model_hints(s.service_class, model_resources)
         if hints:
             num_gpus = max(num_gpus, float(hints.get("num_gpus") or 0))
             num_cpus = max(num_cpus, float(hints.get("num_cpus") or 0))
@@ -201,38 +242,26 @@ def _model_hints(service_class: Any, resources: dict[str, dict[str, float]]) -> 
     return {key: max(float(h.get(key) or 0) for h in found) for key in ("num_cpus", "num_gpus", "memory_gb")}
 
 
-def configure_assets(access: dict[str, Any]) -> None:
-    """Let `open_asset` read the job's objects in this worker."""
-    from engine.assets import allow_asset_root, configure_asset_resolver
+def run_stage(runners: Sequence[StepRunner], batch: pd.DataFrame, *, first: bool, last: bool,
+              input_fields: Sequence[str], features: Sequence[tuple[str, int]]) -> pd.DataFrame:
+    """One stage over one batch, in the host: each step over batches of its own size, rows that
+    raise isolated as failure rows, and (last stage) plain output records."""
+    live, failures = _split_markers(batch)
+    failed = [failures] if len(failures) else []
+    if first:
+        live = add_input_aliases(live, tuple(input_fields))
+    for runner in runners:
+        outputs = []
+        for part in _batches(live, runner.step.batch_size):
+            out, lost = run_isolating(runner, part)
+            outputs.append(out)
+            failed.extend(lost)
+        live = pd.concat(outputs, ignore_index=True, sort=False) if len(outputs) > 1 else outputs[0]
+    if last:
+        live, lost = to_records(live, features)
+        failed.extend(lost)
+    return pd.concat([live, *failed], ignore_index=True, sort=False) if failed else live
 
-    if access.get("kind") == "local":
-        allow_asset_root(access["root"])
-    elif access.get("kind") == "s3":
-        configure_asset_resolver(_S3Resolver(access))
-
-
-class _S3Resolver:
-    """`resolver(bucket, key, dest)` over botocore, from the job's object-store settings."""
-
-    def __init__(self, access: dict[str, Any]) -> None:
-        self.access = access
-        self._client = None
-
-    def __call__(self, bucket: str, key: str, dest: Path) -> None:
-        if self._client is None:
-            import botocore.session
-
-            self._client = botocore.session.get_session().create_client(
-                "s3", endpoint_url=self.access.get("endpoint_url"), region_name=self.access.get("region") or "us-east-1",
-                aws_access_key_id=self.access.get("access_key_id"), aws_secret_access_key=self.access.get("secret_access_key"),
-            )
-        body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
-        with open(dest, "wb") as out:
-            for chunk in iter(lambda: body.read(1024 * 1024), b""):
-                out.write(chunk)
-
-
-# --- the map_batches stage ------------------------------------------------------------------
 
 def _split_markers(batch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if ERROR_COLUMN not in batch.columns:
@@ -269,36 +298,114 @@ def _batches(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
 
 
 class PluginStage:
-    """`map_batches` class: builds the plugin's steps once per actor and runs `indexes` of them."""
+    """`map_batches` class (TRUSTED side): owns one plugin host, which builds the plugin's steps
+    once and runs `indexes` of them over each batch. Batches cross as Arrow; a host that crashes
+    or runs past its time limit fails that batch's rows (naming the plugin) and is replaced."""
 
     def __init__(self, spec: PluginSpec, indexes: Sequence[int], first: bool, last: bool) -> None:
-        configure_assets(spec.asset_access)
-        steps = build_steps(spec)
         self.spec = spec
-        self.runners = [StepRunner(steps[i]) for i in indexes]
-        self.first = first
+        self.header = {"indexes": list(indexes), "first": first, "last": last}
         self.last = last
+        self.root = plugin_root(spec)
+        self.host: Any = None
+        self._open()
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        live, failures = _split_markers(batch)
-        failed = [failures] if len(failures) else []
-        if self.first:
-            live = add_input_aliases(live, self.spec.input_fields)
-        for runner in self.runners:
-            outputs = []
-            for part in _batches(live, runner.step.batch_size):
-                out, lost = run_isolating(runner, part)
-                outputs.append(out)
-                failed.extend(lost)
-            live = pd.concat(outputs, ignore_index=True, sort=False) if len(outputs) > 1 else outputs[0]
-        if self.last:
-            live, lost = to_records(live, self.spec.features)
-            failed.extend(lost)
-        return pd.concat([live, *failed], ignore_index=True, sort=False) if failed else live
+    def _open(self) -> None:
+        self.host = open_spec_host(self.spec, root=self.root)
+        answer, _ = self.host.call("stage", self.header)
+        if not answer.get("ok"):
+            raise host_error(answer, "build_steps")
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from engine.sandbox.errors import PluginHostError
+        from engine.sandbox.protocol import ProtocolError, encode_frame, trusted_table
+
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+        try:
+            if self.host is None:
+                self._open()
+            answer, body = self.host.call("run", {}, encode_frame(table))
+            if not answer.get("ok"):
+                raise host_error(answer, "run")
+            out = trusted_table(body)
+            if self.last:
+                out = output_table(out, self.spec.features)
+        except (PluginHostError, ProtocolError, StepFailed) as exc:
+            if isinstance(exc, (PluginHostError, ProtocolError)) and self.host is not None:
+                self.host.close()
+                self.host = None
+            out = _failed_table(table, str(exc), "plugin")
+        violations = self.host.drain_violations() if self.host is not None else []
+        if violations:
+            out = pa.concat_tables([out, _violation_table(violations)], promote_options="permissive")
+        return out
 
     def __del__(self) -> None:
-        for runner in getattr(self, "runners", []):
-            runner.close()
+        host = getattr(self, "host", None)
+        if host is not None:
+            host.close()
+
+
+def _failed_table(table: Any, error: str, step: str) -> Any:
+    import pyarrow as pa
+
+    ids = table.column("object_id").to_pylist() if "object_id" in table.column_names else [""] * table.num_rows
+    return pa.table({"object_id": pa.array([str(i or "") for i in ids], pa.string()),
+                     ERROR_COLUMN: pa.array([error[:2000]] * len(ids), pa.string()),
+                     STEP_COLUMN: pa.array([step] * len(ids), pa.string())})
+
+
+def _violation_table(violations: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"object_id": pa.array([""] * len(violations), pa.string()),
+                     ERROR_COLUMN: pa.array([str(v.get("message", ""))[:2000] for v in violations], pa.string()),
+                     STEP_COLUMN: pa.array(["sandbox"] * len(violations), pa.string())})
+
+
+def output_table(table: Any, features: Sequence[tuple[str, int]]) -> Any:
+    """The last stage's output as the driver may write it: exactly the record columns, typed,
+    each vector of the declared dimension (rows that are not go to failures)."""
+    import pyarrow as pa
+
+    frame = table.to_pandas(ignore_metadata=True)
+    records, failed = _trusted_records(frame, features)
+    parts = [records] + ([failed] if len(failed) else [])
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else records
+
+
+def _trusted_records(frame: pd.DataFrame, features: Sequence[tuple[str, int]]) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    failed_mask = frame[ERROR_COLUMN].notna().to_numpy() if ERROR_COLUMN in frame.columns else np.zeros(len(frame), bool)
+    live, dead = frame[~failed_mask], frame[failed_mask]
+    columns: dict[str, Any] = {
+        "document_id": pa.array([str(v) if v is not None else "" for v in live.get("document_id", [])], pa.string()),
+        "object_id": pa.array([str(v) if v is not None else "" for v in live.get("object_id", [])], pa.string()),
+        FIELDS_COLUMN: pa.array([v if isinstance(v, str) else "{}" for v in live.get(FIELDS_COLUMN, [])], pa.string()),
+        SKIPPED_COLUMN: pa.array([bool(v) for v in live.get(SKIPPED_COLUMN, [])], pa.bool_()),
+    }
+    bad: list[tuple[str, str]] = []
+    keep = np.ones(len(live), bool)
+    for name, dim in features:
+        values = live[VECTOR_PREFIX + name].tolist() if VECTOR_PREFIX + name in live.columns else [None] * len(live)
+        vectors = []
+        for i, value in enumerate(values):
+            vector, problem = _vector(value, dim)
+            if problem:
+                keep[i] = False
+                bad.append((columns["object_id"][i].as_py(), f"feature {name!r} {problem}"))
+            vectors.append(vector)
+        columns[VECTOR_PREFIX + name] = pa.array(vectors, pa.list_(pa.float32()))
+    records = pa.table(columns).filter(pa.array(keep)) if not keep.all() else pa.table(columns)
+    object_ids = [str(v or "") for v in dead.get("object_id", [])] + [b[0] for b in bad]
+    errors = [str(v)[:2000] for v in dead.get(ERROR_COLUMN, [])] + [b[1] for b in bad]
+    steps = [str(v or "")[:200] for v in dead.get(STEP_COLUMN, [])] + ["output"] * len(bad)
+    failed = pa.table({"object_id": pa.array(object_ids, pa.string()), ERROR_COLUMN: pa.array(errors, pa.string()),
+                       STEP_COLUMN: pa.array(steps, pa.string())})
+    return records, failed
 
 
 # --- plain output records --------------------------------------------------------------------
@@ -371,20 +478,21 @@ def to_records(frame: pd.DataFrame, features: Sequence[tuple[str, int]]) -> tupl
     return pd.DataFrame(records, columns=columns), failures
 
 
-def embed_texts(steps: Sequence[PipelineStep], spec: PluginSpec, texts: Sequence[str]) -> dict[str, list[list[float] | None]]:
-    """Each text through the plugin's steps as a one-row text object: per feature, one vector per
-    text (the first chunk's, for a long text), or None where a text gave none."""
+def embed_rows(steps: Sequence[PipelineStep], texts: Sequence[str], *, collection_id: str, plugin_id: str,
+               input_fields: Sequence[str], features: Sequence[tuple[str, int]]) -> dict[str, list[list[float] | None]]:
+    """In the host: each text through the plugin's steps as a one-row text object; per feature,
+    one vector per text (the first chunk's, for a long text), or None where a text gave none."""
     from engine.plugins.extractors.pipeline import run_steps
     from engine.plugins.frame import frame
 
     rows = [
         {"data": t, "document_id": f"query:{i}", "object_id": f"query:{i}", "blob_id": f"query:{i}/content",
-         "collection_id": spec.collection_id or "", "feature_extractor_id": spec.plugin_id}
+         "collection_id": collection_id, "feature_extractor_id": plugin_id}
         for i, t in enumerate(texts)
     ]
-    out = run_steps(list(steps), add_input_aliases(frame(rows), spec.input_fields))
+    out = run_steps(list(steps), add_input_aliases(frame(rows), tuple(input_fields)))
     result: dict[str, list[list[float] | None]] = {}
-    for name, dim in spec.features:
+    for name, dim in features:
         per_text: list[list[float] | None] = [None] * len(texts)
         values = out[name].tolist() if name in out.columns else [None] * len(out)
         for object_id, value in zip(out["object_id"].tolist(), values, strict=True):
@@ -398,6 +506,6 @@ def embed_texts(steps: Sequence[PipelineStep], spec: PluginSpec, texts: Sequence
 
 __all__ = [
     "ERROR_COLUMN", "FIELDS_COLUMN", "PRODUCTION_COLUMNS", "SKIPPED_COLUMN", "STEP_COLUMN", "VECTOR_PREFIX",
-    "PluginIntegrityError", "PluginSpec", "PluginStage", "StepPlan", "build_steps", "embed_texts", "plan",
-    "plugin_root", "run_isolating", "to_records",
+    "PluginIntegrityError", "PluginSpec", "PluginStage", "StepPlan", "bounded_plan", "embed_rows", "open_spec_host",
+    "output_table", "plan", "plugin_root", "run_isolating", "run_stage", "step_plans", "to_records",
 ]

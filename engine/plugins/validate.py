@@ -3,22 +3,16 @@ them on a two-row sample of each declared input type. The declared vector column
 with the declared dimension.
 
 This imports and executes plugin code, so it never runs in a handler's process:
-`validate_isolated()` starts `python -m engine.plugins.validate` in a subprocess with a scrubbed
-environment, its own scratch folder as working directory, and a time limit. The same
-`validate_plugin()` serves `sluice plugin test`, which runs it locally.
+`validate_isolated()` runs `validate_plugin()` in a plugin host (`engine.sandbox`: a confined
+child process for this namespace, with a time limit), re-reads its report as untrusted data and
+adds the sandbox's refusals as findings. `sluice plugin test` uses the same path.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import inspect
-import json
 import math
-import os
-import signal
-import sys
 import tempfile
 import time
 import traceback
@@ -50,7 +44,10 @@ RULES: dict[str, tuple[str, str]] = {
     "SLU851": ("error", "realtime.py must define a subclass of shared.plugins.inference.serve.BaseInferenceService."),
     "SLU852": ("error", "`await service({'text': ...}, {})` must return {'embedding': [...]} or a key named after a feature."),
     "SLU860": ("error", "Validation must finish within the time limit; load models lazily and keep build_steps cheap."),
-    "SLU861": ("error", "The validation process crashed; the output tail is shown."),
+    "SLU861": ("error", "The plugin host crashed or could not start; the output tail is shown."),
+    "SLU880": ("warning", "The sandbox refused this action: plugins read only their own files, their namespace's objects "
+                          "(open_asset) and models, write only in their scratch folder (HOME, TMPDIR), reach only the hosts "
+                          "manifest.py declares, and start no processes."),
 }
 
 
@@ -295,52 +292,65 @@ def validate_plugin(
     return report
 
 
-# --- the isolated process -----------------------------------------------------------------------
-
-_KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES", "HF_HOME")
-
-
-def _scrubbed_env(workdir: Path) -> dict[str, str]:
-    """Only what a Python process needs: no SLUICE_* settings, cloud credentials or API keys reach
-    plugin code. Hub downloads are off: weights come from the model registry or a package."""
-    env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
-    env.update(
-        TMPDIR=str(workdir / "tmp"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
-        TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-    )
-    return env
-
+# --- in a plugin host ----------------------------------------------------------------------------
 
 async def validate_isolated(
     root: Path, *, name: str, version: str, namespace: str, plugin_id: str, timeout_s: float,
-    strict: bool = False, context: dict[str, Any] | None = None,
+    strict: bool = False, context: dict[str, Any] | None = None, options: Any = None,
+    network_allow: tuple[str, ...] = (),
 ) -> ValidationReport:
-    """`validate_plugin` in a fresh subprocess. `context` (secrets sealed for this namespace, and
-    its key) travels on stdin, never in argv or the environment."""
-    workdir = root.parent / f"{root.name}.validate"
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    out_file = workdir / "report.json"
-    args = [
-        sys.executable, "-m", "engine.plugins.validate", str(root), "--name", name, "--version", version,
-        "--namespace", namespace, "--plugin-id", plugin_id, "--out", str(out_file), "--workdir", str(workdir / "samples"),
-    ] + (["--strict"] if strict else [])
-    process = await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        cwd=str(workdir), env=_scrubbed_env(workdir), start_new_session=True,
-    )
+    """`validate_plugin` in a plugin host (confined, this namespace only; see `engine.sandbox`).
+    The host's report is the plugin's word: it is re-validated here, and the sandbox's refusals
+    are added as findings (SLU880) with the plugin file and line."""
+    return await asyncio.to_thread(_validate_in_host, root, name=name, version=version, namespace=namespace,
+                                   plugin_id=plugin_id, timeout_s=timeout_s, strict=strict, context=context or {},
+                                   options=options, network_allow=network_allow)
+
+
+def _validate_in_host(root: Path, *, name: str, version: str, namespace: str, plugin_id: str, timeout_s: float,
+                      strict: bool, context: dict[str, Any], options: Any, network_allow: tuple[str, ...]) -> ValidationReport:
+    from engine.sandbox.cache import models_dir
+    from engine.sandbox.client import SandboxOptions, open_host
+    from engine.sandbox.errors import PluginHostError
+    from engine.sandbox.services import HostServices
+
+    options = options or SandboxOptions()
+    services = HostServices(namespace, asset_access={"kind": "none", "buckets": []}, secrets_context=context,
+                            models_dir=models_dir(options.root(), namespace))
+    run = {"plugin_id": plugin_id, "name": name, "version": version, "parameters": {}}
+    host = None
     try:
-        output, _ = await asyncio.wait_for(process.communicate(json.dumps(context or {}).encode()), timeout_s)
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return ValidationReport(passed=False, findings=[finding("SLU860", f"validation did not finish within {timeout_s:g} s")])
-    if process.returncode != 0 or not out_file.is_file():
-        tail = output.decode(errors="replace")[-2000:]
-        return ValidationReport(passed=False, findings=[finding("SLU861", f"exit status {process.returncode}: {tail}")])
-    return ValidationReport.model_validate_json(out_file.read_text())
+        host = open_host(namespace=namespace, plugin=f"{name} {version}", plugin_root=root, run=run, services=services,
+                         options=options, network_allow=network_allow)
+        answer, _ = host.call("validate", {"strict": strict}, timeout_s=timeout_s)
+    except PluginHostError as exc:
+        if exc.kind == "timeout":
+            return ValidationReport(passed=False, findings=[finding("SLU860", f"validation did not finish within {timeout_s:g} s")])
+        return ValidationReport(passed=False, findings=[finding("SLU861", str(exc)[-2000:])])
+    finally:
+        violations = host.drain_violations() if host is not None else []
+        if host is not None:
+            host.close()
+    if not answer.get("ok"):
+        error = answer.get("error") or {}
+        return ValidationReport(passed=False, findings=[finding("SLU861", str(error.get("message", answer))[-2000:])])
+    report = ValidationReport.model_validate(answer["report"])
+    report.findings.extend(violation_findings(violations))
+    report.passed = report.passed and not any(f.severity == "error" for f in report.findings)
+    return report
+
+
+def violation_findings(violations: list[dict[str, Any]]) -> list[Finding]:
+    """One SLU880 finding per distinct refused action (the plugin file and line when known)."""
+    seen, out = set(), []
+    for v in violations:
+        key = (v.get("action"), v.get("target"), v.get("file"), v.get("line"))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(finding("SLU880", str(v.get("message") or v)[:1000], file=str(v.get("file") or "pipeline.py"),
+                           line=int(v.get("line") or 0)))
+    return out
 
 
 def plugin_container(namespace: str, context: dict[str, Any]) -> Any:
@@ -353,26 +363,3 @@ def plugin_container(namespace: str, context: dict[str, Any]) -> Any:
     return PluginContainer(namespace=namespace, llm=LLMService(), secrets=secrets)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.plugins.validate")
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--namespace", default="local")
-    parser.add_argument("--plugin-id", default="dry-run")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--strict", action="store_true")
-    args = parser.parse_args(argv)
-    raw = sys.stdin.read() if not sys.stdin.isatty() else ""
-    context = json.loads(raw) if raw.strip() else {}
-    report = validate_plugin(
-        args.root, name=args.name, version=args.version, namespace=args.namespace, plugin_id=args.plugin_id,
-        container=plugin_container(args.namespace, context), strict=args.strict, workdir=args.workdir,
-    )
-    args.out.write_text(report.model_dump_json())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,30 +12,27 @@ Concurrent `embed` calls are batched (`serve.batch`): the generic mode runs a ba
 DataFrame; the realtime mode sends `{"texts": [...]}` in one call when the service showed at
 start-up that it answers one vector per text, else calls it once per text, concurrently.
 
-Plugin code runs on Serve's user-code event loop (its own thread, apart from the replica's control
-loop, so a service whose `async __call__` blocks cannot stall health checks); the generic mode's
-steps run in a worker thread. Start-up (an async constructor, on that same loop) builds the service
-and makes one warm-up call, so a replica is healthy only once the plugin can answer, and a plugin
-that raises at start-up fails the deployment with its own error instead of failing the first query.
+The replica is the TRUSTED side: plugin code runs only in its plugin host (`engine.sandbox`), a
+confined child process of the replica for this namespace and plugin version, reached over a
+socket from a worker thread, so a service that blocks cannot stall the replica's health checks.
+Every answer is checked here (`vector_of`). Start-up (an async constructor) starts the host,
+builds the service there and makes one warm-up call, so a replica is healthy only once the
+plugin can answer, and a plugin that raises at start-up fails the deployment with its own error
+instead of failing the first query. A host that dies is replaced at the next query.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import math
-import os
-import threading
 import traceback
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from engine.ingest.worker import PluginSpec, build_steps, configure_assets, plugin_root
+from engine.ingest.worker import PluginSpec, open_spec_host, plugin_root
 
 WARM_UP_TEXT = "Sluice warm-up query."
 REALTIME = "realtime"
@@ -105,27 +102,49 @@ async def _await_maybe(value: Any) -> Any:
 
 
 class PluginService:
-    """Serve replica of one plugin version (wrapped by `serve.deployment` in `engine.realtime.control`)."""
+    """Serve replica of one plugin version (wrapped by `serve.deployment` in `engine.realtime.control`).
+    TRUSTED side: it owns one plugin host, where the plugin's code runs, and checks every answer."""
 
     async def __init__(self, spec: PluginSpec, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0) -> None:
-        os.environ["SLUICE_SERVING"] = "1"  # plugin code may tell a replica from a batch worker or the dry run
-        configure_assets(spec.asset_access)
-        self.spec = await asyncio.to_thread(_with_archive_bytes, spec)
+        self.spec = spec
         self.features = dict(spec.features)
-        self._steps: dict[str, list] = {}
-        self._steps_lock = threading.Lock()
-        self.service: Any = None
         self.batches_texts = False
-        root = await asyncio.to_thread(plugin_root, self.spec)
-        if (root / "realtime.py").is_file():
-            self.mode = REALTIME
-            self.service = _realtime_service(self.spec, root)
+        self._host_lock = asyncio.Lock()
+        self.root = await asyncio.to_thread(plugin_root, spec)
+        self.mode = REALTIME if (self.root / "realtime.py").is_file() else GENERIC
+        self.host = await asyncio.to_thread(self._open_host)
+        if self.mode == REALTIME:
             await self._warm_up_realtime()
         else:
-            self.mode = GENERIC
-            await asyncio.to_thread(self._run_generic, [WARM_UP_TEXT], {})
+            await self._call_generic([WARM_UP_TEXT], {})
         self._embed_batch.set_max_batch_size(max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def _open_host(self) -> Any:
+        # plugin code may tell a replica from a batch worker or the dry run (the one SLUICE_ variable a host sees)
+        host = open_spec_host(self.spec, env={"SLUICE_SERVING": "1"}, root=self.root)
+        if self.mode == REALTIME:
+            answer, _ = host.call("realtime_init")
+            if not answer.get("ok"):
+                host.close()
+                raise PluginServiceError(_failure(answer))
+        return host
+
+    async def _host_call(self, op: str, header: dict[str, Any]) -> dict[str, Any]:
+        """One op in the host (a new host when the last one died); a plugin failure raises."""
+        from engine.sandbox.errors import PluginHostError
+
+        async with self._host_lock:
+            if self.host is None:
+                self.host = await asyncio.to_thread(self._open_host)
+            try:
+                answer, _ = await asyncio.to_thread(self.host.call, op, header)
+            except PluginHostError:
+                self.host = None
+                raise
+        if not answer.get("ok"):
+            raise PluginServiceError(_failure(answer))
+        return answer
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -133,39 +152,50 @@ class PluginService:
         """Call the service once (a failure fails the replica, with the plugin's error), and learn
         whether it answers `{"texts": [...]}` with one vector per text (then batches are one call)."""
         feature = next(iter(self.features), "embedding")
-        single = plain(await _await_maybe(self.service({"text": WARM_UP_TEXT}, {})))
+        single = await self._service({"text": WARM_UP_TEXT}, {})
         vector_of(single, feature, self.features.get(feature))
         try:
-            pair = plain(await _await_maybe(self.service({"texts": [WARM_UP_TEXT, "second"]}, {})))
+            pair = await self._service({"texts": [WARM_UP_TEXT, "second"]}, {})
         except Exception:  # noqa: BLE001 - a service that only takes `text` is fine: it is called per text
             pair = None
         self.batches_texts = _vectors_per_text(pair, feature, 2) is not None
 
-    def _generic_steps(self, parameters: dict[str, Any]) -> list:
-        key = hashlib.sha256(repr(sorted(parameters.items())).encode()).hexdigest()
-        with self._steps_lock:
-            if key not in self._steps:
-                if len(self._steps) >= 8:  # a few parameter sets per replica; the oldest go
-                    self._steps.pop(next(iter(self._steps)))
-                spec = replace(self.spec, parameters={**self.spec.parameters, **parameters})
-                self._steps[key] = build_steps(spec)
-            return self._steps[key]
+    async def _service(self, inputs: dict[str, Any], parameters: dict[str, Any]) -> Any:
+        return (await self._services([inputs], parameters))[0]
+
+    async def _services(self, calls: list[dict[str, Any]], parameters: dict[str, Any], *, tolerate: bool = False) -> list[Any]:
+        """The plugin's service called once per inputs (concurrently, in the host); its answers,
+        or (with `tolerate`) the exception of each call that raised."""
+        answer = await self._host_call("realtime", {"calls": calls, "parameters": parameters})
+        out: list[Any] = []
+        for result in answer["results"]:
+            if result.get("ok"):
+                out.append(result.get("value"))
+            elif tolerate:
+                out.append(PluginServiceError(_failure(result)))
+            else:
+                raise PluginServiceError(_failure(result))
+        return out
+
+    async def _call_generic(self, texts: list[str], parameters: dict[str, Any]) -> dict[str, list[Any]]:
+        answer = await self._host_call("embed", {"texts": texts, "parameters": parameters})
+        return answer["vectors"]
 
     # --- requests ---------------------------------------------------------------------------
 
     async def info(self) -> dict[str, Any]:
         return {"plugin_id": self.spec.plugin_id, "mode": self.mode, "batches_texts": self.batches_texts,
-                "features": self.features}
+                "features": self.features, "sandbox": getattr(self.host, "layers", {})}
 
     async def realtime(self, inputs: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """`POST .../plugins/{id}/realtime`: the plugin's own answer (generic mode: the vectors)."""
         parameters = parameters or {}
         if self.mode == REALTIME:
-            return plain(await _await_maybe(self.service(inputs, parameters)))
+            return plain(await self._service(inputs, parameters))
         texts = inputs.get("texts") if isinstance(inputs.get("texts"), list) else [inputs.get("text")]
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("inputs must hold 'text' (a string) or 'texts' (a list of strings)")
-        vectors = await asyncio.to_thread(self._run_generic, texts, parameters)
+        vectors = await self._call_generic(texts, parameters)
         out: dict[str, Any] = {}
         for name, per_text in vectors.items():
             out[name] = per_text if "texts" in inputs else per_text[0]
@@ -201,26 +231,34 @@ class PluginService:
     async def _embed_group(self, texts: list[str], feature: str, parameters: dict[str, Any]) -> list[Any]:
         dim = self.features.get(feature)
         if self.mode == GENERIC:
-            vectors = (await asyncio.to_thread(self._run_generic, texts, parameters)).get(feature)
+            vectors = (await self._call_generic(texts, parameters)).get(feature)
             if vectors is None:
                 raise RealtimeContractError(f"the plugin declares no feature {feature!r}; it has {sorted(self.features)}")
-            return [v if v is not None else RealtimeContractError(f"the plugin produced no {feature!r} vector for this query")
-                    for v in vectors]
+            return [vector_of({feature: v}, feature, dim) if v is not None
+                    else RealtimeContractError(f"the plugin produced no {feature!r} vector for this query") for v in vectors]
         if self.batches_texts and len(texts) > 1:
-            answer = plain(await _await_maybe(self.service({"texts": texts}, parameters)))
+            answer = await self._service({"texts": texts}, parameters)
             rows = _vectors_per_text(answer, feature, len(texts))
             if rows is not None:
                 return [vector_of({feature: row}, feature, dim) for row in rows]
-        answers = await asyncio.gather(*[
-            _await_maybe(self.service({"text": t}, parameters)) for t in texts
-        ], return_exceptions=True)
+        answers = await self._services([{"text": t} for t in texts], parameters, tolerate=True)
         return [a if isinstance(a, BaseException) else vector_of(plain(a), feature, dim) for a in answers]
 
-    def _run_generic(self, texts: Sequence[str], parameters: dict[str, Any]) -> dict[str, list[list[float] | None]]:
-        from engine.ingest.worker import embed_texts
+    def __del__(self) -> None:
+        host = getattr(self, "host", None)
+        if host is not None:
+            host.close()
 
-        return embed_texts(self._generic_steps(parameters), self.spec, texts)
 
+class PluginServiceError(RuntimeError):
+    """The plugin raised in its host (the message is its own error, with file and line)."""
+
+
+def _failure(answer: dict[str, Any]) -> str:
+    error = answer.get("error") or {}
+    where = f" ({error['file']}:{error['line']})" if error.get("file") else ""
+    text = error.get("traceback") or error.get("message") or "the plugin failed"
+    return f"{text}{where}"
 
 
 def _freeze(parameters: dict[str, Any]) -> tuple:
@@ -244,41 +282,10 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-def _with_archive_bytes(spec: PluginSpec) -> PluginSpec:
-    """A spec whose archive is a URL (`s3://`, `file://`) is fetched here; `plugin_root` checks
-    the digest. Replicas fetch for themselves: Serve keeps a deployment's arguments in its
-    controller's checkpoint, where a 500 MB archive has no place."""
-    if not isinstance(spec.archive, str):
-        return spec
-    from engine.assets import open_asset
-
-    with open_asset(spec.archive, suffix=".zip") as path, open(path, "rb") as f:
-        return replace(spec, archive=f.read())
-
-
-def _realtime_service(spec: PluginSpec, root: Any) -> Any:
-    from engine.plugins.loader import import_module
-    from engine.plugins.validate import plugin_container
-    from engine.shared.plugins.inference.serve import BaseInferenceService
-
-    from engine.models.registry import install_resolver
-
-    install_resolver(spec.namespace)
-    module = import_module(root, "realtime")
-    classes = [obj for obj in vars(module).values()
-               if isinstance(obj, type) and issubclass(obj, BaseInferenceService) and obj is not BaseInferenceService]
-    if not classes:
-        raise RealtimeContractError("realtime.py defines no subclass of shared.plugins.inference.serve.BaseInferenceService")
-    service = classes[0]()
-    if getattr(service, "container", None) is None:
-        service.container = plugin_container(spec.namespace, spec.context)
-    return service
-
-
 def describe_failure(exc: BaseException, limit: int = 20) -> str:
     """The exception and the last lines of its traceback, as a deployment's error shows them."""
     lines = "".join(traceback.format_exception(exc)).strip().splitlines()
     return "\n".join(lines[-limit:])
 
 
-__all__ = ["GENERIC", "REALTIME", "PluginService", "RealtimeContractError", "plain", "vector_of"]
+__all__ = ["GENERIC", "REALTIME", "PluginService", "PluginServiceError", "RealtimeContractError", "plain", "vector_of"]

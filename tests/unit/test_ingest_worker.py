@@ -72,16 +72,34 @@ def test_records_carry_vectors_fields_and_report_unusable_vectors():
     assert "has 2 dimensions, the index expects 3" in errors["o2"] and "NaN" in errors["o4"]
 
 
-def test_a_worker_refuses_an_archive_that_is_not_the_registered_one(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLUICE_PLUGIN_CACHE", str(tmp_path))
+def _spec(tmp_path, data: bytes, namespace: str = "acme", **changes) -> PluginSpec:
+    return PluginSpec(plugin_id="p", namespace=namespace, name="hash_embedder", version="1.0.0",
+                      sha256=hashlib.sha256(data).hexdigest(), archive=data, sandbox={"cache_root": str(tmp_path)}, **changes)
+
+
+def test_a_worker_refuses_an_archive_that_is_not_the_registered_one(tmp_path):
     data = zip_folder(HASH_EMBEDDER, top="hash_embedder")
-    good = PluginSpec(plugin_id="p", namespace="acme", name="hash_embedder", version="1.0.0",
-                      sha256=hashlib.sha256(data).hexdigest(), archive=data)
+    good = _spec(tmp_path, data)
     root = plugin_root(good)
-    assert (root / "manifest.py").is_file() and root.is_relative_to(tmp_path)
+    assert (root / "manifest.py").is_file() and root.is_relative_to(tmp_path / "acme" / "plugins")
     tampered = PluginSpec(**{**good.__dict__, "sha256": "0" * 64})
     with pytest.raises(PluginIntegrityError, match="differs from the registered"):
         plugin_root(tampered)
+
+
+def test_the_plugin_cache_is_per_namespace_and_a_changed_file_is_unpacked_again(tmp_path):
+    import os
+
+    data = zip_folder(HASH_EMBEDDER, top="hash_embedder")
+    root = plugin_root(_spec(tmp_path, data))
+    other = plugin_root(_spec(tmp_path, data, namespace="globex"))
+    assert root != other and other.is_relative_to(tmp_path / "globex")
+    pipeline = root / "pipeline.py"
+    original = pipeline.read_bytes()
+    os.chmod(pipeline, 0o644)
+    pipeline.write_bytes(original + b"\nimport os; os.system('evil')\n")  # a tampered cache, marker or not
+    (root / "extra.py").parent.chmod(0o755)
+    assert plugin_root(_spec(tmp_path, data)).joinpath("pipeline.py").read_bytes() == original
 
 
 def _plan(index: int, name: str, *, gpus: float = 0.0, batch: int = 64, resource: str = "CPU") -> StepPlan:
