@@ -7,6 +7,7 @@ here each wrong key is an error that names the key and the one that was meant.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 import types
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.sandbox.egress import format_entry, parse_allow_entry
 from events.payloads import Finding
 
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{2,63}$")
@@ -23,6 +25,8 @@ FEATURE_KEYS = ("feature_type", "feature_name", "embedding_dim", "distance_metri
 FEATURE_TYPES = ("embedding",)
 DISTANCES = ("cosine", "euclid", "dot")
 MAX_DIM = 65_536
+MAX_NETWORK_ALLOW = 64
+"""Most allow entries one manifest may declare."""
 
 _KEY_SYNONYMS = {
     "type": "feature_type", "kind": "feature_type", "vector_type": "feature_type",
@@ -72,6 +76,12 @@ RULES: dict[str, tuple[str, str]] = {
     "SLU821": ("error", "Give every parameter a default; collections override the ones they need."),
     "SLU822": ("error", "supported_input_types lists some of 'text', 'image', 'video', 'audio', 'pdf'."),
     "SLU823": ("error", "realtime_config is a dict of " + ", ".join(REALTIME_KEYS) + " (all optional)."),
+    "SLU825": ("error", ("Write network = {'allow': ['api.example.com:443', ...]} once, at module level, as a literal: "
+                         "a dict with the single key 'allow' and a list of strings (no names, calls or f-strings). "
+                         "Sluice reads it from the source without running the manifest.")),
+    "SLU826": ("error", ("Each allow entry is 'host:port' without scheme or path, e.g. 'api.example.com:443' or "
+                         "'*.example.com:443'; loopback and private addresses are refused (an operator can pin an "
+                         "on-premises host).")),
 }
 
 
@@ -282,3 +292,142 @@ def _realtime_config(value: Any, findings: list[Finding]) -> dict[str, Any] | No
         findings.append(finding("SLU823", f"realtime_config: max_replicas {config.max_replicas} is below min_replicas {config.min_replicas}"))
         return None
     return config.model_dump(exclude_unset=True)
+
+
+# --- the network declaration, read statically ------------------------------------------------------
+
+def read_network_declaration(source: str, *, file: str = "manifest.py") -> tuple[tuple[str, ...], list[Finding]]:
+    """The hosts a manifest declares in `network = {'allow': ['host:port', ...]}`, read from its
+    source with `ast` (never by importing it: the trusted side must not believe what plugin code
+    computes). Returns the normalised entries ("host:port", duplicates dropped) and findings;
+    the entries are () whenever a finding is an error, and when `network` is absent."""
+    try:
+        tree = ast.parse(source, filename=file)
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", 0) or 0
+        return (), [finding("SLU825", f"{file} cannot be parsed ({exc}), so its network declaration cannot be read",
+                            file=file, line=line)]
+    bindings = _network_bindings(tree)
+    if not bindings:
+        return (), []
+    value, findings = _network_value(tree, bindings, file)
+    if value is None:
+        return (), findings
+    entries, findings = _allow_entries(value, file)
+    if any(f.severity == "error" for f in findings):
+        return (), findings
+    return entries, findings
+
+
+def _network_bindings(tree: ast.Module) -> list[ast.AST]:
+    """Every node that binds or deletes the module-level name `network` (function and class
+    bodies are skipped, except for `global network`)."""
+    found: list[ast.AST] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if child.name == "network":
+                    found.append(child)
+                found.extend(n for n in ast.walk(child) if isinstance(n, ast.Global) and "network" in n.names)
+                continue
+            if isinstance(child, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and any(
+                    (alias.asname or alias.name.split(".")[0]) == "network" for alias in child.names):
+                found.append(child)
+            if isinstance(child, ast.Name) and child.id == "network" and isinstance(child.ctx, (ast.Store, ast.Del)):
+                found.append(child)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _network_value(tree: ast.Module, bindings: list[ast.AST], file: str) -> tuple[ast.expr | None, list[Finding]]:
+    """The value node of the one plain `network = ...` statement, or findings saying why not."""
+    lines = sorted({getattr(node, "lineno", 0) for node in bindings})
+    if len(bindings) > 1:
+        shown = ", ".join(map(str, lines))
+        return None, [finding("SLU825", f"network is bound {len(bindings)} times (lines {shown}); assign it exactly once",
+                              file=file, line=lines[0])]
+    for statement in tree.body:
+        target, value = _simple_assignment(statement)
+        if target is bindings[0]:
+            if value is None:
+                return None, [finding("SLU825", "network is annotated but given no value", file=file, line=statement.lineno)]
+            return value, []
+    return None, [finding("SLU825", "network is not bound by a plain module-level `network = {...}` statement",
+                          file=file, line=lines[0])]
+
+
+def _simple_assignment(statement: ast.stmt) -> tuple[ast.AST | None, ast.expr | None]:
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+        return statement.targets[0], statement.value
+    if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+        return statement.target, statement.value
+    return None, None
+
+
+def _non_literal_part(node: ast.AST) -> str:
+    for child in ast.walk(node):
+        if isinstance(child, ast.JoinedStr):
+            return "an f-string"
+        if isinstance(child, ast.Call):
+            return f"a call of {ast.unparse(child.func)}()"
+        if isinstance(child, ast.Name):
+            return f"the name {child.id!r}"
+        if isinstance(child, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return "a comprehension"
+        if isinstance(child, (ast.Starred, ast.Subscript, ast.Attribute, ast.BinOp, ast.BoolOp, ast.IfExp)):
+            return "an expression"
+    return "something that is not a literal"
+
+
+def _allow_entries(node: ast.expr, file: str) -> tuple[tuple[str, ...], list[Finding]]:
+    line = node.lineno
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return (), [finding("SLU825", f"network is not a literal: it uses {_non_literal_part(node)}", file=file, line=line)]
+    shape = _allow_shape(value)
+    if shape:
+        return (), [finding("SLU825", shape, file=file, line=line)]
+    entries: dict[str, None] = {}
+    findings: list[Finding] = []
+    element_lines = _allow_element_lines(node)
+    for i, entry in enumerate(value["allow"]):
+        try:
+            entries[format_entry(*parse_allow_entry(entry))] = None
+        except ValueError as exc:
+            where = element_lines[i] if i < len(element_lines) else line
+            findings.append(finding("SLU826", f"network['allow'][{i}]: {exc}", file=file, line=where))
+    return tuple(entries), findings
+
+
+def _allow_shape(value: Any) -> str | None:
+    """What is wrong with the shape of the literal, or None."""
+    if not isinstance(value, dict):
+        return f"network is a {type(value).__name__}, not a dict {{'allow': [...]}}"
+    unknown = [key for key in value if key != "allow"]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), ["allow"], n=1, cutoff=0.5)
+        meant = "; did you mean 'allow'?" if close or "allow" not in value else ""
+        return f"network has unknown key {unknown[0]!r}{meant} (the only key is 'allow')"
+    if "allow" not in value:
+        return "network has no 'allow' key"
+    allow = value["allow"]
+    if not isinstance(allow, (list, tuple)):
+        return f"network['allow'] is a {type(allow).__name__}, not a list of 'host:port' strings"
+    if len(allow) > MAX_NETWORK_ALLOW:
+        return f"network['allow'] has {len(allow)} entries; at most {MAX_NETWORK_ALLOW} are allowed"
+    return None
+
+
+def _allow_element_lines(node: ast.expr) -> list[int]:
+    if not isinstance(node, ast.Dict):
+        return []
+    for key, value in zip(node.keys, node.values):
+        if isinstance(key, ast.Constant) and key.value == "allow" and isinstance(value, (ast.List, ast.Tuple)):
+            return [element.lineno for element in value.elts]
+    return []
