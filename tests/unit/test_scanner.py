@@ -1,6 +1,6 @@
-"""The AST security scanner is the only thing between an uploaded plugin and the workers that run
-it: every escape technique in the red-team corpus must be refused with a named rule, and ordinary
-ML plugin code (the benign corpus and the benign plugin folders) must pass untouched."""
+"""The AST security scanner is the lint and first layer between an uploaded plugin and the plugin
+host that runs it: every escape technique in the red-team corpus must be refused with a named rule,
+and ordinary ML plugin code (the benign corpora and the benign plugin folders) must pass untouched."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.plugins.scanner import RULES, PluginSecurityScanner, ScanReport, scan_directory, scan_source
+from engine.plugins.scanner import (
+    RETIRED_RULES,
+    RULES,
+    PluginSecurityScanner,
+    ScanReport,
+    manifest_declares_network,
+    scan_directory,
+    scan_source,
+)
 from events.payloads import Finding
-from tests.unit.scanner_corpus import BENIGN, REDTEAM
+from tests.unit.scanner_corpus import BENIGN, BENIGN_NETWORK, NETWORK_UNDECLARED, REDTEAM
 
 pytestmark = pytest.mark.unit
 
@@ -65,9 +73,24 @@ def test_ordinary_plugin_code_yields_no_errors(name: str, source: str) -> None:
     assert errors(scan_source(source, "processors/core.py")) == []
 
 
-def test_the_red_team_corpus_covers_every_rule_family() -> None:
-    families = {f.rule_id[:4] for _, source in REDTEAM for f in scan_source(source, "x.py")}
-    assert {"SLU0", "SLU1", "SLU2", "SLU3", "SLU4", "SLU5", "SLU6"} <= families
+@pytest.mark.parametrize(("name", "source"), BENIGN_NETWORK, ids=[name for name, _ in BENIGN_NETWORK])
+def test_ordinary_http_code_of_a_plugin_that_declares_network_yields_no_errors(name: str, source: str) -> None:
+    assert errors(scan_source(source, "processors/core.py", network_declared=True)) == []
+    undeclared = scan_source(source, "processors/core.py")
+    assert errors(undeclared) == [] and "SLU705" in {f.rule_id for f in undeclared}
+
+
+@pytest.mark.parametrize(("name", "source"), NETWORK_UNDECLARED, ids=[name for name, _ in NETWORK_UNDECLARED])
+def test_a_network_library_without_a_declaration_is_a_warning_because_the_sandbox_refuses_its_calls(name: str, source: str) -> None:
+    found = scan_source(source, "processors/core.py")
+    assert errors(found) == [] and {f.rule_id for f in found} == {"SLU705"}
+
+
+def test_the_red_team_corpus_covers_every_active_rule_family() -> None:
+    found = {f.rule_id for _, source in REDTEAM for f in scan_source(source, "x.py")}
+    assert {"SLU0", "SLU1", "SLU2", "SLU3", "SLU4", "SLU5"} <= {r[:4] for r in found}
+    assert {"SLU103", "SLU105", "SLU307", "SLU308"} <= found
+    assert not found & set(RETIRED_RULES)
 
 
 @pytest.mark.parametrize("folder", PLUGIN_FOLDERS, ids=[p.name for p in PLUGIN_FOLDERS])
@@ -158,20 +181,110 @@ def test_a_forbidden_builtin_is_flagged_when_merely_referenced() -> None:
     assert finding.rule_id == "SLU201" and "eval" in finding.message
 
 
-def test_getattr_with_a_literal_name_is_fine_but_a_computed_one_is_not() -> None:
+def test_getattr_with_a_computed_name_is_fine_except_on_a_sensitive_module() -> None:
+    """Computed names were SLU204; plugin modules now get guarded builtins that refuse private names
+    at run time, so only a literal dunder, getattr as a value and a computed name on a sensitive
+    module stay refused."""
     assert rule_ids("x = getattr(config, 'model_name', 'default')\n") == set()
-    assert rule_ids("name = 'model'\nx = getattr(config, name)\n") == {"SLU204"}
-    assert rule_ids("x = getattr(config, 'mod' + 'el')\n") == {"SLU204"}
+    assert rule_ids("name = 'model'\nx = getattr(config, name)\n") == set()
+    assert rule_ids("x = getattr(config, 'mod' + 'el')\nok = hasattr(config, 'mod' + 'el')\n") == set()
+    assert rule_ids("import torch\ndtype = getattr(torch, name)\n") == set()
     assert rule_ids("x = getattr(config, '__class__')\n") == {"SLU204"}
+    assert rule_ids("x = getattr(fn, '__globals__')\n") == {"SLU204"}
+    assert rule_ids("import os\nrun = getattr(os, name)\n") >= {"SLU204"}
+    assert rule_ids("import os\nok = hasattr(os, name)\n") == set()
+    assert rule_ids("g = getattr\n") == {"SLU204"}
+    assert rule_ids("setattr(config, name, 1)\n") == {"SLU203"}
 
 
 def test_dir_and_hasattr_with_literal_names_are_allowed() -> None:
     assert scan_source("names = dir(obj)\nok = hasattr(obj, '_model') and hasattr(obj, '__len__')\n", "a.py") == []
 
 
+def test_pathlib_file_io_is_allowed_now_that_the_host_confines_files() -> None:
+    source = ("from pathlib import Path\nHERE = Path(__file__).parent\ntext = (HERE / 'a.txt').read_text()\n"
+              "out = Path('/tmp') / 'x'\nout.mkdir(exist_ok=True)\n(out / 'b').write_bytes(b'1')\n(out / 'b').unlink()\n")
+    assert scan_source(source, "a.py") == []
+    assert "SLU601" in RETIRED_RULES and "SLU601" not in RULES
+
+
 def test_type_with_three_arguments_is_only_a_warning() -> None:
     [finding] = scan_source("Dyn = type('Dyn', (object,), {})\nname = type(obj).__name__\n", "a.py")
     assert (finding.rule_id, finding.severity) == ("SLU704", "warning")
+
+
+# --- network declarations, platform modules, installers and readers -----------------------------
+
+def test_a_network_library_without_a_declaration_in_the_manifest_is_warned_about(tmp_path: Path) -> None:
+    code = {"processors/client.py": "import httpx\nimport urllib.request\n"}
+    undeclared = scan_directory(write_plugin(tmp_path / "a", {**CLEAN, **code}))
+    assert undeclared.passed and not scan_directory(tmp_path / "a", strict=True).passed
+    assert [(f.rule_id, f.file, f.line) for f in undeclared.findings] == [
+        ("SLU705", "processors/client.py", 1), ("SLU705", "processors/client.py", 2)]
+    assert 'network = {"allow": ["host:port"]}' in undeclared.findings[0].message
+    assert "manifest.py" in undeclared.findings[0].hint
+    manifest = CLEAN["manifest.py"] + "network = {'allow': ['api.example.com:443']}\n"
+    declared = scan_directory(write_plugin(tmp_path / "b", {**CLEAN, "manifest.py": manifest, **code}))
+    assert declared.passed and declared.findings == []
+
+
+def test_a_declaration_keeps_raw_sockets_and_other_protocols_refused() -> None:
+    found = scan_source("import socket\nimport smtplib\nimport requests\n", "a.py", network_declared=True)
+    assert [(f.rule_id, f.line) for f in found] == [("SLU101", 1), ("SLU105", 2)]
+
+
+def test_a_single_file_without_a_directory_counts_as_undeclared() -> None:
+    assert rule_ids("import requests\n") == {"SLU705"}
+    assert rule_ids("network = {'allow': ['api.example.com:443']}\nimport requests\n") == {"SLU705"}
+
+
+@pytest.mark.parametrize(("manifest", "declared"), [
+    ("network = {'allow': ['api.example.com:443']}\n", True),
+    ("network: dict = {'allow': ['api.example.com:443', 'b.example.com:443']}\n", True),
+    ("HOSTS = ['a.example.com:443']\nnetwork = {'allow': HOSTS}\n", True),
+    ("network = None\n", False),
+    ("network = {'allow': []}\n", False),
+    ("network: dict\n", False),
+    ("def f():\n    network = {'allow': ['a.example.com:443']}\n", False),
+    ("if False:\n    network = {'allow': ['a.example.com:443']}\n", False),
+    ("networks = {'allow': ['a.example.com:443']}\n", False),
+    ("network = {'allow': [\n", False),
+])
+def test_the_network_declaration_is_a_module_level_assignment(manifest: str, declared: bool) -> None:
+    assert manifest_declares_network(manifest) is declared
+
+
+def test_a_linked_manifest_declares_nothing(tmp_path: Path) -> None:
+    outside = write_plugin(tmp_path / "outside", {"manifest.py": CLEAN["manifest.py"] + "network = {'allow': ['a.example.com:443']}\n"})
+    plugin = write_plugin(tmp_path / "plugin", {"pipeline.py": CLEAN["pipeline.py"], "client.py": "import httpx\n"})
+    os.symlink(outside / "manifest.py", plugin / "manifest.py")
+    assert {(f.rule_id, f.file) for f in scan_directory(plugin).findings} == {("SLU012", "manifest.py"), ("SLU705", "client.py")}
+
+
+def test_platform_modules_are_refused_but_the_sdk_and_its_error_types_are_not() -> None:
+    assert rule_ids("from engine import sandbox\n") == {"SLU103"}
+    assert rule_ids("from engine.plugins import loader, extractors\n") == {"SLU103"}
+    assert rule_ids("import events\n") == {"SLU103"}
+    assert rule_ids("from events import errors, payloads\n") == {"SLU103"}
+    assert rule_ids("from events import errors\nfrom engine.sandbox.errors import SandboxViolation\n") == set()
+    assert rule_ids("from engine.plugins import request, container, frame\nfrom engine import llm, secrets, assets, models\n") == set()
+    [finding] = scan_source("import engine.models\nx = engine.ingest.worker\ny = engine.models.lazy\n", "a.py")
+    assert (finding.rule_id, finding.line) == ("SLU103", 2) and "engine.ingest" in finding.message
+
+
+def test_an_aliased_platform_module_is_reported_once_where_it_is_imported() -> None:
+    found = scan_source("import engine.sandbox.audit as a\nx = a.AuditGuard\nb = a\nb.refuse()\n", "a.py")
+    assert [(f.rule_id, f.line) for f in found] == [("SLU103", 1)]
+
+
+def test_installers_and_readers_have_their_own_rules() -> None:
+    assert rule_ids("import pip\n") == {"SLU307"}
+    assert rule_ids("import mylib\nmylib.setup()\n") == set()
+    assert rule_ids("import linecache\nlinecache.getline(p, 1)\n") == {"SLU308"}
+    assert rule_ids("import linecache\nlinecache.clearcache()\n") == set()
+    assert rule_ids("import tokenize, io\nlist(tokenize.tokenize(io.BytesIO(b).readline))\n") == set()
+    assert rule_ids("import tokenize\nlist(tokenize.generate_tokens(f.readline))\n") == {"SLU308"}
+    assert rule_ids("import tokenize\nlist(map(tokenize.tokenize, readers))\n") == {"SLU308"}
 
 
 # --- strict mode, dedupe, ordering --------------------------------------------------------------
@@ -261,6 +374,8 @@ def test_every_rule_has_an_id_a_title_a_hint_and_a_family() -> None:
         assert rule.rule_id == rule_id and rule_id[:4] in {f"SLU{i}" for i in range(8)} and len(rule_id) == 6
         assert rule.title and rule.hint and rule.severity in ("error", "warning")
         assert (rule.severity == "warning") == rule_id.startswith("SLU7")
+    for rule_id, why in RETIRED_RULES.items():
+        assert rule_id not in RULES and len(rule_id) == 6 and why
 
 
 def test_the_plugin_security_scanner_shim_reports_violations(tmp_path: Path) -> None:
