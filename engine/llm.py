@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.sealed import Sealed
 from events.errors import PermanentError
 
 __all__ = [
@@ -99,7 +100,7 @@ class LLMProvider(Protocol):
     async def complete(self, request: LLMRequest) -> LLMResult: ...
 
 
-class LLMService:
+class LLMService(metaclass=Sealed):
     """Routes requests to providers by name, caches answers and checks them against `schema`."""
 
     def __init__(self, providers: Mapping[str, LLMProvider] | None = None, cache_size: int = 1024) -> None:

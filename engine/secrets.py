@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from engine.sealed import Sealed
 from events.errors import NotFound, PermanentError
 
 __all__ = ["NamespaceBox", "SecretBox", "SecretNotFound", "SecretUnreadable", "SecretsAccessor"]
@@ -112,7 +113,7 @@ def _open(aead: AESGCM, namespace: str, name: str, token: str) -> str:
     return plain.decode()
 
 
-class SecretsAccessor:
+class SecretsAccessor(metaclass=Sealed):
     """`container.secrets`: one namespace's secrets, opened on demand.
 
     `sealed` maps names to tokens and is read live, so the store that fills it may update it.

@@ -15,13 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.llm import LLMService
+from engine.sealed import Sealed
 from engine.secrets import SecretsAccessor
 
 __all__ = ["PluginContainer"]
 
 
 @dataclass
-class PluginContainer:
+class PluginContainer(metaclass=Sealed):
     """What `build_steps(..., container=...)` receives: the namespace's LLM and secrets ports."""
 
     namespace: str

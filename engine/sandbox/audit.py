@@ -61,8 +61,15 @@ class AuditGuard:
         self._this_file = __file__
 
     def install(self) -> None:
+        from engine.sealed import Sealed
+
         sys.addaudithook(self._hook)
         _freeze_sdk_modules(self)
+        Sealed.guard = self._sealed_change
+
+    def _sealed_change(self, target: str) -> None:
+        if self._plugin_caller() is not None:
+            self.refuse("attribute", target, reason="SDK classes cannot be changed")
 
     def drain(self) -> list[dict[str, Any]]:
         with self._lock:

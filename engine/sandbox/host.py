@@ -331,28 +331,20 @@ def _die_with_owner(owner: int) -> None:
         os._exit(70)
 
 
-def _prepare(config: dict[str, Any], egress: socket.socket) -> tuple[int | None, Any]:
-    """Network namespace and relay; returns the relay port (None: no egress) and the relay."""
+def _enter_network(config: dict[str, Any]) -> bool:
+    """A private network namespace (only its own loopback); False when degraded without one."""
     from engine.sandbox import confine
 
     if not config.get("isolate_network", True):
-        return None, None
+        return False
     try:
         confine.enter_network_namespace()
     except Exception as exc:
         if not config.get("allow_degraded"):
             raise
         config.setdefault("degraded", {})["network"] = f"off: {exc}"
-        return None, None
-    if not config.get("network_allow"):
-        egress.close()
-        return None, None
-    from engine.sandbox.egress import HostRelay, proxy_env
-
-    relay = HostRelay(egress, port=RELAY_PORT)
-    port = relay.start()
-    os.environ.update(proxy_env(port))
-    return port, relay
+        return False
+    return True
 
 
 def _confine(config: dict[str, Any], relay_port: int | None) -> dict[str, str]:
@@ -386,18 +378,27 @@ def _preload() -> None:
 
 
 def serve(ctrl: socket.socket, egress: socket.socket) -> int:
+    """Confine while still single-threaded (Landlock and seccomp apply to the calling thread and
+    the threads it starts later), then start threads, import the SDK and libraries, and serve."""
     config, _ = protocol.recv(ctrl)
     _die_with_owner(int(config["owner_pid"]))
     tempfile.tempdir = str(Path(config["scratch"]) / "tmp")
     Path(tempfile.tempdir).mkdir(parents=True, exist_ok=True)
     os.chdir(config["scratch"])
+    isolated = _enter_network(config)
+    relay_port = RELAY_PORT if isolated and config.get("network_allow") else None
+    layers = _confine(config, relay_port)
+    if relay_port is not None:
+        from engine.sandbox.egress import HostRelay, proxy_env
+
+        HostRelay(egress, port=relay_port).start()
+        os.environ.update(proxy_env(relay_port))
+    else:
+        egress.close()
     bridge = Bridge(ctrl)
-    relay_port, _relay = _prepare(config, egress)
     _preload()
     wire_sdk(config, bridge)
-    layers = _confine(config, relay_port)
     from engine.sandbox.audit import AuditGuard
-
     from engine.sandbox.confine import ALWAYS_READ
 
     readable = [*config["read"], *(config.get("list_only") or ()), *(config.get("devices") or ()), *ALWAYS_READ]

@@ -20,8 +20,6 @@ import socket
 import struct
 from typing import Any
 
-import numpy as np
-
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_BODY_BYTES = 4 * 1024**3
 _PREFIX = struct.Struct("!IQ")
@@ -65,6 +63,8 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 
 def _json_default(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -80,6 +80,8 @@ def _json_default(value: Any) -> Any:
 
 def plain(value: Any) -> Any:
     """A JSON-safe copy of plugin output (numpy and tensors to lists and numbers, NaN to None)."""
+    import numpy as np
+
     if isinstance(value, np.ndarray):
         return plain(value.tolist())
     if isinstance(value, np.generic):

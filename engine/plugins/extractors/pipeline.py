@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from engine.sealed import Sealed
+
 
 class PluginContractError(Exception):
     """Plugin code broke the SDK contract (what `build_steps` returns, what a step returns)."""
@@ -111,7 +113,7 @@ class PipelineDefinition:
 
 
 @dataclass(frozen=True)
-class PipelineStep:
+class PipelineStep(metaclass=Sealed):
     """A step ready to run: disabled steps are gone and every resource has a value."""
 
     name: str
@@ -221,7 +223,7 @@ def _construct(service_class: Any, config: Any) -> Callable[[pd.DataFrame], Any]
     return service_class(config)
 
 
-class StepRunner:
+class StepRunner(metaclass=Sealed):
     """Runs one step over pandas batches. The service is built on the first batch, once per
     instance (one per Ray actor), so models load once per worker."""
 
