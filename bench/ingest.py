@@ -15,6 +15,10 @@ object; `text_embedding` chunks it and embeds every chunk.
 
 Prints both throughputs (chunks per second) and their ratio; the target is >= 0.9. It also
 prints where the end-to-end time went (drop folder and coalescing wait, the job itself).
+
+3. `--sandbox both` (the default) runs the end-to-end part twice in this one run, with plugin
+   code in confined plugin hosts (`on`, the default of Sluice) and in the Ray actors themselves
+   (`off`), and prints the ratio on / off (target >= 0.95): what the sandbox costs ingest.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def bare(chunks: list[str], batch_size: int) -> tuple[float, str]:
     return len(chunks) / seconds, repr(embedder.encoder)
 
 
-async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int, data_dir: Path) -> dict:
+async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int, data_dir: Path, sandbox: str = "on") -> dict:
     from events import codec
     from functions.collections import Collections
     from functions.dropfolder import DropFolder
@@ -85,7 +89,7 @@ async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int
     from infra.bootstrap import bootstrap
     from infra.settings import Settings
 
-    settings = Settings(data_dir=data_dir, admin_key="sk_admin_bench", log_level="WARNING", log_json=True)
+    settings = Settings(data_dir=data_dir, admin_key="sk_admin_bench", log_level="WARNING", log_json=True, sandbox=sandbox)
     from infra.logging import configure_logging
 
     configure_logging("WARNING", json=True)
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-overlap", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data-dir", type=Path, default=None, help="state folder (default: a fresh temp folder)")
+    parser.add_argument("--sandbox", choices=("both", "on", "off"), default="both",
+                        help="plugin hosts on, off, or both in turn (default both: prints the on/off ratio)")
     args = parser.parse_args(argv)
 
     files, chunks = corpus(args.texts, args.chunk_size, args.chunk_overlap)
@@ -164,23 +170,29 @@ def main(argv: list[str] | None = None) -> int:
     bare_rate, encoder = bare(chunks, args.batch_size)
     print(f"bare:        {bare_rate:8.1f} chunks/s  ({encoder}, batch {args.batch_size}, this process)")
 
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="sluice-bench-ingest-"))
-    try:
-        result = asyncio.run(end_to_end(files, args.chunk_size, args.chunk_overlap, data_dir))
-    finally:
-        if args.data_dir is None:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    if result["documents"] != len(chunks) or result["vectors"] != len(chunks):
-        print(f"MISMATCH: {len(chunks)} chunks, {result['documents']} documents, {result['vectors']} vectors written")
-        return 1
-    e2e_rate = len(chunks) / result["seconds"]
-    job = sum(_seconds(t["started_at"], t["finished_at"]) for t in result["tasks"])
-    print(f"end to end:  {e2e_rate:8.1f} chunks/s  (drop → IngestCompleted: {result['seconds']:.1f}s for {len(files)} objects, "
-          f"{len(result['tasks'])} task(s); {result['documents']} documents, {result['vectors']} vectors acknowledged)")
-    print(f"  of which the job (started → finished): {job:.1f}s = {len(chunks) / job:.1f} chunks/s; "
-          f"drop folder, coalescing and queueing: {result['seconds'] - job:.1f}s")
-    print(f"ratio end to end / bare: {e2e_rate / bare_rate:.2f}  (target >= 0.9)")
-    print(f"ratio job / bare:        {len(chunks) / job / bare_rate:.2f}")
+    modes = ["off", "on"] if args.sandbox == "both" else [args.sandbox]
+    rates: dict[str, float] = {}
+    for mode in modes:
+        data_dir = (args.data_dir / mode) if args.data_dir else Path(tempfile.mkdtemp(prefix=f"sluice-bench-ingest-{mode}-"))
+        try:
+            result = asyncio.run(end_to_end(files, args.chunk_size, args.chunk_overlap, data_dir, sandbox=mode))
+        finally:
+            if args.data_dir is None:
+                shutil.rmtree(data_dir, ignore_errors=True)
+        if result["documents"] != len(chunks) or result["vectors"] != len(chunks):
+            print(f"MISMATCH: {len(chunks)} chunks, {result['documents']} documents, {result['vectors']} vectors written")
+            return 1
+        e2e_rate = rates[mode] = len(chunks) / result["seconds"]
+        job = sum(_seconds(t["started_at"], t["finished_at"]) for t in result["tasks"])
+        print(f"sandbox {mode}:")
+        print(f"  end to end:  {e2e_rate:8.1f} chunks/s  (drop → IngestCompleted: {result['seconds']:.1f}s for {len(files)} objects, "
+              f"{len(result['tasks'])} task(s); {result['documents']} documents, {result['vectors']} vectors acknowledged)")
+        print(f"    of which the job (started → finished): {job:.1f}s = {len(chunks) / job:.1f} chunks/s; "
+              f"drop folder, coalescing and queueing: {result['seconds'] - job:.1f}s")
+        print(f"  ratio end to end / bare: {e2e_rate / bare_rate:.2f}  (target >= 0.9)")
+        print(f"  ratio job / bare:        {len(chunks) / job / bare_rate:.2f}")
+    if len(rates) == 2:
+        print(f"ratio sandbox on / off (end to end): {rates['on'] / rates['off']:.2f}  (target >= 0.95)")
     return 0
 
 

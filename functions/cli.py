@@ -24,6 +24,35 @@ def _settings(args: argparse.Namespace, **extra: Any):
     return Settings(**overrides)
 
 
+def _sandbox_ready(settings: Any) -> bool:
+    """Fail closed: plugin code runs only when every confinement layer is there, unless the
+    operator opted out (degraded, or off), which is said loudly."""
+    from engine.sandbox.client import check_available
+    from engine.sandbox.errors import SandboxUnavailable
+    from functions.ingest import sandbox_options
+    import structlog
+
+    log = structlog.get_logger("sluice.sandbox")
+    options = sandbox_options(settings)
+    try:
+        layers = check_available(options)
+    except SandboxUnavailable as exc:
+        print(f"sluice: refusing to start: {exc}", file=sys.stderr, flush=True)
+        log.error("sandbox.unavailable", reason=str(exc))
+        return False
+    if not options.enabled:
+        print("sluice: WARNING: SLUICE_SANDBOX=off — plugin code runs UNCONTAINED in the platform's processes", flush=True)
+        log.warning("sandbox.off")
+        return True
+    missing = sorted(name for name, info in layers.items() if not info.get("available"))
+    if missing:
+        print(f"sluice: WARNING: plugin hosts run without {', '.join(missing)} (SLUICE_SANDBOX_ALLOW_DEGRADED=1)", flush=True)
+        log.warning("sandbox.degraded", missing=missing)
+    else:
+        print("sluice: plugin sandbox on (" + ", ".join(sorted(layers)) + ")", flush=True)
+    return True
+
+
 def _stop_on_signals() -> asyncio.Event:
     """An event set by Ctrl-C or SIGTERM: one stop path for everything the command runs."""
     stop = asyncio.Event()
@@ -71,6 +100,8 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
         print(f"sluice: admin key in {settings.admin_key_file.resolve()}", flush=True)
     else:
         print("sluice: admin key from SLUICE_ADMIN_KEY", flush=True)
+    if not _sandbox_ready(settings):
+        return 2
     await platform.connect()
     scheduler = IngestScheduler.for_platform(platform)
     runner = Runner(

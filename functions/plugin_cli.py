@@ -326,10 +326,18 @@ def _cmd_test(args: argparse.Namespace) -> int:
             return _test_done(args, result, scan=scan)
         if not args.json:
             print(f"validating {name} {version} (manifest, build_steps, dry run)...", file=sys.stderr, flush=True)
+        from functions.ingest import sandbox_options
+        from functions.register import network_declaration
+        from infra.settings import Settings
+
+        network_allow, network_findings = network_declaration(root)
         report = asyncio.run(validate_isolated(
             root, name=name, version=version, namespace="local", plugin_id="dry-run",
-            timeout_s=args.timeout, strict=args.strict,
+            timeout_s=args.timeout, strict=args.strict, options=sandbox_options(Settings()), network_allow=network_allow,
         ))
+        if network_findings:
+            report.findings[:0] = network_findings
+            report.passed = report.passed and not any(f.severity == "error" for f in network_findings)
         result["validation"] = report.model_dump(mode="json")
         result["passed"] = bool(report.passed)
         return _test_done(args, result, scan=scan, report=report)

@@ -63,6 +63,9 @@ class AuditGuard:
     def install(self) -> None:
         from engine.sealed import Sealed
 
+        from engine.sandbox.errors import set_recorder
+
+        set_recorder(self._record)
         sys.addaudithook(self._hook)
         _freeze_sdk_modules(self)
         Sealed.guard = self._sealed_change
@@ -135,11 +138,12 @@ class AuditGuard:
 
     def refuse(self, action: str, target: str, *, reason: str = "") -> None:
         file, line = self._plugin_caller() or ("", 0)
-        violation = SandboxViolation(action, target, file=file, line=line, reason=reason)
+        raise SandboxViolation(action, target, file=file, line=line, reason=reason)  # recorded by _record
+
+    def _record(self, violation: dict[str, Any]) -> None:
         with self._lock:
             if len(self._recorded) < MAX_RECORDED:
-                self._recorded.append(violation.as_dict())
-        raise violation
+                self._recorded.append(violation)
 
     def _plugin_caller(self, skip: tuple[str, ...] = ()) -> tuple[str, int] | None:
         """(file, line) of the innermost plugin frame on the stack; with `skip`, only when the

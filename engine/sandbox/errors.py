@@ -7,7 +7,16 @@ plugin code catches and swallows is still reported on the dry run or the task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+_recorder: Callable[[dict[str, Any]], None] | None = None
+
+
+def set_recorder(recorder: Callable[[dict[str, Any]], None] | None) -> None:
+    """In a plugin host: where every violation raised is recorded (the audit guard)."""
+    global _recorder
+    _recorder = recorder
 
 
 class SandboxViolation(PermissionError):
@@ -20,6 +29,8 @@ class SandboxViolation(PermissionError):
         self.action, self.target, self.file, self.line, self.reason = action, target, file, line, reason
         where = f" at {file}:{line}" if file else ""
         super().__init__(f"sandbox: {action} {target!r} is not allowed{where}" + (f" ({reason})" if reason else ""))
+        if _recorder is not None:
+            _recorder(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "target": self.target, "file": self.file, "line": self.line, "reason": self.reason,

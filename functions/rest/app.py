@@ -6,6 +6,8 @@ route that names a namespace first checks the caller's key is scoped to it.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -53,6 +55,9 @@ class SecretValue(BaseModel):
 class HealthReport(BaseModel):
     status: str = Field(description="`ok`, `degraded` (some port degraded) or `down` (some port down).")
     ports: dict[str, Health]
+    sandbox: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="With the admin key only: each confinement layer of plugin hosts on this machine "
+        "(`available`, `detail`), and `mode` (on, degraded allowed, or off).")
 
 
 def _tenancy(request: Request) -> Tenancy:
@@ -63,6 +68,29 @@ def _secrets(request: Request) -> SecretsStore:
     return request.app.state.secrets
 
 
+async def _sandbox_detail(request: Request) -> dict[str, dict[str, Any]] | None:
+    """The sandbox's layers, for an admin caller only (None otherwise)."""
+    authorization = request.headers.get("authorization") or ""
+    if not authorization.lower().startswith("bearer "):
+        return None
+    try:
+        principal = await _tenancy(request).authenticate(authorization[7:].strip())
+        principal.require_admin()
+    except Exception:  # noqa: BLE001 - a wrong key on health is just the short answer
+        return None
+    return await asyncio.to_thread(sandbox_report, request.app.state.platform.settings)
+
+
+def sandbox_report(settings: Any) -> dict[str, dict[str, Any]]:
+    from engine.sandbox import confine
+    from functions.ingest import sandbox_options
+
+    options = sandbox_options(settings)
+    mode = "off" if not options.enabled else "on, degraded allowed" if options.allow_degraded else "on"
+    layers = confine.probe() if options.enabled else {}
+    return {"mode": {"available": options.enabled, "detail": mode}, **layers}
+
+
 def _routes() -> APIRouter:
     router = APIRouter(prefix="/v1")
 
@@ -71,7 +99,7 @@ def _routes() -> APIRouter:
         ports = await request.app.state.platform.health()
         states = {h.status for h in ports.values()}
         status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
-        body = HealthReport(status=status, ports=ports).model_dump(mode="json")
+        body = HealthReport(status=status, ports=ports, sandbox=await _sandbox_detail(request)).model_dump(mode="json")
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
     @router.post("/namespaces", status_code=201, response_model=Namespace, tags=["namespaces"])

@@ -118,3 +118,63 @@ async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(s
     violations = [f for f in task["failures"] if f["step"] == "sandbox"]
     assert violations and all("processors/attack.py:" in v["error"] for v in violations), task["failures"]
     assert {"open", "write", "attribute"} <= {v["error"].split()[1] for v in violations}, violations
+
+
+HOSTILE_REALTIME = '''import json
+import os
+
+import pandas as pd
+
+from shared.plugins import open_asset
+from shared.plugins.inference.serve import BaseInferenceService
+
+TARGETS = json.loads(%r)
+
+
+def attempt(name, action):
+    try:
+        value = action()
+    except Exception as exc:  # noqa: BLE001
+        return f"blocked {name}: {type(exc).__name__}: {exc}"
+    return f"LEAKED {name}: {str(value)[:300]}"
+
+
+def read_asset(url):
+    with open_asset(url) as path:
+        return pd.read_csv(path, header=None)
+
+
+class InferenceService(BaseInferenceService):
+    async def run_inference(self, inputs, parameters):
+        outcomes = [attempt(f"read {n}", lambda p=p: pd.read_csv(p, header=None)) for n, p in sorted(TARGETS["read"].items())]
+        outcomes += [attempt(f"asset {n}", lambda u=u: read_asset(u)) for n, u in sorted(TARGETS["assets"].items())]
+        outcomes.append("environment: [" + ",".join(sorted(k for k in os.environ if k.startswith(("SLUICE_A", "AWS_", "RAY_")))) + "]")
+        return {"hash_embedding": [1.0] + [0.0] * 31, "attack": outcomes}
+'''
+
+
+async def test_a_hostile_realtime_service_on_serve_is_contained(stack, tmp_path):
+    from tests.integration.test_realtime import HASH_REALTIME, deploy
+
+    data_dir = tmp_path / "data"
+    r = await push(stack.client, "globex", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    victim = await _collection(stack, "globex", "vault", "globex-vault", "hash_embedder", {})
+    await _put(stack, "globex", "globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n")
+    assert (await stack.finished(victim["collection_id"])).type == "IngestCompleted"
+    targets = {"read": {"catalog": str(data_dir / "catalog.sqlite3"), "master key": str(data_dir / "secrets.key"),
+                        "victim object": str(data_dir / "objects" / "globex-vault" / "secret.csv")},
+               "assets": {"victim s3": "s3://globex-vault/secret.csv"}}
+    archive = zip_folder(HASH_REALTIME, top="hash_realtime", edits={"realtime.py": HOSTILE_REALTIME % json.dumps(targets)})
+    r = await push(stack.client, "acme", archive, "hash_realtime", version="1.0.0")
+    assert r.status_code == 200, r.text
+    plugin_id = r.json()["plugin_id"]
+    status = await deploy(stack.client, plugin_id)
+    assert status["status"] == "DEPLOYED", status
+    r = await stack.client.post(f"/v1/namespaces/acme/plugins/{plugin_id}/realtime",
+                                json={"inputs": {"text": "hello"}, "parameters": {}}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    outcomes = r.json()["outputs"]["attack"]
+    assert [o for o in outcomes if o.startswith("LEAKED")] == [], outcomes
+    assert "environment: []" in outcomes and "GLOBEX-CROWN-JEWELS" not in json.dumps(outcomes)
+    assert sum(o.startswith("blocked") for o in outcomes) == 4, outcomes
