@@ -39,7 +39,7 @@ RULES: dict[str, tuple[str, str]] = {
     "SLU846": ("error", "All-zero vectors have no cosine direction: does the processor swallow an exception and write zeros?"),
     "SLU847": ("warning", "Every sample vector is all zeros: does the processor swallow an exception and write zeros?"),
     "SLU845": ("warning", "Sluice cannot synthesise a sample of this input type; test the plugin on a real file with `sluice plugin test --file`."),
-    "SLU848": ("warning", "The step loads a namespace model, which only deployed workers can read; test it after `sluice model deploy`."),
+    "SLU848": ("warning", "The step loads a namespace model that is not deployed (or no registry is reachable), so its output was not checked; deploy the model with `sluice model deploy` and push again to check it."),
     "SLU850": ("error", "realtime.py must import cleanly; fix the exception shown."),
     "SLU851": ("error", "realtime.py must define a subclass of shared.plugins.inference.serve.BaseInferenceService."),
     "SLU852": ("error", "`await service({'text': ...}, {})` must return {'embedding': [...]} or a key named after a feature."),
@@ -143,7 +143,7 @@ def _namespace_model(exc: BaseException | None) -> str | None:
 
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, ModelNotAvailable) and "no model registry is configured" in exc.message:
+        if isinstance(exc, ModelNotAvailable) and ("no model registry is configured" in exc.message or "is deployed in namespace" in exc.message):
             return exc.model_id
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
@@ -261,7 +261,7 @@ def validate_plugin(
             file, line, _ = _where(root, cause, "pipeline.py")
             missing = _namespace_model(cause)
             if missing is not None:
-                findings.append(finding("SLU848", f"{input_type} sample: the dry run cannot load namespace model {missing!r}; "
+                findings.append(finding("SLU848", f"{input_type} sample: namespace model {missing!r} is not deployed (or no registry is reachable); "
                                                   "this step's output was not checked", file=file, line=line))
                 continue
             findings.append(finding("SLU840", f"{input_type} sample: {exc}", file=file, line=line))

@@ -95,7 +95,7 @@ class AuditGuard:
             self._check_open(args)
         elif event in ("os.listdir", "os.scandir"):
             path = args[0] if args else "."
-            if isinstance(path, (str, bytes, os.PathLike)) and not self._readable(path):
+            if isinstance(path, (str, bytes, os.PathLike)) and os.path.lexists(path) and not self._readable(path):
                 self.refuse("list", _text(path), reason="outside the plugin's folder, its models and its scratch folder")
         elif event in ("socket.connect", "socket.connect_ex", "socket.sendto"):
             self._check_connect(args)
@@ -122,7 +122,7 @@ class AuditGuard:
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE_FLAGS)
         if writing and not self._writable(path):
             self.refuse("write", _text(path), reason="plugins write only in their scratch folder (HOME, TMPDIR)")
-        elif not writing and not self._readable(path):
+        elif not writing and os.path.lexists(path) and not self._readable(path):
             self.refuse("open", _text(path), reason="outside the plugin's folder, its models and its scratch folder")
 
     def _check_connect(self, args: tuple) -> None:
@@ -209,7 +209,8 @@ class _FrozenModule(types.ModuleType):
     _guard: AuditGuard | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._refuse_from_plugin(name)
+        if not (isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}"):
+            self._refuse_from_plugin(name)  # binding a submodule on import is the import system's own work
         super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:

@@ -50,7 +50,8 @@ async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_i
 
     r = await push(client, "acme", zip_folder(PLUGINS / "fixtures" / "projector", top="projector"), "projector", version="1.0.0")
     assert r.status_code == 200 and r.json()["status"] == "REGISTERED", r.text
-    assert [w["rule_id"] for w in r.json()["warnings"]] == ["SLU848"]  # the dry run cannot read namespace models
+    # the model is deployed: the dry run's host reads it through its owner, so the output was checked
+    assert [w["rule_id"] for w in r.json()["warnings"]] == []
     collection = await stack.collection("projected", "proj-bucket", "projector")
     for key, text in DOCS.items():
         await stack.put("proj-bucket", key, text.encode())
