@@ -45,6 +45,8 @@ SYSTEM_READ = (
 )
 """System files every Python process needs (shared libraries, CA certificates for TLS through the
 egress proxy, time zones). No data of the platform or of other users lives there."""
+HOST_UID = 65534
+"""The unprivileged uid and gid a host started by root drops to (when the runtime is readable by it)."""
 KEEP_ENV = ("LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
             "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
 """The only variables of the owner's environment a host inherits: locale and thread counts (Ray
@@ -177,6 +179,7 @@ class PluginHost:
         self.services.scratch = scratch
         read, list_only = runtime_paths(self.options.extra_read)
         devices = gpu_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        self._hand_scratch_over(scratch, read + [str(self.plugin_root), str(models)], list_only)
         parent_ctrl, child_ctrl = socket.socketpair()
         parent_egress, child_egress = socket.socketpair()
         env = self._environment(scratch, gpus=bool(devices))
@@ -219,6 +222,19 @@ class PluginHost:
         self.layers = dict(hello.get("layers") or {})
         log.info("plugin host started: %s (namespace %s) pid %s layers %s", self.plugin, self.namespace, hello.get("pid"),
                  self.layers)
+
+    def _hand_scratch_over(self, scratch: Path, read: list[str], list_only: list[str]) -> None:
+        """As root, when the unprivileged uid the host will drop to can read everything it needs,
+        give it its scratch folder (the host then runs as that uid; otherwise as uid 0 without
+        capabilities, and the folder stays root's)."""
+        from engine.sandbox import confine
+
+        if os.geteuid() != 0 or confine.unreachable_by(confine.Rules(read=tuple(read), list_only=tuple(list_only)),
+                                                         HOST_UID, HOST_UID):
+            return
+        for path in (scratch, scratch / "tmp"):
+            os.chown(path, HOST_UID, HOST_UID)
+        self.services.scratch_owner = (HOST_UID, HOST_UID)
 
     def _environment(self, scratch: Path, *, gpus: bool) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in KEEP_ENV}

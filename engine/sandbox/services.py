@@ -46,6 +46,7 @@ class HostServices:
         self.model_source = model_source
         self.llm = llm
         self.scratch: Path | None = None
+        self.scratch_owner: tuple[int, int] | None = None
         self._s3 = None
 
     # --- dispatch ---------------------------------------------------------------------------------
@@ -78,13 +79,18 @@ class HostServices:
         else:
             raise Forbidden(f"asset {url!r} is not an object of namespace {self.namespace!r}; plugins read their "
                             "namespace's objects (s3://bucket/key), their own files and their scratch folder")
+        if self.scratch_owner is not None:
+            os.chown(dest, *self.scratch_owner)
         return str(dest)
 
     def _dest(self, suffix: str) -> Path:
         if self.scratch is None:
             raise TransientError("the plugin host has no scratch folder yet")
         folder = self.scratch / "assets"
-        folder.mkdir(exist_ok=True)
+        if not folder.is_dir():
+            folder.mkdir()
+            if self.scratch_owner is not None:
+                os.chown(folder, *self.scratch_owner)
         return folder / f"{uuid.uuid4().hex}{suffix}"
 
     def _check_bucket(self, bucket: str, url: str) -> None:
