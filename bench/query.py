@@ -225,9 +225,11 @@ async def in_process_side(archive: bytes, collection: dict, docs: list[str], que
     hosts = {mode: open_spec_host(spec(mode)) for mode in ("off", "on")}
 
     def embed(mode: str, texts: list[str]) -> list:
-        answer, _ = hosts[mode].call("embed", {"texts": texts, "parameters": {}})
+        from engine.ingest.worker import decode_vectors
+
+        answer, body = hosts[mode].call("embed", {"texts": texts, "parameters": {}})
         assert answer["ok"], answer
-        return answer["vectors"][name]
+        return [v.tolist() for v in decode_vectors(answer, body)[name]]
 
     index = EdgeVectorIndex(work / "vectors")
     await index.connect()

@@ -163,6 +163,27 @@ def open_spec_host(spec: PluginSpec, *, env: dict[str, str] | None = None, root:
                      services=services, options=options, network_allow=tuple(spec.network_allow), env=env)
 
 
+def decode_vectors(answer: dict[str, Any], body: bytes) -> dict[str, list[np.ndarray | None]]:
+    """The vectors of an `embed` answer (see `engine.sandbox.host.encode_vectors`): per feature, one
+    float32 array per text or None. The sizes are the host's word, so they are checked against
+    the body's length."""
+    data = np.frombuffer(body, dtype=np.float32)
+    out: dict[str, list[np.ndarray | None]] = {}
+    offset = 0
+    for name, sizes in (answer.get("vectors") or {}).items():
+        per_text: list[np.ndarray | None] = []
+        for size in sizes:
+            size = int(size)
+            if size < 0 or offset + size > data.size:
+                raise ValueError("the plugin host's vectors do not match their layout")
+            per_text.append(data[offset:offset + size] if size else None)
+            offset += size
+        out[str(name)] = per_text
+    if offset != data.size:
+        raise ValueError("the plugin host sent more vector data than its layout describes")
+    return out
+
+
 def host_error(answer: dict[str, Any], default_step: str) -> StepFailed:
     error = answer.get("error") or {}
     where = f" ({error['file']}:{error['line']})" if error.get("file") else ""
@@ -506,6 +527,6 @@ def embed_rows(steps: Sequence[PipelineStep], texts: Sequence[str], *, collectio
 
 __all__ = [
     "ERROR_COLUMN", "FIELDS_COLUMN", "PRODUCTION_COLUMNS", "SKIPPED_COLUMN", "STEP_COLUMN", "VECTOR_PREFIX",
-    "PluginIntegrityError", "PluginSpec", "PluginStage", "StepPlan", "bounded_plan", "embed_rows", "open_spec_host",
+    "PluginIntegrityError", "PluginSpec", "PluginStage", "StepPlan", "bounded_plan", "decode_vectors", "embed_rows", "open_spec_host",
     "output_table", "plan", "plugin_root", "run_isolating", "run_stage", "step_plans", "to_records",
 ]

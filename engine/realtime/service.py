@@ -130,7 +130,7 @@ class PluginService:
                 raise PluginServiceError(_failure(answer))
         return host
 
-    async def _host_call(self, op: str, header: dict[str, Any]) -> dict[str, Any]:
+    async def _host_call(self, op: str, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """One op in the host (a new host when the last one died); a plugin failure raises."""
         from engine.sandbox.errors import PluginHostError
 
@@ -138,13 +138,13 @@ class PluginService:
             if self.host is None:
                 self.host = await asyncio.to_thread(self._open_host)
             try:
-                answer, _ = await asyncio.to_thread(self.host.call, op, header)
+                answer, body = await asyncio.to_thread(self.host.call, op, header)
             except PluginHostError:
                 self.host = None
                 raise
         if not answer.get("ok"):
             raise PluginServiceError(_failure(answer))
-        return answer
+        return answer, body
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class PluginService:
     async def _services(self, calls: list[dict[str, Any]], parameters: dict[str, Any], *, tolerate: bool = False) -> list[Any]:
         """The plugin's service called once per inputs (concurrently, in the host); its answers,
         or (with `tolerate`) the exception of each call that raised."""
-        answer = await self._host_call("realtime", {"calls": calls, "parameters": parameters})
+        answer, _ = await self._host_call("realtime", {"calls": calls, "parameters": parameters})
         out: list[Any] = []
         for result in answer["results"]:
             if result.get("ok"):
@@ -178,8 +178,11 @@ class PluginService:
         return out
 
     async def _call_generic(self, texts: list[str], parameters: dict[str, Any]) -> dict[str, list[Any]]:
-        answer = await self._host_call("embed", {"texts": texts, "parameters": parameters})
-        return answer["vectors"]
+        from engine.ingest.worker import decode_vectors
+
+        answer, body = await self._host_call("embed", {"texts": texts, "parameters": parameters})
+        return {name: [None if v is None else v.tolist() for v in per_text]
+                for name, per_text in decode_vectors(answer, body).items()}
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -42,6 +42,16 @@ _PROCESS_EVENTS = {
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "pty.spawn",
     "os.startfile",
 }
+QUIET_PATHS = frozenset({
+    "/proc/sys/kernel/random/boot_id", "/proc/sys/kernel/osrelease", "/proc/1/cgroup", "/.dockerenv",
+})
+"""Machine facts libraries probe on import (onnxruntime's telemetry, uuid helpers): refused like any
+path outside the host's roots, but not reported as the plugin's doing."""
+
+_WATCHED = frozenset({
+    "open", "os.listdir", "os.scandir", "urllib.Request", "socket.connect", "socket.connect_ex", "socket.sendto", "socket.bind", "import",
+    "object.__setattr__", "object.__delattr__", *_PROCESS_EVENTS,
+})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 MAX_RECORDED = 200
 
@@ -50,11 +60,14 @@ class AuditGuard:
     """The host's policy as an audit hook. `install()` once; `drain()` returns (and forgets) the
     violations raised since the last drain."""
 
-    def __init__(self, *, plugin_root: Path, read: Iterable[str], write: Iterable[str], relay_port: int | None) -> None:
+    def __init__(self, *, plugin_root: Path, read: Iterable[str], write: Iterable[str], relay_port: int | None,
+                 network_allow: Iterable[str] = ()) -> None:
         self.plugin_root = str(Path(plugin_root).resolve())
         self.read = tuple(_norm(p) for p in read)
         self.write = tuple(_norm(p) for p in write)
         self.relay_port = relay_port
+        self.network_allow = tuple(network_allow)
+        self._policy: Any = None
         self._recorded: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -82,6 +95,8 @@ class AuditGuard:
     # --- the hook ------------------------------------------------------------------------------
 
     def _hook(self, event: str, args: tuple) -> None:
+        if event not in _WATCHED and not event.startswith("ctypes."):
+            return  # the fast path: most events (compile, exec, marshal, time.sleep...) are not ours
         if getattr(self._local, "busy", False):
             return
         self._local.busy = True
@@ -99,6 +114,8 @@ class AuditGuard:
                 self.refuse("list", _text(path), reason="outside the plugin's folder, its models and its scratch folder")
         elif event in ("socket.connect", "socket.connect_ex", "socket.sendto"):
             self._check_connect(args)
+        elif event == "urllib.Request":
+            self._check_url(args[0] if args else "")
         elif event == "socket.bind":
             self.refuse("bind", _address(args[1] if len(args) > 1 else None), reason="plugins may not listen for connections")
         elif event in _PROCESS_EVENTS:
@@ -122,8 +139,30 @@ class AuditGuard:
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE_FLAGS)
         if writing and not self._writable(path):
             self.refuse("write", _text(path), reason="plugins write only in their scratch folder (HOME, TMPDIR)")
+        elif not writing and _text(path) in QUIET_PATHS:
+            raise PermissionError(13, "Permission denied", _text(path))
         elif not writing and os.path.lexists(path) and not self._readable(path):
             self.refuse("open", _text(path), reason="outside the plugin's folder, its models and its scratch folder")
+
+    def _check_url(self, url: Any) -> None:
+        """urllib names its destination: an undeclared one is refused here, with the plugin's line
+        (the owner's proxy checks every destination again, whatever the client)."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(str(url))
+            host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return
+        if parts.scheme not in ("http", "https") or not host:
+            return
+        if self._policy is None:
+            from engine.sandbox.egress import EgressPolicy
+
+            self._policy = EgressPolicy(allow=self.network_allow)
+        if self._policy.match(host.lower(), port) is None:
+            self.refuse("network", f"{host}:{port}", reason="only hosts declared in manifest.py are reachable: "
+                        "network = {'allow': ['host:port']}")
 
     def _check_connect(self, args: tuple) -> None:
         address = args[1] if len(args) > 1 else None

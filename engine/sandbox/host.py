@@ -243,7 +243,10 @@ class Runtime:
         vectors = embed_rows(steps, header["texts"], collection_id=self.run.get("collection_id") or "",
                              plugin_id=self.run["plugin_id"], input_fields=tuple(self.run.get("input_fields") or ()),
                              features=[tuple(f) for f in self.run.get("features") or ()])
-        return {"vectors": vectors}, b""
+        return encode_vectors(vectors)
+
+    def op_ping(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        return {}, b""
 
     # -- dry run ------------------------------------------------------------------------------------
 
@@ -300,6 +303,19 @@ class Runtime:
             else:
                 results.append({"ok": True, "value": protocol.plain(value)})
         return {"results": results}, b""
+
+
+def encode_vectors(vectors: dict[str, list[list[float] | None]]) -> tuple[dict[str, Any], bytes]:
+    """Per feature, which texts got a vector (and its size), and all vectors as one float32 body:
+    a query's answer crosses without a JSON number in it."""
+    import numpy as np
+
+    layout, parts = {}, []
+    for name, per_text in vectors.items():
+        sizes = [0 if v is None else len(v) for v in per_text]
+        layout[name] = sizes
+        parts.extend(np.asarray(v, dtype=np.float32).tobytes() for v in per_text if v is not None)
+    return {"vectors": layout}, b"".join(parts)
 
 
 async def _as_coroutine(value: Any) -> Any:
@@ -402,7 +418,8 @@ def serve(ctrl: socket.socket, egress: socket.socket) -> int:
     from engine.sandbox.confine import ALWAYS_READ
 
     readable = [*config["read"], *(config.get("list_only") or ()), *(config.get("devices") or ()), *ALWAYS_READ]
-    guard = AuditGuard(plugin_root=Path(config["plugin_root"]), read=readable, write=config["write"], relay_port=relay_port)
+    guard = AuditGuard(plugin_root=Path(config["plugin_root"]), read=readable, write=config["write"], relay_port=relay_port,
+                       network_allow=config.get("network_allow") or ())
     guard.install()
     runtime = Runtime(config, bridge)
     protocol.send(ctrl, {"hello": True, "pid": os.getpid(), "layers": layers})

@@ -124,6 +124,7 @@ def _public(record: dict) -> dict:
         "supported_input_types": manifest.get("supported_input_types", []),
         "parameter_schema": manifest.get("parameter_schema"), "parameter_defaults": manifest.get("parameter_defaults", {}),
         "has_realtime": record.get("has_realtime", False), "deployment_status": record.get("deployment_status"),
+        "network_allow": record.get("network_allow", []),
         "scan_report": record.get("scan_report"), "dry_runs": record.get("dry_runs", []),
         "registered_at": record.get("registered_at"),
     }

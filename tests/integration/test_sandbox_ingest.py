@@ -5,7 +5,9 @@ plugin's file and line, the other tenant's work completes, and nothing of it is 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import httpx
@@ -178,3 +180,102 @@ async def test_a_hostile_realtime_service_on_serve_is_contained(stack, tmp_path)
     assert [o for o in outcomes if o.startswith("LEAKED")] == [], outcomes
     assert "environment: []" in outcomes and "GLOBEX-CROWN-JEWELS" not in json.dumps(outcomes)
     assert sum(o.startswith("blocked") for o in outcomes) == 4, outcomes
+
+
+API_EMBEDDER = '''import json
+import urllib.request
+
+import pandas as pd
+
+API = "http://api.test:%(port)d"
+
+
+def attempt(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return "LEAKED " + response.read().decode()[:100]
+    except Exception as exc:  # noqa: BLE001
+        return f"blocked {url}: {type(exc).__name__}: {exc}"
+
+
+class HashEmbedder:
+    """Embeds through a declared API; also tries the API's own address and a private one."""
+
+    def __init__(self, config, **kwargs):
+        self.dim = config["dim"]
+
+    def embed(self, text):
+        request = urllib.request.Request(API + "/embed", data=json.dumps({"text": text}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["vector"]
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch["hash_embedding"] = [self.embed(t) for t in batch["data"].fillna("")]
+        batch["attack"] = [json.dumps([attempt("http://127.0.0.1:%(port)d/embed"), attempt("http://10.0.0.1/")])] * len(batch)
+        return batch
+'''
+
+
+class _EmbeddingApi(http.server.BaseHTTPRequestHandler):
+    calls = 0
+
+    def do_POST(self) -> None:  # noqa: N802
+        _EmbeddingApi.calls += 1
+        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"]
+        vector = [0.0] * 32
+        vector[len(text) % 32] = 1.0
+        body = json.dumps({"vector": vector}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+async def api_stack(tmp_path, ray_cluster):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmbeddingApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = Settings(data_dir=tmp_path / "data", bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.5,
+                        sandbox_cache_dir=tmp_path / "sandbox", egress_pinned_hosts={"api.test": "127.0.0.1"})
+    try:
+        async with bootstrap(settings) as platform, running_functions(platform) as scheduler:
+            transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
+                r = await client.post("/v1/namespaces", json={"namespace_name": "acme"}, headers=auth(ADMIN))
+                assert r.status_code == 201, r.text
+                stack = Stack(platform, client, scheduler)
+                collecting = asyncio.create_task(stack.collect())
+                try:
+                    yield stack, server.server_address[1]
+                finally:
+                    collecting.cancel()
+    finally:
+        server.shutdown()
+
+
+async def test_an_api_plugin_reaches_exactly_its_declared_host_during_ingest(api_stack):
+    stack, port = api_stack
+    manifest = (PLUGINS / "fixtures" / "hash_embedder" / "manifest.py").read_text() + f'\nnetwork = {{"allow": ["api.test:{port}"]}}\n'
+    archive = hash_plugin(**{"manifest.py": manifest, "processors/hashing.py": API_EMBEDDER % {"port": port}})
+    r = await push(stack.client, "acme", archive, "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    detail = (await stack.client.get(f"/v1/namespaces/acme/plugins/{r.json()['plugin_id']}", headers=auth(ADMIN))).json()
+    assert detail["network_allow"] == [f"api.test:{port}"]  # the version keeps what manifest.py declares
+    calls_after_dry_run = _EmbeddingApi.calls
+    assert calls_after_dry_run >= 1  # the dry run reached the declared API
+
+    collection = await _collection(stack, "acme", "api", "api-bucket", "hash_embedder", {})
+    for i in range(3):
+        await _put(stack, "acme", "api-bucket", f"t{i}.txt", ("x" * (i + 1)).encode())
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestCompleted" and done.payload.documents_written == 3, done.payload
+    assert _EmbeddingApi.calls >= calls_after_dry_run + 3
+    docs = await stack.platform.catalog.find("documents", {"collection_id": collection["collection_id"]})
+    for outcome in json.loads(docs[0]["fields"]["attack"]):
+        assert outcome.startswith("blocked") and "not allowed at processors/hashing.py:" in outcome, outcome
