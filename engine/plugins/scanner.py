@@ -316,30 +316,19 @@ def _network(qual: str) -> tuple[str, bool] | None:
 
 
 def manifest_declares_network(source: bytes | str | None) -> bool:
-    """Whether manifest.py's source assigns `network` at module level (`network = {"allow": [...]}`,
-    or annotated). A literal that allows nothing (`network = None`, `{"allow": []}`) declares nothing;
-    a manifest that does not parse declares nothing either."""
+    """Whether manifest.py declares hosts in `network`, as register reads it
+    (`engine.plugins.manifest.read_network_declaration`, the one static reader). A declaration that
+    allows nothing, or that register refuses (SLU825/826, reported there), declares nothing."""
     if source is None:
         return False
+    from engine.plugins.manifest import read_network_declaration
+
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
     try:
-        tree = ast.parse(source, "manifest.py")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        entries, _ = read_network_declaration(text)
+    except (RecursionError, MemoryError):
         return False
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        if not any(isinstance(t, ast.Name) and t.id == "network" for t in targets):
-            continue
-        try:
-            literal = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-            return True  # computed: the host reads the value itself
-        return bool(literal.get("allow") if isinstance(literal, dict) else literal)
-    return False
+    return bool(entries)
 
 
 def _const_str(node: ast.AST | None) -> str | None:

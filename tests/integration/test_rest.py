@@ -119,3 +119,15 @@ async def test_unknown_routes_and_crashes_answer_json_without_a_trace(app, clien
 
     err = assert_error(await client.get("/v1/boom"), 500, "internal_error")
     assert "secret" not in err["message"]
+
+
+async def test_health_shows_the_sandbox_layers_to_the_admin_only(client):
+    anonymous = (await client.get("/v1/health")).json()
+    assert anonymous.get("sandbox") is None
+    admin = (await client.get("/v1/health", headers=auth(ADMIN))).json()
+    sandbox = admin["sandbox"]
+    assert sandbox["mode"] == {"available": True, "detail": "on"}
+    for layer in ("landlock", "seccomp", "network", "privileges", "rlimits"):
+        assert sandbox[layer]["available"] is True, sandbox
+    wrong = (await client.get("/v1/health", headers=auth("sk_not_a_key"))).json()
+    assert wrong.get("sandbox") is None

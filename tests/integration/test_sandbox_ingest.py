@@ -5,6 +5,7 @@ plugin's file and line, the other tenant's work completes, and nothing of it is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import threading
@@ -26,12 +27,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ATTACKER = PLUGINS / "hostile" / "attacker"
 
 
-@pytest.fixture
-async def stack(tmp_path, ray_cluster, monkeypatch):
-    monkeypatch.setenv("SLUICE_ADMIN_KEY", ADMIN)  # in the platform's environment: hosts must not see it
-    settings = Settings(data_dir=tmp_path / "data", bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.5,
-                        sandbox_cache_dir=tmp_path / "sandbox")
-    async with bootstrap(settings) as platform, running_functions(platform) as scheduler:
+@contextlib.asynccontextmanager
+async def running_stack(tmp_path: Path, **settings: object):
+    """The embedded platform on a real local Ray, REST in-process, namespaces acme and globex."""
+    config = Settings(data_dir=tmp_path / "data", bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.5,
+                      sandbox_cache_dir=tmp_path / "sandbox", **settings)
+    async with bootstrap(config) as platform, running_functions(platform) as scheduler:
         transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
             for ns in ("acme", "globex"):
@@ -43,6 +44,13 @@ async def stack(tmp_path, ray_cluster, monkeypatch):
                 yield stack
             finally:
                 collecting.cancel()
+
+
+@pytest.fixture
+async def stack(tmp_path, ray_cluster, monkeypatch):
+    monkeypatch.setenv("SLUICE_ADMIN_KEY", ADMIN)  # in the platform's environment: hosts must not see it
+    async with running_stack(tmp_path) as stack:
+        yield stack
 
 
 async def _collection(stack: Stack, namespace: str, name: str, bucket: str, plugin: str, parameters: dict) -> dict:
@@ -241,20 +249,9 @@ class _EmbeddingApi(http.server.BaseHTTPRequestHandler):
 async def api_stack(tmp_path, ray_cluster):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmbeddingApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    settings = Settings(data_dir=tmp_path / "data", bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.5,
-                        sandbox_cache_dir=tmp_path / "sandbox", egress_pinned_hosts={"api.test": "127.0.0.1"})
     try:
-        async with bootstrap(settings) as platform, running_functions(platform) as scheduler:
-            transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
-                r = await client.post("/v1/namespaces", json={"namespace_name": "acme"}, headers=auth(ADMIN))
-                assert r.status_code == 201, r.text
-                stack = Stack(platform, client, scheduler)
-                collecting = asyncio.create_task(stack.collect())
-                try:
-                    yield stack, server.server_address[1]
-                finally:
-                    collecting.cancel()
+        async with running_stack(tmp_path, egress_pinned_hosts={"api.test": "127.0.0.1"}) as stack:
+            yield stack, server.server_address[1]
     finally:
         server.shutdown()
 

@@ -241,7 +241,7 @@ def test_a_single_file_without_a_directory_counts_as_undeclared() -> None:
 @pytest.mark.parametrize(("manifest", "declared"), [
     ("network = {'allow': ['api.example.com:443']}\n", True),
     ("network: dict = {'allow': ['api.example.com:443', 'b.example.com:443']}\n", True),
-    ("HOSTS = ['a.example.com:443']\nnetwork = {'allow': HOSTS}\n", True),
+    ("HOSTS = ['a.example.com:443']\nnetwork = {'allow': HOSTS}\n", False),  # register needs a literal (SLU825)
     ("network = None\n", False),
     ("network = {'allow': []}\n", False),
     ("network: dict\n", False),
