@@ -21,7 +21,8 @@ import struct
 from typing import Any
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
-MAX_BODY_BYTES = 4 * 1024**3
+MAX_BODY_BYTES = 1024**3
+"""A host cannot make its owner hold more than this for one answer (a batch is far smaller)."""
 _PREFIX = struct.Struct("!IQ")
 JSON_FIELD_KEY = b"sluice.json"
 
