@@ -375,9 +375,13 @@ class InProcessHost:
     def start(self) -> InProcessHost:
         with self._lock:
             if self._runtime is None:
-                from engine.sandbox.host import Runtime, wire_sdk
+                from engine import assets
+                from engine.models import namespace
                 from engine.plugins.loader import expose_sdk
+                from engine.sandbox.host import Runtime, wire_sdk
 
+                # put back on close: the owner's process goes on after this plugin
+                self._previous = (assets._bridge, namespace._resolver, list(assets._allowed_roots))
                 bridge = _LocalBridge(self.services)
                 expose_sdk()
                 wire_sdk(self._config, bridge)
@@ -400,8 +404,19 @@ class InProcessHost:
         return []
 
     def close(self) -> None:
+        from engine import assets
+        from engine.models.namespace import set_namespace_model_resolver
         from engine.sandbox.cache import remove_tree
 
+        with self._lock:
+            if self._runtime is not None:
+                bridge, resolver, roots = self._previous
+                assets.configure_asset_bridge(bridge)
+                set_namespace_model_resolver(resolver)
+                for root in list(assets._allowed_roots):
+                    if root not in roots:
+                        assets.disallow_asset_root(root)
+                self._runtime = None
         with contextlib.suppress(OSError):
             remove_tree(self._scratch)
 

@@ -50,6 +50,7 @@ def test_push_list_log_push_again_diff_rollback_status_pull_and_delete_through_t
 
     code, out, _ = sluice(capsys, "plugin", "list")
     assert code == 0
+    assert len(out.splitlines()) == 1, out
     [row] = out.splitlines()
     assert row.split()[:3] == ["hash_embedder", "1.0.0", "*"] and "sluice://hash_embedder@1.0.0/hash_embedding" in row
 
