@@ -152,6 +152,7 @@ def run_job(
             PluginStage,
             fn_constructor_kwargs={
                 "spec": spec_ref, "indexes": [s.index for s in group], "first": n == 0, "last": n == len(groups) - 1,
+                "memory_bytes": max(s.memory_bytes for s in group),
             },
             **options,
         )

@@ -97,6 +97,10 @@ class StepPlan:
 
 # --- on the trusted side: the host of a spec ------------------------------------------------------
 
+HOST_RUNTIME_BYTES = 4 * 2**30
+"""Address space a host's runtime takes beside a model (Python, numpy, torch reserve ranges)."""
+
+
 def run_info(spec: PluginSpec) -> dict[str, Any]:
     """What the host needs to know of the run: plain data, no archive, credentials or secrets."""
     return {
@@ -149,18 +153,33 @@ def plugin_root(spec: PluginSpec) -> Path:
     return cached_root(options.root(), spec.namespace, spec.sha256, archive_bytes(spec), f"{spec.name} {spec.version}")
 
 
-def open_spec_host(spec: PluginSpec, *, env: dict[str, str] | None = None, root: Path | None = None) -> Any:
-    """A started plugin host for `spec` (confined unless the operator turned the sandbox off)."""
+def open_spec_host(spec: PluginSpec, *, env: dict[str, str] | None = None, root: Path | None = None,
+                   memory_bytes: int = 0) -> Any:
+    """A started plugin host for `spec` (confined unless the operator turned the sandbox off).
+    `memory_bytes`: what the step's model asks for (its `memory_gb` hint); the host's address-space
+    limit grows to hold it (twice over, plus room for the runtime) when the setting is smaller."""
     from engine.sandbox.cache import models_dir
-    from engine.sandbox.client import SandboxOptions, open_host
+    from engine.sandbox.client import open_host
     from engine.sandbox.services import HostServices
 
-    options = SandboxOptions.from_dict(spec.sandbox)
+    options = host_options(spec, memory_bytes)
     root = root or plugin_root(spec)
     services = HostServices(spec.namespace, asset_access=spec.asset_access, secrets_context=spec.context,
                             models_dir=models_dir(options.root(), spec.namespace))
     return open_host(namespace=spec.namespace, plugin=f"{spec.name} {spec.version}", plugin_root=root, run=run_info(spec),
                      services=services, options=options, network_allow=tuple(spec.network_allow), env=env)
+
+
+def host_options(spec: PluginSpec, memory_bytes: int = 0) -> Any:
+    """The spec's sandbox options, the address-space limit raised for a model of `memory_bytes`."""
+    from dataclasses import replace
+
+    from engine.sandbox.client import SandboxOptions
+
+    options = SandboxOptions.from_dict(spec.sandbox)
+    if memory_bytes and options.memory_bytes is not None:
+        options = replace(options, memory_bytes=max(options.memory_bytes, 2 * memory_bytes + HOST_RUNTIME_BYTES))
+    return options
 
 
 def decode_vectors(answer: dict[str, Any], body: bytes) -> dict[str, list[np.ndarray | None]]:
@@ -323,8 +342,9 @@ class PluginStage:
     once and runs `indexes` of them over each batch. Batches cross as Arrow; a host that crashes
     or runs past its time limit fails that batch's rows (naming the plugin) and is replaced."""
 
-    def __init__(self, spec: PluginSpec, indexes: Sequence[int], first: bool, last: bool) -> None:
+    def __init__(self, spec: PluginSpec, indexes: Sequence[int], first: bool, last: bool, memory_bytes: int = 0) -> None:
         self.spec = spec
+        self.memory_bytes = memory_bytes
         self.header = {"indexes": list(indexes), "first": first, "last": last}
         self.last = last
         self.root = plugin_root(spec)
@@ -332,7 +352,7 @@ class PluginStage:
         self._open()
 
     def _open(self) -> None:
-        self.host = open_spec_host(self.spec, root=self.root)
+        self.host = open_spec_host(self.spec, root=self.root, memory_bytes=self.memory_bytes)
         answer, _ = self.host.call("stage", self.header)
         if not answer.get("ok"):
             raise host_error(answer, "build_steps")

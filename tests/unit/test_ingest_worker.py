@@ -102,6 +102,17 @@ def test_the_plugin_cache_is_per_namespace_and_a_changed_file_is_unpacked_again(
     assert plugin_root(_spec(tmp_path, data)).joinpath("pipeline.py").read_bytes() == original
 
 
+def test_a_models_memory_hint_raises_its_hosts_address_space_limit(tmp_path):
+    from engine.ingest.worker import host_options
+
+    spec = _spec(tmp_path, b"zip")
+    assert host_options(spec).memory_bytes == 16 * 2**30  # the setting's default
+    assert host_options(spec, memory_bytes=2 * 2**30).memory_bytes == 16 * 2**30  # it already fits
+    assert host_options(spec, memory_bytes=10 * 2**30).memory_bytes == 24 * 2**30  # twice the model, plus the runtime
+    unlimited = PluginSpec(**{**spec.__dict__, "sandbox": {"memory_bytes": None}})
+    assert host_options(unlimited, memory_bytes=10 * 2**30).memory_bytes is None
+
+
 def _plan(index: int, name: str, *, gpus: float = 0.0, batch: int = 64, resource: str = "CPU") -> StepPlan:
     return StepPlan(index=index, name=name, resource_type=resource, condition="ALWAYS", batch_size=batch,
                     num_gpus=gpus, num_cpus=1.0, concurrency=None)
