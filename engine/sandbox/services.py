@@ -28,16 +28,20 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from events.errors import Forbidden, InvalidInput, NotFound, SluiceError, TransientError
+from events.errors import Forbidden, InvalidInput, NotFound, SluiceError, TooLarge, TransientError
 
 _export_lock = threading.Lock()
+MAX_ASSET_COPIES_BYTES = 16 * 1024**3
+"""What one host's asset copies may hold in its scratch folder at once (the owner writes them, so
+the host's own file-size limit does not bound them)."""
 
 
 class HostServices:
     """The owner's answers to one host (one namespace, one scratch folder)."""
 
     def __init__(self, namespace: str, *, asset_access: Mapping[str, Any], secrets_context: Mapping[str, Any],
-                 models_dir: Path, model_source: Any = None, llm: Any = None) -> None:
+                 models_dir: Path, model_source: Any = None, llm: Any = None,
+                 max_asset_bytes: int = MAX_ASSET_COPIES_BYTES) -> None:
         self.namespace = namespace
         self.asset_access = dict(asset_access)
         self.buckets = frozenset(self.asset_access.get("buckets") or ())
@@ -45,6 +49,7 @@ class HostServices:
         self.models_dir = Path(models_dir)
         self.model_source = model_source
         self.llm = llm
+        self.max_asset_bytes = max_asset_bytes
         self.scratch: Path | None = None
         self.scratch_owner: tuple[int, int] | None = None
         self._s3 = None
@@ -75,6 +80,7 @@ class HostServices:
             self._fetch_s3(bucket, key, dest, url)
         elif scheme == "file" and self.asset_access.get("kind") == "local":
             source = self._local_object(url)
+            self._check_room(source.stat().st_size, url)
             shutil.copyfile(source, dest)
         else:
             raise Forbidden(f"asset {url!r} is not an object of namespace {self.namespace!r}; plugins read their "
@@ -92,6 +98,14 @@ class HostServices:
             if self.scratch_owner is not None:
                 os.chown(folder, *self.scratch_owner)
         return folder / f"{uuid.uuid4().hex}{suffix}"
+
+    def _check_room(self, size: int, url: str) -> None:
+        """Refuse a copy that would take the host's asset copies past `max_asset_bytes`."""
+        folder = self.scratch / "assets" if self.scratch is not None else None
+        held = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else 0
+        if held + size > self.max_asset_bytes:
+            raise TooLarge(f"asset {url!r} ({size} bytes) does not fit: this plugin's open asset copies hold {held} of "
+                           f"{self.max_asset_bytes} bytes; close the assets you are done with (open_asset deletes on exit)")
 
     def _check_bucket(self, bucket: str, url: str) -> None:
         if bucket not in self.buckets:
@@ -115,7 +129,9 @@ class HostServices:
         if self.asset_access.get("kind") == "local":
             root = Path(self.asset_access["root"])
             self._check_bucket(bucket, url)
-            shutil.copyfile(self._local_object((root / bucket / key).as_uri()), dest)
+            source = self._local_object((root / bucket / key).as_uri())
+            self._check_room(source.stat().st_size, url)
+            shutil.copyfile(source, dest)
             return
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -127,7 +143,13 @@ class HostServices:
                 "s3", endpoint_url=access.get("endpoint_url"), region_name=access.get("region") or "us-east-1",
                 aws_access_key_id=access.get("access_key_id"), aws_secret_access_key=access.get("secret_access_key"))
         try:
-            body = self._s3.get_object(Bucket=bucket, Key=key)["Body"]
+            response = self._s3.get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
+            try:
+                self._check_room(int(response.get("ContentLength") or 0), url)
+            except TooLarge:
+                body.close()
+                raise
             with open(dest, "wb") as out:
                 for chunk in iter(lambda: body.read(1024 * 1024), b""):
                     out.write(chunk)
@@ -325,7 +347,7 @@ def _error(exc: BaseException) -> dict[str, Any]:
         return {"kind": "not_found", "message": message}
     if isinstance(exc, Forbidden):
         return {"kind": "forbidden", "message": message}
-    if isinstance(exc, InvalidInput):
+    if isinstance(exc, (InvalidInput, TooLarge)):
         return {"kind": "invalid_input", "message": message}
     if isinstance(exc, TransientError):
         return {"kind": "transient", "message": message}
