@@ -132,12 +132,10 @@ def _fetch_url(url: str, access: dict[str, Any]) -> bytes:
         return Path(url2pathname(unquote(urlsplit(url).path))).read_bytes()
     if not url.startswith("s3://"):
         raise ValueError(f"plugin archives are fetched by s3:// or file:// URL, not {url!r}")
-    import botocore.session
+    from engine.sandbox.services import s3_client
 
     bucket, _, key = url[5:].partition("/")
-    client = botocore.session.get_session().create_client(
-        "s3", endpoint_url=access.get("endpoint_url"), region_name=access.get("region") or "us-east-1",
-        aws_access_key_id=access.get("access_key_id"), aws_secret_access_key=access.get("secret_access_key"))
+    client = s3_client(access)
     try:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
     finally:

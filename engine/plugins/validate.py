@@ -351,15 +351,3 @@ def violation_findings(violations: list[dict[str, Any]]) -> list[Finding]:
         out.append(finding("SLU880", str(v.get("message") or v)[:1000], file=str(v.get("file") or "pipeline.py"),
                            line=int(v.get("line") or 0)))
     return out
-
-
-def plugin_container(namespace: str, context: dict[str, Any]) -> Any:
-    """The `container` a plugin of `namespace` receives in a worker, from `SecretsStore.context_for`."""
-    from engine.llm import LLMService
-    from engine.plugins.container import PluginContainer
-    from engine.secrets import SecretsAccessor
-
-    secrets = SecretsAccessor.from_context(namespace, context.get("secrets") or {})
-    return PluginContainer(namespace=namespace, llm=LLMService(), secrets=secrets)
-
-

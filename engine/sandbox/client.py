@@ -15,6 +15,7 @@ failure of the plugin; the next call starts a new host.
 from __future__ import annotations
 
 import collections
+import functools
 import contextlib
 import logging
 import os
@@ -89,6 +90,7 @@ class SandboxOptions:
 
 # --- the paths a host may read ------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=8)
 def runtime_paths(extra: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """(read, list_only): the interpreter's standard library, every site-packages entry except
     `DENIED_PACKAGES`, the SDK's own packages (`engine`, `events` — never `infra` or `functions`)
@@ -177,7 +179,7 @@ class PluginHost:
         models = cache.models_dir(root, self.namespace)
         self._scratch = scratch
         self.services.scratch = scratch
-        read, list_only = runtime_paths(self.options.extra_read)
+        read, list_only = (list(paths) for paths in runtime_paths(tuple(self.options.extra_read)))
         devices = gpu_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
         self._hand_scratch_over(scratch, read + [str(self.plugin_root), str(models)], list_only)
         parent_ctrl, child_ctrl = socket.socketpair()

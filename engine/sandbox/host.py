@@ -65,9 +65,6 @@ def _error_from(error: dict[str, Any]) -> Exception:
 
     kinds = {"not_found": NotFound, "forbidden": Forbidden, "invalid_input": InvalidInput, "transient": TransientError}
     kind, message = error.get("kind", ""), error.get("message") or "the platform refused the request"
-    if kind == "sandbox":
-        v = error.get("violation") or {}
-        return SandboxViolation(v.get("action", "sdk"), v.get("target", ""), reason=v.get("reason", ""))
     if kind == "model_not_available":
         from engine.models.errors import ModelNotAvailable
 

@@ -136,12 +136,7 @@ class HostServices:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if self._s3 is None:
-            import botocore.session
-
-            access = self.asset_access
-            self._s3 = botocore.session.get_session().create_client(
-                "s3", endpoint_url=access.get("endpoint_url"), region_name=access.get("region") or "us-east-1",
-                aws_access_key_id=access.get("access_key_id"), aws_secret_access_key=access.get("secret_access_key"))
+            self._s3 = s3_client(self.asset_access)
         try:
             response = self._s3.get_object(Bucket=bucket, Key=key)
             body = response["Body"]
@@ -195,6 +190,15 @@ class HostServices:
             raise InvalidInput("a model id is a non-empty string")
         payload = (self.model_source or _ray_models(self.namespace))(model_id)
         return export_payload(payload, self.models_dir)
+
+
+def s3_client(access: Mapping[str, Any]) -> Any:
+    """A botocore S3 client from an `asset_access` of kind s3 (the owner's; never a host's)."""
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=access.get("endpoint_url"), region_name=access.get("region") or "us-east-1",
+        aws_access_key_id=access.get("access_key_id"), aws_secret_access_key=access.get("secret_access_key"))
 
 
 def _ray_models(namespace: str) -> Any:
@@ -356,4 +360,4 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"kind": "permanent", "message": f"{name}: {message}"}
 
 
-__all__ = ["HostServices", "export_payload"]
+__all__ = ["HostServices", "export_payload", "s3_client"]

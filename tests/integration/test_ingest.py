@@ -5,8 +5,11 @@ events whose counts are what the stores acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,21 +86,22 @@ class Stack:
             await asyncio.sleep(0.1)
         raise AssertionError(f"no completion for {collection_id} within {timeout}s; saw {[(e.type, e.payload) for e in self.events]}")
 
-    async def collection(self, name: str, bucket: str, plugin: str, **extra) -> dict:
+    async def collection(self, name: str, bucket: str, plugin: str, *, namespace: str = "acme", **extra) -> dict:
         body = {"collection_name": name, "source": {"bucket": bucket, "prefix": extra.pop("prefix", "")},
                 "feature_extractor": {"feature_extractor_name": plugin, **extra}}
-        r = await self.client.post("/v1/namespaces/acme/collections", json=body, headers=auth(ADMIN))
+        r = await self.client.post(f"/v1/namespaces/{namespace}/collections", json=body, headers=auth(ADMIN))
         assert r.status_code == 201, r.text
         return r.json()
 
-    async def put(self, bucket: str, key: str, body: bytes, content_type: str = "text/plain") -> dict:
-        r = await self.client.post(f"/v1/namespaces/acme/buckets/{bucket}/uploads",
+    async def put(self, bucket: str, key: str, body: bytes, content_type: str = "text/plain", *,
+                  namespace: str = "acme") -> dict:
+        r = await self.client.post(f"/v1/namespaces/{namespace}/buckets/{bucket}/uploads",
                                    json={"key": key, "content_type": content_type}, headers=auth(ADMIN))
         assert r.status_code == 201, r.text
         ticket = r.json()
         put = await self.client.put(ticket["presigned_url"], content=body, headers=ticket["upload_headers"])
         assert put.status_code in (200, 204), put.text
-        r = await self.client.post(f"/v1/namespaces/acme/buckets/{bucket}/uploads/{ticket['upload_id']}/confirm",
+        r = await self.client.post(f"/v1/namespaces/{namespace}/buckets/{bucket}/uploads/{ticket['upload_id']}/confirm",
                                    headers=auth(ADMIN))
         assert r.status_code in (200, 201), r.text
         return r.json()
@@ -108,20 +112,29 @@ class Stack:
         return record["document_count"], record["vector_indexes"][0]["vector_count"]
 
 
-@pytest.fixture
-async def stack(tmp_path, ray_cluster):
-    settings = Settings(data_dir=tmp_path, bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=1.0)
-    async with bootstrap(settings) as platform, running_functions(platform) as scheduler:
+@contextlib.asynccontextmanager
+async def running_stack(data_dir: Path, namespaces: tuple[str, ...] = ("acme",), **settings: Any):
+    """The embedded platform on a real local Ray, REST in-process, with `namespaces` created and
+    the ingest events collected."""
+    config = Settings(data_dir=data_dir, bus="memory", compute="ray", admin_key=ADMIN, **{"ingest_max_delay_s": 1.0, **settings})
+    async with bootstrap(config) as platform, running_functions(platform) as scheduler:
         transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
-            r = await client.post("/v1/namespaces", json={"namespace_name": "acme"}, headers=auth(ADMIN))
-            assert r.status_code == 201, r.text
+            for namespace in namespaces:
+                r = await client.post("/v1/namespaces", json={"namespace_name": namespace}, headers=auth(ADMIN))
+                assert r.status_code == 201, r.text
             stack = Stack(platform, client, scheduler)
             collecting = asyncio.create_task(stack.collect())
             try:
                 yield stack
             finally:
                 collecting.cancel()
+
+
+@pytest.fixture
+async def stack(tmp_path, ray_cluster):
+    async with running_stack(tmp_path) as stack:
+        yield stack
 
 
 async def test_objects_are_ingested_and_the_counts_are_what_the_stores_hold(stack):

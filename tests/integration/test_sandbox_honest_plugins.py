@@ -25,8 +25,6 @@ HONEST = sorted(
 
 
 def _validate(folder: Path, tmp_path: Path, *, sandbox: bool):
-    from engine.plugins.manifest import read_network_declaration  # noqa: F401 - the register path reads it too
-
     network_allow, _ = network_declaration(folder)
     options = SandboxOptions(enabled=sandbox, cache_root=str(tmp_path / ("on" if sandbox else "off")))
     name = folder.name if folder.name != "plugin" else "my_plugin"

@@ -4,7 +4,6 @@ stays in its namespace. Each refusal names the plugin file and line; the owner g
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import socket
 import threading
@@ -198,7 +197,7 @@ def test_there_is_no_network_without_a_declaration(host_factory):
             host_factory(),
             f"import socket\nreturn socket.create_connection(('127.0.0.1', {port}), timeout=2)",
             "import socket\nreturn socket.create_connection(('10.0.0.1', 80), timeout=2)",
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nreturn s.sendto(b'x', ('8.8.8.8', 53))",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nreturn s.sendto(b'x', ('192.0.2.1', 53))",
             "import urllib.request\nreturn urllib.request.urlopen('http://169.254.169.254/latest/meta-data', timeout=2).read()",
         )
     finally:
@@ -306,4 +305,3 @@ def test_the_owner_reads_a_hosts_answer_only_as_plain_arrow(host_factory):
             trusted_table(encode_frame(table))
     finally:
         pa.unregister_extension_type("sluice.test.pickled")
-    assert json.loads(json.dumps({"ok": True}))

@@ -4,22 +4,15 @@ plugin's file and line, the other tenant's work completes, and nothing of it is 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import http.server
 import json
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 
-from functions.rest.app import create_app
-from infra.bootstrap import bootstrap
-from infra.settings import Settings
-from tests.fixtures.functions import running_functions
 from tests.fixtures.plugins import PLUGINS, zip_folder
-from tests.integration.test_ingest import Stack
+from tests.integration.test_ingest import running_stack
 from tests.integration.test_plugins_rest import ADMIN, auth, hash_plugin, push
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -27,50 +20,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ATTACKER = PLUGINS / "hostile" / "attacker"
 
 
-@contextlib.asynccontextmanager
-async def running_stack(tmp_path: Path, **settings: object):
-    """The embedded platform on a real local Ray, REST in-process, namespaces acme and globex."""
-    config = Settings(data_dir=tmp_path / "data", bus="memory", compute="ray", admin_key=ADMIN, ingest_max_delay_s=0.5,
-                      sandbox_cache_dir=tmp_path / "sandbox", **settings)
-    async with bootstrap(config) as platform, running_functions(platform) as scheduler:
-        transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
-            for ns in ("acme", "globex"):
-                r = await client.post("/v1/namespaces", json={"namespace_name": ns}, headers=auth(ADMIN))
-                assert r.status_code == 201, r.text
-            stack = Stack(platform, client, scheduler)
-            collecting = asyncio.create_task(stack.collect())
-            try:
-                yield stack
-            finally:
-                collecting.cancel()
-
-
 @pytest.fixture
 async def stack(tmp_path, ray_cluster, monkeypatch):
     monkeypatch.setenv("SLUICE_ADMIN_KEY", ADMIN)  # in the platform's environment: hosts must not see it
-    async with running_stack(tmp_path) as stack:
+    async with running_stack(tmp_path / "data", ("acme", "globex"), ingest_max_delay_s=0.5,
+                             sandbox_cache_dir=tmp_path / "sandbox") as stack:
         yield stack
-
-
-async def _collection(stack: Stack, namespace: str, name: str, bucket: str, plugin: str, parameters: dict) -> dict:
-    body = {"collection_name": name, "source": {"bucket": bucket, "prefix": ""},
-            "feature_extractor": {"feature_extractor_name": plugin, "parameters": parameters}}
-    r = await stack.client.post(f"/v1/namespaces/{namespace}/collections", json=body, headers=auth(ADMIN))
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def _put(stack: Stack, namespace: str, bucket: str, key: str, body: bytes) -> None:
-    r = await stack.client.post(f"/v1/namespaces/{namespace}/buckets/{bucket}/uploads",
-                                json={"key": key, "content_type": "text/plain"}, headers=auth(ADMIN))
-    assert r.status_code == 201, r.text
-    ticket = r.json()
-    put = await stack.client.put(ticket["presigned_url"], content=body, headers=ticket["upload_headers"])
-    assert put.status_code in (200, 204), put.text
-    r = await stack.client.post(f"/v1/namespaces/{namespace}/buckets/{bucket}/uploads/{ticket['upload_id']}/confirm",
-                                headers=auth(ADMIN))
-    assert r.status_code in (200, 201), r.text
 
 
 async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(stack, tmp_path):
@@ -78,8 +33,8 @@ async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(s
     # the victim: globex, with its own plugin, bucket and a secret object
     r = await push(stack.client, "globex", hash_plugin(), "hash_embedder", version="1.0.0")
     assert r.status_code == 200, r.text
-    victim = await _collection(stack, "globex", "vault", "globex-vault", "hash_embedder", {})
-    await _put(stack, "globex", "globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n")
+    victim = await stack.collection("vault", "globex-vault", "hash_embedder", namespace="globex")
+    await stack.put("globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n", namespace="globex")
     done = await stack.finished(victim["collection_id"])
     assert done.type == "IngestCompleted" and done.payload.documents_written == 1, done.payload
 
@@ -102,11 +57,11 @@ async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(s
         "write": {"data dir": str(data_dir / "pwned.csv"), "shared tmp": "/tmp/sluice-pwned.csv",
                   "victim bucket": str(objects / "globex-vault" / "pwned.csv")},
     }
-    attack = await _collection(stack, "acme", "loot", "acme-loot", "attacker", {"targets": targets})
-    ours = await _collection(stack, "globex", "vault-2", "globex-vault-2", "hash_embedder", {})
+    attack = await stack.collection("loot", "acme-loot", "attacker", namespace="acme", parameters={"targets": targets})
+    ours = await stack.collection("vault-2", "globex-vault-2", "hash_embedder", namespace="globex")
     for i in range(3):
-        await _put(stack, "acme", "acme-loot", f"bait-{i}.txt", f"bait number {i}".encode())
-        await _put(stack, "globex", "globex-vault-2", f"note-{i}.txt", f"globex note {i}".encode())
+        await stack.put("acme-loot", f"bait-{i}.txt", f"bait number {i}".encode(), namespace="acme")
+        await stack.put("globex-vault-2", f"note-{i}.txt", f"globex note {i}".encode(), namespace="globex")
 
     attacked = await stack.finished(attack["collection_id"])
     assert attacked.type == "IngestCompleted", attacked.payload
@@ -130,64 +85,31 @@ async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(s
     assert {"open", "write", "attribute"} <= {v["error"].split()[1] for v in violations}, violations
 
 
-HOSTILE_REALTIME = '''import json
-import os
-
-import pandas as pd
-
-from shared.plugins import open_asset
-from shared.plugins.inference.serve import BaseInferenceService
-
-TARGETS = json.loads(%r)
-
-
-def attempt(name, action):
-    try:
-        value = action()
-    except Exception as exc:  # noqa: BLE001
-        return f"blocked {name}: {type(exc).__name__}: {exc}"
-    return f"LEAKED {name}: {str(value)[:300]}"
-
-
-def read_asset(url):
-    with open_asset(url) as path:
-        return pd.read_csv(path, header=None)
-
-
-class InferenceService(BaseInferenceService):
-    async def run_inference(self, inputs, parameters):
-        outcomes = [attempt(f"read {n}", lambda p=p: pd.read_csv(p, header=None)) for n, p in sorted(TARGETS["read"].items())]
-        outcomes += [attempt(f"asset {n}", lambda u=u: read_asset(u)) for n, u in sorted(TARGETS["assets"].items())]
-        outcomes.append("environment: [" + ",".join(sorted(k for k in os.environ if k.startswith(("SLUICE_A", "AWS_", "RAY_")))) + "]")
-        return {"hash_embedding": [1.0] + [0.0] * 31, "attack": outcomes}
-'''
-
-
 async def test_a_hostile_realtime_service_on_serve_is_contained(stack, tmp_path):
-    from tests.integration.test_realtime import HASH_REALTIME, deploy
+    from tests.integration.test_realtime import deploy
 
     data_dir = tmp_path / "data"
     r = await push(stack.client, "globex", hash_plugin(), "hash_embedder", version="1.0.0")
     assert r.status_code == 200, r.text
-    victim = await _collection(stack, "globex", "vault", "globex-vault", "hash_embedder", {})
-    await _put(stack, "globex", "globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n")
+    victim = await stack.collection("vault", "globex-vault", "hash_embedder", namespace="globex")
+    await stack.put("globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n", namespace="globex")
     assert (await stack.finished(victim["collection_id"])).type == "IngestCompleted"
     targets = {"read": {"catalog": str(data_dir / "catalog.sqlite3"), "master key": str(data_dir / "secrets.key"),
                         "victim object": str(data_dir / "objects" / "globex-vault" / "secret.csv")},
                "assets": {"victim s3": "s3://globex-vault/secret.csv"}}
-    archive = zip_folder(HASH_REALTIME, top="hash_realtime", edits={"realtime.py": HOSTILE_REALTIME % json.dumps(targets)})
-    r = await push(stack.client, "acme", archive, "hash_realtime", version="1.0.0")
+    r = await push(stack.client, "acme", zip_folder(ATTACKER, top="attacker"), "attacker", version="1.0.0")
     assert r.status_code == 200, r.text
     plugin_id = r.json()["plugin_id"]
     status = await deploy(stack.client, plugin_id)
-    assert status["status"] == "DEPLOYED", status
+    assert status["status"] == "DEPLOYED" and status["mode"] == "realtime", status
     r = await stack.client.post(f"/v1/namespaces/acme/plugins/{plugin_id}/realtime",
-                                json={"inputs": {"text": "hello"}, "parameters": {}}, headers=auth(ADMIN))
+                                json={"inputs": {"text": "hello"}, "parameters": {"targets": targets}}, headers=auth(ADMIN))
     assert r.status_code == 200, r.text
     outcomes = r.json()["outputs"]["attack"]
-    assert [o for o in outcomes if o.startswith("LEAKED")] == [], outcomes
-    assert "environment: []" in outcomes and "GLOBEX-CROWN-JEWELS" not in json.dumps(outcomes)
-    assert sum(o.startswith("blocked") for o in outcomes) == 4, outcomes
+    assert outcomes[0] == "environment: []", outcomes  # only SLUICE_SERVING, which the platform sets on purpose
+    assert [o for o in outcomes if o.startswith("LEAKED") and not o.startswith("LEAKED scratch write")] == [], outcomes
+    assert "GLOBEX-CROWN-JEWELS" not in json.dumps(outcomes)
+    assert sum(o.startswith(("blocked read", "blocked asset", "blocked patch")) for o in outcomes) == 6, outcomes
 
 
 API_EMBEDDER = '''import json
@@ -250,7 +172,8 @@ async def api_stack(tmp_path, ray_cluster):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmbeddingApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        async with running_stack(tmp_path, egress_pinned_hosts={"api.test": "127.0.0.1"}) as stack:
+        async with running_stack(tmp_path / "data", ingest_max_delay_s=0.5, sandbox_cache_dir=tmp_path / "sandbox",
+                                 egress_pinned_hosts={"api.test": "127.0.0.1"}) as stack:
             yield stack, server.server_address[1]
     finally:
         server.shutdown()
@@ -267,9 +190,9 @@ async def test_an_api_plugin_reaches_exactly_its_declared_host_during_ingest(api
     calls_after_dry_run = _EmbeddingApi.calls
     assert calls_after_dry_run >= 1  # the dry run reached the declared API
 
-    collection = await _collection(stack, "acme", "api", "api-bucket", "hash_embedder", {})
+    collection = await stack.collection("api", "api-bucket", "hash_embedder", namespace="acme")
     for i in range(3):
-        await _put(stack, "acme", "api-bucket", f"t{i}.txt", ("x" * (i + 1)).encode())
+        await stack.put("api-bucket", f"t{i}.txt", ("x" * (i + 1)).encode(), namespace="acme")
     done = await stack.finished(collection["collection_id"])
     assert done.type == "IngestCompleted" and done.payload.documents_written == 3, done.payload
     assert _EmbeddingApi.calls >= calls_after_dry_run + 3
