@@ -79,13 +79,8 @@ def bare(chunks: list[str], batch_size: int) -> tuple[float, str]:
 
 async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int, data_dir: Path, sandbox: str = "on") -> dict:
     from events import codec
-    from functions.collections import Collections
-    from functions.dropfolder import DropFolder
-    from functions.idempotency import IdempotencyStore
-    from functions.ingest import IngestScheduler
-    from functions.runner import Runner
-    from functions.table import FUNCTIONS
-    from functions.tenancy import Tenancy
+    from functions.records.collection import Collections
+    from functions.records.tenancy import Tenancy
     from infra.bootstrap import bootstrap
     from infra.settings import Settings
 
@@ -96,17 +91,11 @@ async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int
     platform = bootstrap(settings)
     async with platform:
         await Tenancy(platform.catalog, platform.admin_key).create_namespace("bench")
-        scheduler = IngestScheduler.for_platform(platform)
-        runner = Runner(bus=platform.bus, topics=platform.topics, functions=FUNCTIONS,
-                        deps={**platform.deps(), "ingest": scheduler}, idempotency=IdempotencyStore(platform.catalog))
-        await runner.start()
-        stop = asyncio.Event()
         drop_root = data_dir / "drop"
-        tasks = [
-            asyncio.create_task(scheduler.run(stop)),
-            asyncio.create_task(DropFolder(drop_root, platform.store, platform.catalog, platform.vectors,
-                                           platform.bus, platform.topics).run(stop)),
-        ]
+        from functions.runtime.run import functions_running
+
+        running = functions_running(platform, drop_folder=drop_root, reconcile=False)
+        await running.__aenter__()
         subscriber = await platform.bus.subscribe([platform.topics.ingest], group_id="bench", from_beginning=True)
         collections = Collections(platform.catalog, platform.vectors, platform.store, settings.plugins_bucket)
         params = {"chunk_size": chunk_size, "chunk_overlap": overlap}
@@ -140,10 +129,8 @@ async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int
             return {"seconds": seconds, "documents": sum(c.documents_written for c in completions),
                     "vectors": sum(sum(c.vectors_upserted.values()) for c in completions), "tasks": records}
         finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await subscriber.close()
-            await runner.stop()
+            await running.__aexit__(None, None, None)
 
 
 def _seconds(a: str, b: str) -> float:

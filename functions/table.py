@@ -1,21 +1,21 @@
 """The handler table: every function the runner subscribes, readable in one screen.
 
-Each row names the function (its consumer group), the handler module's `handle`, and the event
-types it reacts to (and, for a raw topic, how to decode it). Later issues add rows here:
-validate_model.
+Each row names the function (its consumer group) and its handler module's `handle`; the event
+types a row reacts to come from the handler's signature (`event: Envelope[PluginScanned]`), and a
+raw topic says how to decode it.
 """
 
 from __future__ import annotations
 
 from events.s3 import decode_notification
-from functions import deploy, ingest, models, notifications, register, scan
-from functions.runner import Function
+from functions.handlers import deploy, ingest, notifications, register, scan, validate_model
+from functions.runtime.runner import Function
 
 FUNCTIONS: list[Function] = [
-    Function("scan", scan.handle, frozenset({"PluginUploadConfirmed"})),
-    Function("register", register.handle, frozenset({"PluginScanned"})),
-    Function("deploy", deploy.handle, frozenset({"DeployPlugin"})),
-    Function("ingest", ingest.handle, frozenset({"ObjectCreated"})),
-    Function("validate_model", models.handle, frozenset({"ModelUploadConfirmed"})),
-    Function("notifications", notifications.handle, frozenset({"BucketNotification"}), decode=decode_notification),
+    Function.of("scan", scan.handle),
+    Function.of("register", register.handle),
+    Function.of("deploy", deploy.handle),
+    Function.of("ingest", ingest.handle),
+    Function.of("validate_model", validate_model.handle),
+    Function.of("notifications", notifications.handle, decode=decode_notification),
 ]

@@ -17,9 +17,11 @@ import structlog
 
 from events.bus import EventBus
 from events.lifecycle import Health, Lifecycle
+from events.publisher import Publisher
 from events.topics import Topics
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
+from infra.serving.base import ServeControl
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
 
@@ -56,6 +58,7 @@ class Platform:
     vectors: VectorIndex
     compute: Lifecycle
     admin_key: str
+    serve: ServeControl
     _connected: list[Lifecycle] = field(default_factory=list)
 
     def ports(self) -> dict[str, Lifecycle]:
@@ -65,8 +68,14 @@ class Platform:
         """What handlers may ask for by keyword."""
         return {
             "bus": self.bus, "store": self.store, "catalog": self.catalog, "vectors": self.vectors,
-            "compute": self.compute, "topics": self.topics, "settings": self.settings,
+            "compute": self.compute, "topics": self.topics, "settings": self.settings, "serve": self.serve,
+            "publish": self.publish,
         }
+
+    @property
+    def publish(self) -> Publisher:
+        """Publish events on their topics (REST routes, services, handlers' progress)."""
+        return Publisher(self.bus, self.topics)
 
     async def connect(self) -> None:
         for name, port in self.ports().items():
@@ -172,12 +181,19 @@ def _compute(settings: Settings) -> Lifecycle:
     return RayCompute(settings.ray_address, num_cpus=settings.ray_num_cpus)
 
 
+def _serve(settings: Settings) -> ServeControl:
+    from infra.serving.ray import RayServeControl
+
+    return RayServeControl()
+
+
 def bootstrap(settings: Settings | None = None, **overrides: Any) -> Platform:
     """Build (not connect) the platform. `overrides` replace adapters by port name:
-    bus, store, catalog, vectors, compute, admin_key."""
+    bus, store, catalog, vectors, compute, admin_key, serve."""
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    builders = {"bus": build_bus, "store": _store, "catalog": _catalog, "vectors": _vectors, "compute": _compute, "admin_key": admin_key}
+    builders = {"bus": build_bus, "store": _store, "catalog": _catalog, "vectors": _vectors, "compute": _compute, "admin_key": admin_key,
+                "serve": _serve}
     unknown = set(overrides) - set(builders)
     if unknown:
         raise TypeError(f"unknown overrides {sorted(unknown)}; expected some of {sorted(builders)}")

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from events.lifecycle import Health, Lifecycle
+
+
+class Compute(Protocol):
+    """What handlers ask of compute: whether Ray-backed work can run, and the cluster's resources."""
+
+    runs_jobs: bool
+
+    def resources(self) -> dict[str, float]: ...
 
 
 class RayCompute(Lifecycle):
@@ -58,6 +66,9 @@ class NoCompute(Lifecycle):
 
     adapter_name = "none"
     runs_jobs = False
+
+    def resources(self) -> dict[str, float]:
+        return {}
 
     async def _health(self) -> Health:
         return Health(status="degraded", adapter="none", detail={"reason": "compute disabled (SLUICE_COMPUTE=none)"})

@@ -7,7 +7,6 @@ route that names a namespace first checks the caller's key is scoped to it.
 from __future__ import annotations
 
 import asyncio
-
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -15,11 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from events.lifecycle import Health
+from functions.records.secret_store import SecretsStore
+from functions.records.tenancy import Tenancy
 from functions.rest import buckets, collections, models, plugins, retrievers, tasks
 from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
-from functions.secrets import SecretsStore
-from functions.tenancy import Tenancy
 from infra.bootstrap import Platform
 
 
@@ -83,7 +82,7 @@ async def _sandbox_detail(request: Request) -> dict[str, dict[str, Any]] | None:
 
 def sandbox_report(settings: Any) -> dict[str, dict[str, Any]]:
     from engine.sandbox import confine
-    from functions.ingest import sandbox_options
+    from functions.services.ingest import sandbox_options
 
     options = sandbox_options(settings)
     mode = "off" if not options.enabled else "on, degraded allowed" if options.allow_degraded else "on"

@@ -1,6 +1,6 @@
 """Object uploads into a namespace's bucket: presigned PUT, then confirm → `ObjectCreated`.
 
-A bucket belongs to one namespace (`functions.collections.BUCKET_BINDINGS`): the first upload or
+A bucket belongs to one namespace (`functions.records.collection.BUCKET_BINDINGS`): the first upload or
 collection binds it; another namespace gets 409. Confirm publishes `ObjectCreated` once; the ingest
 function takes it from there.
 """
@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, NotFound
 from events.payloads import ObjectCreated
-from functions.collections import BUCKET_RE, Collections
+from functions.records.collection import BUCKET_RE, Collections
 from functions.rest.deps import ScopedNamespace
-from functions.runner import publish
+from functions.runtime.runner import publish
 from infra.objectstore.local import key_problem
 
 OBJECT_UPLOADS = "object_uploads"

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from functions.collections import Collections
+from functions.records.collection import Collections
 from functions.rest.deps import ScopedNamespace
-from functions.deploy import request_deploy
-from functions.retrieve import feature_search
+from functions.services.deploy import request_deploy
+from functions.services.retrieve import feature_search
 
 
 class Source(BaseModel):
@@ -68,7 +68,7 @@ def router() -> APIRouter:
         deployment = None
         if getattr(platform.compute, "runs_jobs", False):
             # Queries of this collection are embedded by its plugin version's deployment: start it now.
-            deployment = await request_deploy(platform.catalog, platform.bus, platform.topics, namespace,
+            deployment = await request_deploy(platform.catalog, platform.publish, namespace,
                                               record["feature_extractor"]["plugin_id"])
         return {**_public(record), "deployment_status": deployment["status"] if deployment else "NOT_DEPLOYED"}
 

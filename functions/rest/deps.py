@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from functions.tenancy import Principal
+from functions.records.tenancy import Principal
 
 
 async def authenticated(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:

@@ -17,8 +17,8 @@ from events.errors import (
     NotFound,
     PermanentError,
     PluginFailed,
-    TooLarge,
     SluiceError,
+    TooLarge,
     TransientError,
     Unauthorized,
 )

@@ -26,26 +26,22 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, TooLarge
 from events.payloads import ModelUploadConfirmed, ObjectRef
-from functions.model_deploy import deploy_model, sync_aliases, undeploy_model
-from functions.models import (
+from functions.records.models import (
     ARCHIVE_CONTENT_TYPE,
-    AWAITING_UPLOAD,
     MODELS,
-    REGISTERED,
-    REJECTED,
     RULE_EMPTY,
     RULE_TOO_LARGE,
-    TERMINAL,
-    VALIDATING,
     ModelRegistry,
     describe_finding,
     model_id_for,
     model_key,
     now,
 )
+from functions.records.status import MODEL_TERMINAL, ModelStatus
 from functions.rest.deps import ScopedNamespace
-from functions.runner import publish
-from functions.scratch import scratch
+from functions.runtime.runner import publish
+from functions.runtime.scratch import scratch
+from functions.services.model_deploy import deploy_model, sync_aliases, undeploy_model
 from infra.bootstrap import Platform
 
 FORM_FIELDS = ("name", "version", "model_format", "framework", "task_type", "num_cpus", "num_gpus", "memory_gb")
@@ -96,12 +92,12 @@ def public(record: dict, request: Request) -> dict[str, Any]:
     status = record["status"]
     namespace, model_id = record["namespace"], record["model_id"]
     archive = record.get("archive") or {}
-    registered = status == REGISTERED
+    registered = status == ModelStatus.REGISTERED
     return {
         "model_id": model_id, "namespace": namespace, "name": record["name"], "version": record["version"],
         "model_format": record["model_format"], "framework": record.get("framework"), "task_type": record.get("task_type"),
         "resources": record.get("resources") or {}, "status": status,
-        "validation_status": {REGISTERED: "PASSED", REJECTED: "FAILED"}.get(status, "PENDING"),
+        "validation_status": {ModelStatus.REGISTERED: "PASSED", ModelStatus.REJECTED: "FAILED"}.get(status, "PENDING"),
         "validation_errors": record.get("errors") or [], "errors": record.get("errors") or [],
         "deployment_status": record.get("deployment_status"), "deployed": record.get("deployment_status") == "DEPLOYED",
         "deployment_error": record.get("error") if record.get("deployment_status") == "FAILED" else None,
@@ -280,11 +276,11 @@ async def _confirm(request: Request, record: dict) -> dict:
     if info is None:
         raise Conflict(f"nothing was uploaded for model {model_id!r} yet: PUT the archive to the presigned URL first",
                        details={"model_id": model_id})
-    expect = {"status": AWAITING_UPLOAD, "upload_id": record["upload_id"]}
+    expect = {"status": ModelStatus.AWAITING_UPLOAD, "upload_id": record["upload_id"]}
     if info.size > settings.models_max_archive_bytes:
         error = too_large(info.size, settings.models_max_archive_bytes)
         await platform.store.delete(upload["bucket"], upload["key"])
-        await registry.update(namespace, model_id, {"status": REJECTED, "finished_at": now(), "size_bytes": info.size,
+        await registry.update(namespace, model_id, {"status": ModelStatus.REJECTED, "finished_at": now(), "size_bytes": info.size,
                                                     "errors": [{"rule_id": RULE_TOO_LARGE, "file": "", "message": error.message}]},
                               expect=expect)
         raise error
@@ -293,7 +289,7 @@ async def _confirm(request: Request, record: dict) -> dict:
                            details={"model_id": model_id, "rule_id": RULE_EMPTY})
     if record.get("expires_at", "") <= now():  # its slot lapsed with the URL: it must fit again
         await registry.check_capacity(namespace, settings.models_max_per_namespace, excluding=model_id)
-    changed = await registry.update(namespace, model_id, {"status": VALIDATING, "confirmed_at": now(), "size_bytes": info.size},
+    changed = await registry.update(namespace, model_id, {"status": ModelStatus.VALIDATING, "confirmed_at": now(), "size_bytes": info.size},
                                     expect=expect)
     if changed is None:
         return await registry.get(namespace, model_id)  # a concurrent confirm won; both wait for one outcome
@@ -306,7 +302,7 @@ async def _confirm(request: Request, record: dict) -> dict:
 async def _wait(request: Request, record: dict, wait: float | None) -> dict:
     registry = _registry(request)
     deadline = time.monotonic() + (_platform(request).settings.confirm_wait_s if wait is None else wait)
-    while record["status"] not in TERMINAL and time.monotonic() < deadline:
+    while record["status"] not in MODEL_TERMINAL and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
         record = await registry.get(record["namespace"], record["model_id"])
     return record
@@ -314,15 +310,15 @@ async def _wait(request: Request, record: dict, wait: float | None) -> dict:
 
 def _answer(record: dict, request: Request, *, ok: int) -> JSONResponse:
     view = public(record, request)
-    if record["status"] == REJECTED:
+    if record["status"] == ModelStatus.REJECTED:
         errors = record.get("errors") or []
         first = describe_finding(errors[0]) if errors else "no reason recorded"
         more = f" (and {len(errors) - 1} more findings)" if len(errors) > 1 else ""
         raise ModelRejectedError(
             f"model {record['model_id']} was rejected: {first}{more}",
-            details={"model_id": record["model_id"], "status": REJECTED, "errors": errors, "model": view},
+            details={"model_id": record["model_id"], "status": ModelStatus.REJECTED, "errors": errors, "model": view},
         )
-    return JSONResponse({"success": True, **view}, status_code=ok if record["status"] == REGISTERED else 202)
+    return JSONResponse({"success": True, **view}, status_code=ok if record["status"] == ModelStatus.REGISTERED else 202)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -388,7 +384,7 @@ def router() -> APIRouter:
     @api.post("/uploads/{model_id}/confirm", responses={202: {}, 413: {}, 422: {}})
     async def confirm_upload(namespace: ScopedNamespace, model_id: str, request: Request, wait: WaitQuery = None) -> Any:
         record = await _registry(request).get(namespace, model_id)
-        if record["status"] == AWAITING_UPLOAD:
+        if record["status"] == ModelStatus.AWAITING_UPLOAD:
             record = await _confirm(request, record)
         return _answer(await _wait(request, record, wait), request, ok=200)
 

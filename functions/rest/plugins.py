@@ -26,12 +26,14 @@ from engine.plugins.archive import ArchiveLimits
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, NotFound, TooLarge
 from events.payloads import Finding, ObjectRef, PluginUploadConfirmed
-from functions.deploy import Deployments, request_deploy, request_undeploy
-from functions.deploy import forget as forget_deployment
+from functions.records.deployments import Deployments
+from functions.records.plugins import VERSIONS, PluginCatalog, now
+from functions.records.status import UPLOAD_TERMINAL, UploadStatus
 from functions.rest.deps import ScopedNamespace
-from functions.retrieve import call_deployment, ready_deployment
-from functions.plugin_catalog import AWAITING_UPLOAD, CONFIRMED, FAILED, REGISTERED, TERMINAL, VERSIONS, PluginCatalog, now
-from functions.runner import publish
+from functions.runtime.runner import publish
+from functions.services.deploy import forget as forget_deployment
+from functions.services.deploy import request_deploy, request_undeploy
+from functions.services.retrieve import call_deployment, ready_deployment
 from infra.bootstrap import Platform
 
 LIMITS = ArchiveLimits()
@@ -106,7 +108,7 @@ def _outcome(upload: dict, request: Request) -> dict[str, Any]:
     return Outcome(
         upload_id=upload["upload_id"], status=status, plugin_id=upload.get("plugin_id"),
         plugin_name=upload["plugin_name"], version=upload["version"],
-        validation_status={REGISTERED: "PASSED", FAILED: "FAILED"}.get(status, "PENDING"),
+        validation_status={UploadStatus.REGISTERED: "PASSED", UploadStatus.FAILED: "FAILED"}.get(status, "PENDING"),
         validation_errors=upload.get("validation_errors") or [], warnings=upload.get("warnings") or [],
         feature_uris=upload.get("feature_uris") or [], deployment_status=upload.get("deployment_status"),
         status_url=f"{base}/v1/namespaces/{upload['namespace']}/plugins/uploads/{upload['upload_id']}",
@@ -183,15 +185,15 @@ def router() -> APIRouter:
         platform = _platform(request)
         plugins = _plugins(request)
         upload = await plugins.get_upload(namespace, upload_id)
-        if upload["status"] == AWAITING_UPLOAD:
+        if upload["status"] == UploadStatus.AWAITING_UPLOAD:
             await _confirm(platform, plugins, upload)
         deadline = time.monotonic() + (platform.settings.confirm_wait_s if wait is None else wait)
         while True:
             upload = await plugins.get_upload(namespace, upload_id)
-            if upload["status"] in TERMINAL or time.monotonic() >= deadline:
+            if upload["status"] in UPLOAD_TERMINAL or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.1)
-        status_code = {REGISTERED: 200, FAILED: 422}.get(upload["status"], 202)
+        status_code = {UploadStatus.REGISTERED: 200, UploadStatus.FAILED: 422}.get(upload["status"], 202)
         return JSONResponse(_outcome(upload, request), status_code=status_code)
 
     @api.get("/uploads/{upload_id}", response_model=Outcome)
@@ -255,7 +257,7 @@ def router() -> APIRouter:
     async def delete_plugin(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
         platform = _platform(request)
         await _plugins(request).get_version(namespace, plugin_id)  # NotFound before anything is removed
-        removed = await forget_deployment(platform.catalog, namespace, plugin_id)
+        removed = await forget_deployment(platform.catalog, platform.serve, namespace, plugin_id)
         record, active = await _plugins(request).delete_version(namespace, plugin_id)
         await platform.store.delete(record["archive"]["bucket"], record["archive"]["key"])
         return {
@@ -269,14 +271,14 @@ def router() -> APIRouter:
         platform = _platform(request)
         if not getattr(platform.compute, "runs_jobs", False):
             raise Conflict("realtime deployments run on Ray, and compute is disabled (SLUICE_COMPUTE=none)")
-        record = await request_deploy(platform.catalog, platform.bus, platform.topics, namespace, plugin_id)
+        record = await request_deploy(platform.catalog, platform.publish, namespace, plugin_id)
         return _deployment_view(record)
 
     @api.post("/{plugin_id}/undeploy")
     async def undeploy(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
         """Remove the endpoint; the version and its archive stay registered."""
         platform = _platform(request)
-        return _deployment_view(await request_undeploy(platform.catalog, platform.bus, platform.topics, namespace, plugin_id))
+        return _deployment_view(await request_undeploy(platform.catalog, platform.serve, platform.publish, namespace, plugin_id))
 
     @api.get("/{plugin_id}/status")
     async def deployment_status(namespace: ScopedNamespace, plugin_id: str, request: Request) -> Any:
@@ -315,7 +317,7 @@ async def _confirm(platform: Platform, plugins: PluginCatalog, upload: dict) -> 
     if info.size > LIMITS.max_compressed_bytes:
         await platform.store.delete(ref["bucket"], ref["key"])
         message = f"the archive is {info.size} bytes; the limit is {LIMITS.max_compressed_bytes} bytes (500 MB)"
-        await plugins.update_upload(upload["upload_id"], {"status": FAILED, "finished_at": now(), "validation_errors": [
+        await plugins.update_upload(upload["upload_id"], {"status": UploadStatus.FAILED, "finished_at": now(), "validation_errors": [
             Finding(rule_id="SLU902", severity="error", file="", line=0, message=message,
                     hint="Do not bundle model weights; upload them to the model registry.").model_dump()]})
         raise TooLarge(message, details={"size_bytes": info.size, "limit_bytes": LIMITS.max_compressed_bytes})
@@ -325,8 +327,8 @@ async def _confirm(platform: Platform, plugins: PluginCatalog, upload: dict) -> 
             details={"upload_id": upload["upload_id"]},
         )
     changed = await plugins.update_upload(
-        upload["upload_id"], {"status": CONFIRMED, "confirmed_at": now(), "size_bytes": info.size},
-        expect={"status": AWAITING_UPLOAD},
+        upload["upload_id"], {"status": UploadStatus.CONFIRMED, "confirmed_at": now(), "size_bytes": info.size},
+        expect={"status": UploadStatus.AWAITING_UPLOAD},
     )
     if changed is None:
         return  # a concurrent confirm won; both wait for the same outcome

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.rest.deps import ScopedNamespace
-from functions.retrieve import MAX_LIMIT, feature_search
+from functions.services.retrieve import MAX_LIMIT, feature_search
 
 
 class Query(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from functions.ingest import Tasks
+from functions.records.tasks import Tasks
 from functions.rest.deps import ScopedNamespace
 
 

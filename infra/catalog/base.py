@@ -69,7 +69,16 @@ def parse_where(where: Where | None) -> list[Condition]:
             conditions.append(Condition(field, "$eq", condition))
     for field, op, operand in conditions:
         _check_operand(field, op, operand)
-    return conditions
+    return [Condition(field, op, _plain(operand)) for field, op, operand in conditions]
+
+
+def _plain(operand: Any) -> Any:
+    """A `str` subclass (a `StrEnum` status) as the plain string every adapter stores."""
+    if isinstance(operand, str):
+        return str.__str__(operand)
+    if isinstance(operand, (list, tuple)):
+        return [_plain(value) for value in operand]
+    return operand
 
 
 def _check_operand(field: str, op: str, operand: Any) -> None:

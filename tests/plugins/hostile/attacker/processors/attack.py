@@ -6,7 +6,7 @@ import os
 import pandas as pd
 
 import engine.assets
-from engine.secrets import SecretsAccessor
+from engine.namespace_secrets import SecretsAccessor
 from shared.plugins import open_asset
 
 

@@ -26,9 +26,9 @@ from events.envelope import make
 from events.errors import SluiceError
 from events.payloads import ObjectCreated
 from events.topics import Topics
-from functions.collections import BUCKET_RE, Collections
-from functions.runner import publish
-from functions.tenancy import NAMESPACES
+from functions.records.collection import BUCKET_RE, Collections
+from functions.records.tenancy import NAMESPACES
+from functions.runtime.runner import publish
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 from infra.vectors.base import VectorIndex

@@ -19,7 +19,7 @@ from engine.plugins.archive import zip_plugin_folder
 from engine.plugins.builtin import BUILTIN_PLUGINS, builtin_plugin_path
 from engine.plugins.manifest import validate_manifest
 from events.errors import NotFound
-from functions.plugin_catalog import HEADS, VERSIONS, PluginCatalog, archive_key, now, plugin_id_for
+from functions.records.plugins import HEADS, VERSIONS, PluginCatalog, archive_key, head_key, now, plugin_id_for
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 
@@ -66,7 +66,7 @@ async def version_or_builtin(
         "feature_uris": feature_uris, "has_realtime": True, "deployment_status": "NOT_DEPLOYED", "registered_at": now(),
     }
     record, created = await plugins.add_version(record)
-    if created or (await catalog.get(HEADS, f"{namespace}/{name}")) is None:
+    if created or (await catalog.get(HEADS, head_key(namespace, name))) is None:
         await plugins.activate(namespace, name, plugin_id, reason="builtin installed")
     log.info("builtin.installed", namespace=namespace, plugin=name, version=builtin_version, created=created)
     return await catalog.get(VERSIONS, plugin_id) or record

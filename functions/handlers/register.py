@@ -10,19 +10,21 @@ the version's own key, which no presigned URL can write, and the version becomes
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
 
 from engine.plugins.archive import ArchiveRejected, extract_plugin
-from engine.plugins.validate import validate_isolated
-from events.envelope import AnyEnvelope
+from engine.plugins.validate import ValidationReport, validate_isolated
+from events.envelope import AnyEnvelope, Envelope
 from events.errors import Conflict, NotFound
 from events.payloads import Finding, PluginRegistered, PluginRegistrationFailed, PluginScanned
-from functions.ingest import sandbox_options
-from functions.plugin_catalog import FAILED, HEADS, REGISTERED, UPLOADS, VERSIONS, PluginCatalog, archive_key, now, plugin_id_for
-from functions.scratch import scratch, sha256_file
-from functions.secrets import SecretsStore
+from functions.records.plugins import HEADS, UPLOADS, VERSIONS, PluginCatalog, archive_key, head_key, now, plugin_id_for
+from functions.records.secret_store import SecretsStore
+from functions.records.status import UploadStatus
+from functions.runtime.scratch import scratch, sha256_file
+from functions.services.ingest import sandbox_options
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 from infra.settings import Settings
@@ -38,7 +40,7 @@ async def _fail(
     event: AnyEnvelope, plugins: PluginCatalog, scanned: PluginScanned, errors: list[Finding]
 ) -> list[AnyEnvelope]:
     await plugins.update_upload(scanned.upload_id, {
-        "status": FAILED, "finished_at": now(),
+        "status": UploadStatus.FAILED, "finished_at": now(),
         "validation_errors": [f.model_dump() for f in errors if f.severity == "error"] or [f.model_dump() for f in errors],
         "warnings": [f.model_dump() for f in errors if f.severity == "warning"],
     })
@@ -48,16 +50,21 @@ async def _fail(
     ))]
 
 
+PluginValidator = Callable[..., Awaitable[ValidationReport]]
+"""Runs the manifest check and dry run of an extracted plugin (`validate_isolated`: in a plugin host)."""
+
+
 async def handle(
-    event: AnyEnvelope, *, store: ObjectStore, catalog: Catalog, settings: Settings
+    event: Envelope[PluginScanned], *, store: ObjectStore, catalog: Catalog, settings: Settings,
+    validate: PluginValidator = validate_isolated,
 ) -> list[AnyEnvelope]:
-    scanned: PluginScanned = event.payload
+    scanned = event.payload
     plugins = PluginCatalog(catalog)
     upload = await catalog.get(UPLOADS, scanned.upload_id)
     if upload is None:
         raise NotFound(f"upload {scanned.upload_id!r} is not in the catalog")
     namespace = upload["namespace"]
-    if upload["status"] == FAILED:
+    if upload["status"] == UploadStatus.FAILED:
         return []  # already refused: a redelivery has nothing to add
     if not scanned.passed:
         return await _fail(event, plugins, scanned, list(scanned.findings))
@@ -87,7 +94,7 @@ async def handle(
             network_allow, network_findings = network_declaration(extracted.root)
             if any(f.severity == "error" for f in network_findings):
                 return await _fail(event, plugins, scanned, list(scanned.findings) + network_findings)
-            report = await validate_isolated(
+            report = await validate(
                 extracted.root, name=name, version=version, namespace=namespace, plugin_id=plugin_id,
                 timeout_s=settings.plugin_validation_timeout_s, strict=bool(upload.get("strict")),
                 context=await SecretsStore.from_settings(catalog, settings).context_for(namespace),
@@ -116,13 +123,13 @@ async def handle(
         else:
             record, created = existing, False
 
-    head = await catalog.get(HEADS, f"{namespace}/{name}")
+    head = await catalog.get(HEADS, head_key(namespace, name))
     activated_before = head is not None and any(h["plugin_id"] == plugin_id for h in head.get("history", []))
     if created or not activated_before:
         await plugins.activate(namespace, name, plugin_id, reason="registered")
     warnings = [f for f in record["scan_report"]["findings"] if f["severity"] == "warning"]
     await plugins.update_upload(scanned.upload_id, {
-        "status": REGISTERED, "finished_at": now(), "plugin_id": plugin_id, "feature_uris": record["feature_uris"],
+        "status": UploadStatus.REGISTERED, "finished_at": now(), "plugin_id": plugin_id, "feature_uris": record["feature_uris"],
         "deployment_status": record["deployment_status"], "warnings": warnings, "validation_errors": [],
     })
     if scanned.archive.key != record["archive"]["key"]:
@@ -135,7 +142,6 @@ async def handle(
         plugin_id=plugin_id, plugin_name=name, version=version, feature_uris=record["feature_uris"],
         deployment_status=record["deployment_status"],
     ))]
-
 
 
 def network_declaration(root: Path) -> tuple[tuple[str, ...], list]:

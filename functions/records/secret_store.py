@@ -12,7 +12,7 @@ import base64
 import re
 from datetime import UTC, datetime
 
-from engine.secrets import SecretBox
+from engine.namespace_secrets import SecretBox
 from events.errors import InvalidInput, NotFound
 from infra.catalog.base import Catalog
 from infra.settings import Settings

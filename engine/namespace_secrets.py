@@ -127,7 +127,7 @@ class SecretsAccessor(metaclass=Sealed):
 
     @classmethod
     def from_context(cls, namespace: str, context: Mapping[str, object]) -> SecretsAccessor:
-        """From what `functions.secrets.SecretsStore.context_for` hands a plugin process:
+        """From what `functions.records.secret_store.SecretsStore.context_for` hands a plugin process:
         `{"key": base64 namespace key, "sealed": {name: token}}` (empty: no secrets)."""
         key = context.get("key")
         sealed = dict(context.get("sealed") or {})  # type: ignore[call-overload]

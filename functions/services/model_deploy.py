@@ -26,21 +26,13 @@ import structlog
 from events.envelope import make
 from events.errors import Conflict
 from events.payloads import ModelDeployed
-from functions.plugin_catalog import now
-from functions.runner import publish
+from functions.records.models import MODELS, ModelRegistry, model_key
+from functions.records.plugins import now
+from functions.runtime.runner import publish
 
 log = structlog.get_logger("sluice.models")
 
-MODELS = "models"
-
-
-def _key(namespace: str, model_id: str) -> str:
-    return f"{namespace}|{model_id}"
-
-
 async def _record(catalog: Any, namespace: str, ref: str) -> dict:
-    from functions.models import ModelRegistry
-
     return await ModelRegistry(catalog).resolve(namespace, ref)
 
 
@@ -107,7 +99,7 @@ async def undeploy_model(catalog: Any, compute: Any, namespace: str, ref: str) -
 
 
 async def _mark(catalog: Any, record: dict, status: str, **changes: Any) -> dict:
-    updated = await catalog.update(MODELS, _key(record["namespace"], record["model_id"]),
+    updated = await catalog.update(MODELS, model_key(record["namespace"], record["model_id"]),
                                    {"deployment_status": status, "deployed": status == "DEPLOYED", **changes})
     return updated or {**record, "deployment_status": status, **changes}
 
@@ -117,7 +109,7 @@ async def sync_aliases(catalog: Any, compute: Any, namespace: str) -> None:
     if not getattr(compute, "runs_jobs", False):
         return
     from engine.models import registry
-    from functions.models import ALIASES
+    from functions.records.models import ALIASES
 
     aliases = {f"{a['name']}@{a['alias']}": a["model_id"] for a in await catalog.find(ALIASES, {"namespace": namespace})}
     await asyncio.to_thread(registry.set_aliases, namespace, aliases)
@@ -158,7 +150,7 @@ async def model_resources(catalog: Any, namespace: str) -> dict[str, dict[str, f
     (`model_id`, `name@X.Y.Z`, `name@alias`): ingest applies them to the steps whose service
     loads that model (`LazyModelMixin.model_id` with `model_source="namespace"`, or
     `@lazy_model(..., model_source="namespace")`)."""
-    from functions.models import ALIASES
+    from functions.records.models import ALIASES
 
     deployed = {r["model_id"]: r for r in await catalog.find(MODELS, {"namespace": namespace, "deployment_status": "DEPLOYED"})}
     resources: dict[str, dict[str, float]] = {}

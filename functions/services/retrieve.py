@@ -16,9 +16,10 @@ from typing import Any
 
 from engine.realtime import control
 from events.errors import Conflict, InvalidInput, NotReady, PermanentError, PluginFailed
-from functions import record_cache
-from functions.collections import COLLECTIONS, DOCUMENTS, Collections
-from functions.deploy import DEPLOYED, DEPLOYMENTS, IN_FLIGHT
+from functions.records import cache as record_cache
+from functions.records.collection import COLLECTIONS, DOCUMENTS, Collections
+from functions.records.deployments import DEPLOYMENTS
+from functions.records.status import DEPLOYMENT_IN_FLIGHT, DeploymentStatus
 from infra.catalog.base import Catalog
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
@@ -35,10 +36,10 @@ async def ready_deployment(catalog: Catalog, settings: Settings, plugin_id: str,
     while True:
         record = await record_cache.cached(catalog, DEPLOYMENTS, plugin_id, settings.retriever_cache_s,
                                            lambda: catalog.get(DEPLOYMENTS, plugin_id),
-                                           keep=lambda r: r is not None and r["status"] == DEPLOYED)
-        if record is not None and record["status"] == DEPLOYED:
+                                           keep=lambda r: r is not None and r["status"] == DeploymentStatus.DEPLOYED)
+        if record is not None and record["status"] == DeploymentStatus.DEPLOYED:
             return record
-        if record is None or record["status"] not in IN_FLIGHT or record.get("desired") != "deployed":
+        if record is None or record["status"] not in DEPLOYMENT_IN_FLIGHT or record.get("desired") != "deployed":
             status = record["status"] if record else "NOT_DEPLOYED"
             error = f": {record['error'].splitlines()[0]}" if record and record.get("error") else ""
             namespace = record["namespace"] if record else "{namespace}"

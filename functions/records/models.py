@@ -1,4 +1,4 @@
-"""The model registry: model records and aliases in the catalog, and the `validate_model` function.
+"""The model registry: model records and aliases in the catalog.
 
 Two kinds of record, every one carrying its namespace; a lookup outside it is a `NotFound` (never a
 `Forbidden`), so a tenant cannot even learn that another tenant's model exists.
@@ -8,36 +8,23 @@ Two kinds of record, every one carrying its namespace; a lookup outside it is a 
   in `settings.models_bucket`); only this module writes that key, from bytes it validated. Uploads
   land under `upload` (`{ns}/uploads/models/{upload_id}.tar.gz`), which presigned URLs may write.
 - `model_aliases` (key `{namespace}|{name}@{alias}`): `{model_id}`; `resolve` accepts either.
-
-`handle` (ModelUploadConfirmed → ModelRegistered | ModelRejected) downloads the upload into a
-private scratch folder and runs `engine.models.validate.validate_model_archive` in a worker thread
-under a time limit (the validator never executes archive content: pickles are scanned as opcodes,
-ONNX external data is checked lexically, Hugging Face code is refused). The catalog is the source
-of truth: REST polls the record, so the outcome reaches clients whether the function runs in the
-same process or another.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
-import shutil
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from engine.models.validate import MODEL_FORMATS, ModelFinding, ModelLimits, ValidatedModel, validate_model_archive
-from engine.models.validate import ModelRejected as ArchiveRejected
-from events.envelope import AnyEnvelope
+from engine.models.validate import MODEL_FORMATS, ModelFinding
 from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
-from events.payloads import Finding, ModelRegistered, ModelRejected, ModelUploadConfirmed
+from events.payloads import Finding
+from functions.records.status import DeploymentStatus, ModelStatus
 from infra.catalog.base import Catalog
-from infra.objectstore.base import ObjectStore
 from infra.settings import Settings
 
 log = structlog.get_logger("sluice.models")
@@ -49,9 +36,6 @@ NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{2,63}$")
 VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
-AWAITING_UPLOAD, VALIDATING, REGISTERED, REJECTED = "AWAITING_UPLOAD", "VALIDATING", "REGISTERED", "REJECTED"
-TERMINAL = (REGISTERED, REJECTED)
-NOT_DEPLOYED = "NOT_DEPLOYED"
 DEFAULT_RESOURCES = {"num_cpus": 1.0, "num_gpus": 0.0, "memory_gb": 4.0}  # the seeds' documented defaults
 ARCHIVE_CONTENT_TYPE = "application/gzip"
 
@@ -155,7 +139,7 @@ def describe_finding(finding: dict) -> str:
     return f"{finding.get('file') or '(archive)'}: {finding['message']}"
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """Validator details as plain JSON (the catalog stores nothing else)."""
     return json.loads(json.dumps(value, default=str))
 
@@ -177,9 +161,9 @@ class ModelRegistry:
     async def occupied(self, namespace: str, *, excluding: str | None = None) -> int:
         """Models that count against the namespace's limit: registered, validating, and uploads
         whose URL has not expired. REJECTED ones do not count."""
-        held = await self.catalog.find(MODELS, {"namespace": namespace, "status": {"$in": [REGISTERED, VALIDATING, AWAITING_UPLOAD]}})
+        held = await self.catalog.find(MODELS, {"namespace": namespace, "status": {"$in": [ModelStatus.REGISTERED, ModelStatus.VALIDATING, ModelStatus.AWAITING_UPLOAD]}})
         stamp = now()
-        return sum(1 for r in held if r["model_id"] != excluding and (r["status"] != AWAITING_UPLOAD or r.get("expires_at", "") > stamp))
+        return sum(1 for r in held if r["model_id"] != excluding and (r["status"] != ModelStatus.AWAITING_UPLOAD or r.get("expires_at", "") > stamp))
 
     async def check_capacity(self, namespace: str, limit: int, *, excluding: str | None = None) -> None:
         count = await self.occupied(namespace, excluding=excluding)
@@ -210,18 +194,18 @@ class ModelRegistry:
         record = {
             "namespace": namespace, "model_id": model_id, "name": name, "version": version, "model_format": model_format,
             "framework": framework or None, "task_type": task_type or None, "resources": checked,
-            "status": AWAITING_UPLOAD, "errors": [],
+            "status": ModelStatus.AWAITING_UPLOAD, "errors": [],
             "archive": {"bucket": bucket, "key": archive_key(namespace, name, version)},
             "upload": {"bucket": bucket, "key": upload_key(namespace, upload_id)}, "upload_id": upload_id,
             "sha256": None, "size_bytes": None, "files": [], "details": {}, "total_bytes": None,
-            "deployment_status": NOT_DEPLOYED, "cached": False, "created_at": created.isoformat(),
+            "deployment_status": DeploymentStatus.NOT_DEPLOYED, "cached": False, "created_at": created.isoformat(),
             "expires_at": (created + timedelta(seconds=expires_in)).isoformat(), "registered_at": None, "aliases": [],
         }
         key = model_key(namespace, model_id)
         try:
             stored = await self.catalog.insert(MODELS, key, record)
         except AlreadyExists:
-            stored = await self.catalog.update(MODELS, key, record, expect={"status": {"$in": [REJECTED, AWAITING_UPLOAD]}})
+            stored = await self.catalog.update(MODELS, key, record, expect={"status": {"$in": [ModelStatus.REJECTED, ModelStatus.AWAITING_UPLOAD]}})
             if stored is None:
                 raise self._exists(namespace, model_id, name, version) from None
         count = await self.occupied(namespace)
@@ -276,7 +260,7 @@ class ModelRegistry:
         name). Returns the updated record and the model id the alias left (or None)."""
         check_alias(alias)
         record = await self.get(namespace, model_id)
-        if record["status"] != REGISTERED:
+        if record["status"] != ModelStatus.REGISTERED:
             raise Conflict(f"model {model_id!r} is {record['status']}: only a registered model takes an alias",
                            details={"model_id": model_id, "status": record["status"]})
         key = alias_key(namespace, record["name"], alias)
@@ -305,125 +289,17 @@ class ModelRegistry:
         entries = await self.catalog.find(ALIASES, {"namespace": namespace, "model_id": model_id})
         return await self.update(namespace, model_id, {"aliases": sorted(e["alias"] for e in entries)})
 
-
-# --- validate_model ---------------------------------------------------------------------------
-
 def validation_timeout_s(settings: Settings, size_bytes: int) -> float:
     configured = getattr(settings, "models_validation_timeout_s", None)
     return float(configured) if configured else VALIDATION_BASE_S + size_bytes / VALIDATION_BYTES_PER_S
 
 
-def _problem(rule_id: str, message: str, file: str = "") -> dict[str, str]:
+def problem(rule_id: str, message: str, file: str = "") -> dict[str, str]:
     return {"rule_id": rule_id, "file": file, "message": message}
 
 
 def as_event_findings(errors: list[dict]) -> list[Finding]:
     return [Finding(rule_id=e["rule_id"], severity="error", file=e.get("file", ""), line=0, message=e["message"]) for e in errors]
-
-
-def _remove_when_done(task: asyncio.Future | None, work: Path) -> None:
-    def remove(finished: asyncio.Future | None = None) -> None:
-        if finished is not None and not finished.cancelled():
-            finished.exception()  # retrieved: a late failure is not an unhandled-exception warning
-        shutil.rmtree(work, ignore_errors=True)
-
-    if task is None or task.done():
-        remove(task)
-    else:
-        task.add_done_callback(remove)
-
-
-async def _reject(event: AnyEnvelope, registry: ModelRegistry, store: ObjectStore, record: dict, errors: list[dict]) -> list[AnyEnvelope]:
-    namespace, model_id = record["namespace"], record["model_id"]
-    changed = await registry.update(namespace, model_id, {"status": REJECTED, "errors": errors, "finished_at": now()},
-                                    expect={"status": VALIDATING, "upload_id": record["upload_id"]})
-    await _drop_upload(store, record)
-    if changed is None:
-        return []  # deleted (or replaced) while validating: nothing to report for this upload
-    log.info("model.rejected", namespace=namespace, model_id=model_id, errors=len(errors), first=describe_finding(errors[0]))
-    return [event.child(ModelRejected(model_id=model_id, errors=as_event_findings(errors)))]
-
-
-async def _drop_upload(store: ObjectStore, record: dict) -> None:
-    upload = record.get("upload") or {}
-    if upload.get("key") and upload.get("key") != record["archive"]["key"]:
-        try:
-            await store.delete(upload["bucket"], upload["key"])
-        except Exception as exc:  # noqa: BLE001 - a leftover upload is harmless; the outcome is recorded
-            log.warning("model.upload_cleanup_failed", key=upload["key"], error=str(exc))
-
-
-def _outcome(event: AnyEnvelope, record: dict) -> list[AnyEnvelope]:
-    """The recorded outcome as an event again (a redelivery emits what the first run emitted)."""
-    if record["status"] == REGISTERED:
-        return [event.child(ModelRegistered(model_id=record["model_id"], model_format=record["model_format"], sha256=record["sha256"]))]
-    return [event.child(ModelRejected(model_id=record["model_id"], errors=as_event_findings(record.get("errors") or [])))]
-
-
-async def handle(event: AnyEnvelope, *, catalog: Catalog, store: ObjectStore, settings: Settings) -> list[AnyEnvelope]:
-    """ModelUploadConfirmed → ModelRegistered | ModelRejected (see the module docstring)."""
-    confirmed: ModelUploadConfirmed = event.payload
-    namespace = event.namespace or ""
-    registry = ModelRegistry(catalog)
-    record = await catalog.get(MODELS, model_key(namespace, confirmed.model_id))
-    if record is None or (record.get("upload") or {}).get("key") != confirmed.archive.key:
-        log.info("model.confirm_stale", namespace=namespace, model_id=confirmed.model_id)
-        return []  # deleted, or replaced by a newer upload of the same version: this upload is moot
-    if record["status"] in TERMINAL:
-        await _drop_upload(store, record)
-        return _outcome(event, record)
-    if record["status"] != VALIDATING:
-        return []  # not confirmed (cannot happen through REST): nothing to validate yet
-
-    ref = confirmed.archive
-    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="model-validate-", dir=settings.scratch_dir))
-    task: asyncio.Future | None = None
-    try:
-        archive = work / "model.tar.gz"
-        try:
-            await store.download_file(ref.bucket, ref.key, archive)
-        except NotFound:
-            return await _reject(event, registry, store, record, [_problem(
-                RULE_MISSING, f"the uploaded archive s3://{ref.bucket}/{ref.key} no longer exists; upload it again")])
-        size = archive.stat().st_size
-        limits = ModelLimits(max_archive_bytes=settings.models_max_archive_bytes)
-        timeout_s = validation_timeout_s(settings, size)
-        task = asyncio.ensure_future(asyncio.to_thread(validate_model_archive, archive, work / "model", confirmed.model_format, limits))
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
-            return await _reject(event, registry, store, record, [_problem(
-                RULE_TIMEOUT, f"validation took longer than {timeout_s:.0f} s and was abandoned; nothing was registered")])
-        try:
-            validated = task.result()
-        except ArchiveRejected as rejected:
-            return await _reject(event, registry, store, record, [finding_dict(f) for f in rejected.findings])
-        return await _register(event, registry, store, settings, record, archive, validated, size)
-    finally:
-        _remove_when_done(task, work)
-
-
-async def _register(event: AnyEnvelope, registry: ModelRegistry, store: ObjectStore, settings: Settings, record: dict,
-                    archive: Path, validated: ValidatedModel, size: int) -> list[AnyEnvelope]:
-    """Copy the validated bytes to the final key, then mark the record REGISTERED."""
-    namespace, model_id = record["namespace"], record["model_id"]
-    final = record["archive"]
-    await store.ensure_bucket(final["bucket"])
-    await store.put_file(final["bucket"], final["key"], archive, content_type=ARCHIVE_CONTENT_TYPE)
-    changed = await registry.update(namespace, model_id, {
-        "status": REGISTERED, "errors": [], "sha256": validated.sha256, "size_bytes": size, "files": validated.files,
-        "details": _plain(validated.details), "total_bytes": validated.total_bytes, "registered_at": now(),
-        "finished_at": now(),
-    }, expect={"status": VALIDATING, "upload_id": record["upload_id"]})
-    if changed is None:  # deleted while validating: take the copy back
-        await store.delete(final["bucket"], final["key"])
-        await _drop_upload(store, record)
-        log.info("model.deleted_while_validating", namespace=namespace, model_id=model_id)
-        return []
-    await _drop_upload(store, record)
-    log.info("model.registered", namespace=namespace, model_id=model_id, format=validated.model_format,
-             files=len(validated.files), bytes=size)
-    return _outcome(event, changed)
 
 
 __all__ = [

@@ -1,6 +1,6 @@
 """notifications: raw S3 / MinIO bucket notifications (their own topic) → `ObjectCreated`.
 
-A bucket belongs to the namespace whose collection first bound it (`functions.collections`), so
+A bucket belongs to the namespace whose collection first bound it (`functions.records.collection`), so
 each object becomes an event of that namespace. A notification for a bucket no collection uses is
 logged and dropped: nothing would ingest it.
 """
@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import structlog
 
-from events.envelope import AnyEnvelope
+from events.envelope import AnyEnvelope, Envelope
 from events.payloads import BucketNotification
-from functions.collections import BUCKET_BINDINGS
+from functions.records.collection import BUCKET_BINDINGS
 from infra.catalog.base import Catalog
 
 log = structlog.get_logger("sluice.notifications")
 
 
-async def handle(event: AnyEnvelope, *, catalog: Catalog) -> list[AnyEnvelope]:
-    notification: BucketNotification = event.payload
+async def handle(event: Envelope[BucketNotification], *, catalog: Catalog) -> list[AnyEnvelope]:
+    notification = event.payload
     created = []
     namespaces: dict[str, str | None] = {}
     for obj in notification.objects:

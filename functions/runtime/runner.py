@@ -13,6 +13,8 @@ import inspect
 import os
 import random
 import socket
+import types
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +26,9 @@ from events import codec
 from events.bus import Consumer, EventBus, Message
 from events.envelope import AnyEnvelope
 from events.errors import PermanentError, PoisonMessage, TransientError
+from events.publisher import Publisher
 from events.topics import Topics
-from functions.idempotency import IdempotencyStore
+from functions.runtime.idempotency import IdempotencyStore
 
 log = structlog.get_logger("sluice.runner")
 
@@ -47,6 +50,12 @@ class Function:
     decode: Decoder = codec.decode
     """bytes → envelope; raise `PoisonMessage` for input that can never be handled."""
 
+    @classmethod
+    def of(cls, name: str, handler: Handler, **options: Any) -> Function:
+        """A row whose event types come from the handler's signature: its first parameter is
+        annotated `Envelope[SomePayload]` (or `Envelope[A | B]`)."""
+        return cls(name, handler, handled_types(handler), **options)
+
     def topic_in(self, topics: Topics) -> str:
         if self.topic is not None:
             return self.topic
@@ -54,6 +63,20 @@ class Function:
         if len(names) != 1:
             raise ValueError(f"function {self.name!r} handles events of several topics: {sorted(names)}")
         return names.pop()
+
+
+def handled_types(handler: Handler) -> frozenset[str]:
+    """The payload `type`s a handler takes, read from its first parameter's `Envelope[...]`."""
+    params = list(inspect.signature(handler).parameters)
+    hints = typing.get_type_hints(handler)
+    if not params or params[0] not in hints:
+        raise TypeError(f"{handler.__module__}.{handler.__qualname__}: annotate the event, e.g. `event: Envelope[PluginScanned]`")
+    envelope = hints[params[0]]
+    args = getattr(envelope, "__pydantic_generic_metadata__", {}).get("args") or ()
+    if not args:
+        raise TypeError(f"{handler.__module__}.{handler.__qualname__}: the event must be `Envelope[<payload type>]`, not {envelope!r}")
+    payloads = typing.get_args(args[0]) if typing.get_origin(args[0]) in (typing.Union, types.UnionType) else (args[0],)
+    return frozenset(payload.model_fields["type"].default for payload in payloads)
 
 
 @dataclass(frozen=True)
@@ -272,5 +295,4 @@ class Runner:
 
 async def publish(bus: EventBus, topics: Topics, *events: AnyEnvelope) -> None:
     """Publish root events (REST, CLI, notifications) on their topics."""
-    for ev in events:
-        await bus.publish(topics.for_type(ev.type), codec.encode(ev), key=(ev.namespace or "").encode() or None)
+    await Publisher(bus, topics)(*events)

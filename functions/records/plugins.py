@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events.errors import Conflict, InvalidInput, NotFound
+from functions.records.status import UploadStatus
 from infra.catalog.base import Catalog
 
 UPLOADS = "plugin_uploads"
@@ -24,9 +25,6 @@ HEADS = "plugins"
 
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{2,63}$")
 VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-
-AWAITING_UPLOAD, CONFIRMED, SCANNED, REGISTERED, FAILED = "AWAITING_UPLOAD", "CONFIRMED", "SCANNED", "REGISTERED", "FAILED"
-TERMINAL = (REGISTERED, FAILED)
 
 
 def now() -> str:
@@ -46,6 +44,11 @@ def parse_version(version: str) -> tuple[int, int, int]:
     if not match:
         raise InvalidInput(f"invalid version {version!r}: expected X.Y.Z, e.g. 1.0.0", details={"field": "version", "value": version})
     return int(match[1]), int(match[2]), int(match[3])
+
+
+def head_key(namespace: str, name: str) -> str:
+    """Key of a plugin name's head (kind `plugins`): its active version and history."""
+    return f"{namespace}/{name}"
 
 
 def plugin_id_for(namespace: str, name: str, version: str) -> str:
@@ -93,7 +96,7 @@ class PluginCatalog:
         created = datetime.now(UTC)
         record = {
             "upload_id": upload_id, "namespace": namespace, "plugin_name": name, "version": version,
-            "description": description, "strict": strict, "status": AWAITING_UPLOAD,
+            "description": description, "strict": strict, "status": UploadStatus.AWAITING_UPLOAD,
             "archive": {"bucket": bucket, "key": upload_key(namespace, upload_id)},
             "created_at": created.isoformat(), "expires_at": (created + timedelta(seconds=expires_in)).isoformat(),
             "plugin_id": None, "validation_errors": [], "warnings": [], "feature_uris": [], "deployment_status": None,
@@ -136,7 +139,7 @@ class PluginCatalog:
         return _in_namespace(record, namespace, "plugin version", f"{name}@{version}")
 
     async def head(self, namespace: str, name: str) -> dict:
-        return _in_namespace(await self.catalog.get(HEADS, f"{namespace}/{name}"), namespace, "plugin name", name)
+        return _in_namespace(await self.catalog.get(HEADS, head_key(namespace, name)), namespace, "plugin name", name)
 
     async def list_plugins(self, namespace: str) -> list[dict]:
         """Every version in the namespace, each marked `active` or not, by name then newest first."""
@@ -161,7 +164,7 @@ class PluginCatalog:
 
     async def activate(self, namespace: str, name: str, plugin_id: str, *, reason: str) -> dict:
         """Point the plugin at `plugin_id`; the history records when and why."""
-        key = f"{namespace}/{name}"
+        key = head_key(namespace, name)
         for _ in range(10):
             head = await self.catalog.get(HEADS, key)
             entry = {"plugin_id": plugin_id, "at": now(), "reason": reason}
@@ -187,13 +190,13 @@ class PluginCatalog:
         record = await self.get_version(namespace, plugin_id)
         name = record["plugin_name"]
         await self.catalog.delete(VERSIONS, plugin_id)
-        head = await self.catalog.get(HEADS, f"{namespace}/{name}")
+        head = await self.catalog.get(HEADS, head_key(namespace, name))
         if head is None or head.get("active_plugin_id") != plugin_id:
             active = await self.catalog.get(VERSIONS, head["active_plugin_id"]) if head and head.get("active_plugin_id") else None
             return record, active
         remaining = await self.versions(namespace, name)
         if not remaining:
-            await self.catalog.delete(HEADS, f"{namespace}/{name}")
+            await self.catalog.delete(HEADS, head_key(namespace, name))
             return record, None
         await self.activate(namespace, name, remaining[0]["plugin_id"], reason=f"{record['version']} deleted")
         return record, remaining[0]

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
-from functions import record_cache
-from functions.builtins import version_or_builtin
+from functions.records import cache as record_cache
+from functions.services.builtin_plugins import version_or_builtin
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 from infra.vectors.base import VectorIndex, VectorSpec
@@ -30,6 +30,21 @@ INGESTED = "ingested_objects"
 
 COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def name_key(namespace: str, name: str) -> str:
+    """Key of a collection name (kind `collection_names`)."""
+    return f"{namespace}/{name}"
+
+
+def queue_key(collection_id: str, dedup_key: str) -> str:
+    """Key of one object version queued for a collection (kind `ingest_queue`)."""
+    return f"{collection_id}|{dedup_key}"
+
+
+def ingested_key(collection_id: str, bucket: str, key: str) -> str:
+    """Key of the last version of an object written for a collection (kind `ingested_objects`)."""
+    return f"{collection_id}|{bucket}/{key}"
 
 
 def index_name(namespace: str, collection_id: str) -> str:
@@ -80,7 +95,7 @@ class Collections:
 
         collection_id = "col_" + secrets.token_hex(10)
         try:
-            await self.catalog.insert(COLLECTION_NAMES, f"{namespace}/{name}", {"namespace": namespace, "collection_id": collection_id})
+            await self.catalog.insert(COLLECTION_NAMES, name_key(namespace, name), {"namespace": namespace, "collection_id": collection_id})
         except AlreadyExists as exc:
             raise Conflict(f"collection {name!r} already exists in namespace {namespace!r}", details={"collection_name": name}) from exc
 
@@ -112,7 +127,7 @@ class Collections:
             }
             return await self.catalog.insert(COLLECTIONS, collection_id, record)
         except BaseException:
-            await self.catalog.delete(COLLECTION_NAMES, f"{namespace}/{name}")
+            await self.catalog.delete(COLLECTION_NAMES, name_key(namespace, name))
             if vector_indexes:
                 await self.vectors.delete_collection(index)
             raise
@@ -160,7 +175,7 @@ class Collections:
         await self.catalog.delete_many(INGESTED, {"collection_id": collection_id})
         await self.catalog.delete(COLLECTIONS, collection_id)
         record_cache.forget(self.catalog, COLLECTIONS, collection_id)
-        await self.catalog.delete(COLLECTION_NAMES, f"{namespace}/{record['collection_name']}")
+        await self.catalog.delete(COLLECTION_NAMES, name_key(namespace, record['collection_name']))
         if not await self.catalog.count(COLLECTIONS, {"source.bucket": record["source"]["bucket"]}):
             await self.catalog.delete(BUCKET_BINDINGS, record["source"]["bucket"])
         return {"deleted": True, "collection_id": collection_id, "documents_deleted": documents}

@@ -22,8 +22,6 @@ written is skipped. A new version of an object replaces the old version's docume
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
 import mimetypes
 import os
@@ -31,312 +29,46 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import structlog
 
-from engine.ingest.worker import ERROR_COLUMN, FIELDS_COLUMN, SKIPPED_COLUMN, STEP_COLUMN, VECTOR_PREFIX, PluginSpec
+from engine.ingest.worker import PluginSpec
 from engine.plugins.extractors.pipeline import TEXT_MIME_TYPES
 from events.bus import EventBus
-from events.envelope import AnyEnvelope, make
+from events.envelope import make
 from events.errors import AlreadyExists, NotFound
-from events.payloads import IngestCompleted, IngestFailed, IngestFailure, IngestProgress, IngestStarted, ObjectCreated
+from events.payloads import IngestCompleted, IngestFailed, IngestProgress, IngestStarted, ObjectCreated
 from events.topics import Topics
-from functions.collections import DOCUMENTS, INGEST_QUEUE, INGESTED, Collections
-from functions.model_deploy import model_resources
-from functions.plugin_catalog import VERSIONS, now
-from functions.runner import publish
-from functions.secrets import SecretsStore
+from functions.records.collection import DOCUMENTS, INGEST_QUEUE, INGESTED, ingested_key
+from functions.records.plugins import VERSIONS, now
+from functions.records.status import TASK_FINISHED, TaskStatus
+from functions.records.tasks import TASKS
+from functions.runtime.runner import publish
+from functions.runtime.task_writer import Source, TaskWriter
+from functions.services.ingest import (
+    IngestRefused,
+    blob_type_for,
+    document_id_for,
+    looks_like_text,
+    object_id_for,
+    plugin_spec,
+)
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 from infra.settings import Settings
-from infra.vectors.base import Point, VectorIndex, point_id
+from infra.vectors.base import VectorIndex
 
-log = structlog.get_logger("sluice.ingest")
+log = structlog.get_logger("sluice.scheduler")
 
-QUEUE = INGEST_QUEUE
-TASKS = "tasks"
 JOB_LEASES = "ingest_leases"
 
-QUEUED, RUNNING = "QUEUED", "RUNNING"
-COMPLETED, COMPLETED_WITH_ERRORS, FAILED = "COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED"
-FINISHED = (COMPLETED, COMPLETED_WITH_ERRORS, FAILED)
 
 LEASE_S = 60.0
 """A running task whose owner has not renewed its lease for this long is run again elsewhere."""
 HEARTBEAT_S = 10.0
-MAX_FAILURES_KEPT = 200
-"""Failures listed in a task and its event (all of them are counted in `rows_failed`)."""
 PROGRESS_EVERY_S = 1.0
-PAYLOAD_TEXT_CHARS = 2000
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-
-def object_id_for(bucket: str, key: str) -> str:
-    """Stable across versions: the object is the same object when it changes."""
-    return "obj_" + _digest(bucket, key)[:24]
-
-
-def document_id_for(collection_id: str, bucket: str, key: str, marker: str) -> str:
-    """One per collection and object version: a rerun or redelivery gets the same id."""
-    return "doc_" + _digest(collection_id, bucket, key, marker)[:24]
-
-
-def blob_type_for(mime: str) -> str:
-    mime = mime.split(";", 1)[0].strip().lower()
-    if mime.startswith("text/") or mime in TEXT_MIME_TYPES:
-        return "text"
-    for prefix, kind in (("image/", "image"), ("video/", "video"), ("audio/", "audio")):
-        if mime.startswith(prefix):
-            return kind
-    return "pdf" if mime == "application/pdf" else "file"
-
-
-def looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start >= len(head) - 3  # a multi-byte character cut by the sample's end
-    return True
-
-
-class IngestRefused(Exception):
-    """The task cannot run: nothing was written. The message is the event's `reason`."""
-
-
-async def plugin_spec(
-    catalog: Catalog, store: ObjectStore, settings: Settings, collection: dict, plugin: dict, *, gpus: int,
-) -> PluginSpec:
-    """What Ray workers need to run the collection's plugin version: the archive (checked against
-    the registered digest, then put in Ray's object store), parameters, secrets context, features."""
-    import ray
-
-    archive = plugin["archive"]
-    try:
-        data = await store.get_bytes(archive["bucket"], archive["key"])
-    except NotFound as exc:
-        raise IngestRefused(f"the archive of plugin {plugin['plugin_name']} {plugin['version']} is missing from the object store") from exc
-    if hashlib.sha256(data).hexdigest() != plugin["sha256"]:
-        raise IngestRefused(f"the archive of plugin {plugin['plugin_name']} {plugin['version']} changed after registration; refusing to run it")
-    manifest = plugin.get("manifest") or {}
-    return PluginSpec(
-        plugin_id=plugin["plugin_id"], namespace=collection["namespace"], name=plugin["plugin_name"], version=plugin["version"],
-        sha256=plugin["sha256"], archive=await asyncio.to_thread(ray.put, data),
-        parameters=dict(collection["feature_extractor"].get("parameters") or {}),
-        collection_id=collection["collection_id"], input_fields=tuple(manifest.get("input_fields") or ()),
-        features=tuple((v["name"], int(v["dimensions"])) for v in collection["vector_indexes"]),
-        context=await SecretsStore.from_settings(catalog, settings).context_for(collection["namespace"]),
-        available_gpus=gpus, asset_access=asset_access(settings, await namespace_buckets(catalog, collection["namespace"])),
-        model_resources=await model_resources(catalog, collection["namespace"]),
-        network_allow=tuple(plugin.get("network_allow") or ()), sandbox=sandbox_options(settings).as_dict(),
-    )
-
-
-def asset_access(settings: Settings, buckets: list[str]) -> dict[str, Any]:
-    """How the trusted side of a plugin host fetches the objects its `open_asset` asks for: the
-    store's location and credentials (which never reach the host) and the only buckets it may
-    read, the namespace's own."""
-    if settings.effective_object_store == "s3":
-        secret = settings.s3_secret_access_key
-        return {"kind": "s3", "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region, "buckets": buckets,
-                "access_key_id": settings.s3_access_key_id, "secret_access_key": secret.get_secret_value() if secret else None}
-    return {"kind": "local", "root": str(settings.data_dir / "objects"), "buckets": buckets}
-
-
-async def namespace_buckets(catalog: Catalog, namespace: str) -> list[str]:
-    """The buckets bound to `namespace`: what its plugins may read."""
-    from functions.collections import BUCKET_BINDINGS
-
-    return sorted(b["bucket"] for b in await catalog.find(BUCKET_BINDINGS, {"namespace": namespace}, limit=10_000))
-
-
-def sandbox_options(settings: Settings) -> Any:
-    """How plugin hosts start, from the settings (carried to Ray workers in the spec)."""
-    from engine.sandbox.client import SandboxOptions
-
-    return SandboxOptions(
-        enabled=settings.sandbox == "on", allow_degraded=settings.sandbox_allow_degraded,
-        cache_root=str(settings.sandbox_cache_dir or ""),
-        memory_bytes=int(settings.sandbox_memory_gb * 2**30) if settings.sandbox_memory_gb else None,
-        cpu_seconds=settings.sandbox_cpu_seconds, call_timeout_s=settings.sandbox_call_timeout_s,
-        pinned_hosts=dict(settings.egress_pinned_hosts), denied_ports=tuple(p for p in (settings.port,) if p),
-    )
-
-
-# --- the handler -----------------------------------------------------------------------------
-
-async def handle(
-    event: AnyEnvelope, *, catalog: Catalog, vectors: VectorIndex, ingest: IngestScheduler | None = None,
-) -> list[AnyEnvelope]:
-    obj: ObjectCreated = event.payload
-    queued = 0
-    for collection in await Collections(catalog, vectors).for_object(obj.bucket, obj.key):
-        if collection["namespace"] != event.namespace:
-            continue  # buckets are bound to one namespace; an event of another never reaches its collections
-        collection_id = collection["collection_id"]
-        done = await catalog.get(INGESTED, f"{collection_id}|{obj.bucket}/{obj.key}")
-        if done is not None and done.get("marker") == obj.version_marker and done.get("status") == "written":
-            log.info("ingest.already_written", collection_id=collection_id, key=obj.key, task_id=done.get("task_id"))
-            continue
-        try:
-            await catalog.insert(QUEUE, f"{collection_id}|{obj.dedup_key}", {
-                "namespace": event.namespace, "collection_id": collection_id, "object": obj.model_dump(mode="json"),
-                "correlation_id": event.correlation_id, "queued_at": time.time(), "claimed_by": None,
-            })
-        except AlreadyExists:
-            continue  # this version is queued or being ingested already
-        queued += 1
-    if queued:
-        log.info("ingest.queued", key=obj.key, collections=queued)
-        if ingest is not None:
-            ingest.poke()
-    return []
-
-
-# --- tasks -----------------------------------------------------------------------------------
-
-class Tasks:
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-
-    async def get(self, namespace: str, task_id: str) -> dict:
-        record = await self.catalog.get(TASKS, task_id)
-        if record is None or record.get("namespace") != namespace:
-            raise NotFound(f"task {task_id!r} does not exist in namespace {namespace!r}", details={"task_id": task_id})
-        return record
-
-    async def list(self, namespace: str, *, collection_id: str | None = None, status: str | None = None,
-                   limit: int = 100, offset: int = 0) -> list[dict]:
-        where: dict[str, Any] = {"namespace": namespace}
-        if collection_id:
-            where["collection_id"] = collection_id
-        if status:
-            where["status"] = status
-        return await self.catalog.find(TASKS, where, order_by="created_at", descending=True, limit=limit, offset=offset)
-
-
-# --- writing the job's output ----------------------------------------------------------------
-
-@dataclass
-class _Source:
-    entry_key: str
-    obj: ObjectCreated
-    object_id: str
-    document_id: str
-    text: bool
-
-
-@dataclass
-class TaskWriter:
-    """Writes output batches as they stream in and keeps the acknowledged counts."""
-
-    catalog: Catalog
-    vectors: VectorIndex
-    collection: dict
-    plugin: dict
-    task_id: str
-    sources: dict[str, _Source]
-    features: list[str]
-    on_progress: Any = None
-    documents_written: int = 0
-    vectors_upserted: dict[str, int] = field(default_factory=dict)
-    rows_failed: int = 0
-    rows_skipped: int = 0
-    failures: list[IngestFailure] = field(default_factory=list)
-    failed_objects: set[str] = field(default_factory=set)
-    objects_seen: set[str] = field(default_factory=set)
-    skip_reasons: dict[str, int] = field(default_factory=dict)
-    _ids: set[str] = field(default_factory=set)
-
-    def fail(self, object_id: str, step: str, error: str) -> None:
-        self.rows_failed += 1
-        self.failed_objects.add(object_id)
-        self.objects_seen.add(object_id)
-        if len(self.failures) < MAX_FAILURES_KEPT:
-            self.failures.append(IngestFailure(object_id=object_id, step=step, error=" ".join(error.split())[:1000]))
-
-    def violation(self, message: str) -> None:
-        """A sandbox violation: kept with the failures (step `sandbox`), counted as no row."""
-        if len(self.failures) < MAX_FAILURES_KEPT:
-            self.failures.append(IngestFailure(object_id="", step="sandbox", error=" ".join(message.split())[:1000]))
-
-    async def write(self, batch: pd.DataFrame) -> None:
-        if ERROR_COLUMN in batch.columns:
-            failed = batch[ERROR_COLUMN].notna().to_numpy()
-            for row in batch[failed].to_dict("records"):
-                if row.get(STEP_COLUMN) == "sandbox":  # a refused action, reported even when the plugin swallowed it
-                    self.violation(str(row[ERROR_COLUMN]))
-                    continue
-                self.fail(str(row.get("object_id") or ""), str(row.get(STEP_COLUMN) or "?"), str(row[ERROR_COLUMN]))
-            batch = batch[~failed]
-        index = self.collection.get("index_name")
-        points: list[Point] = []
-        documents: list[tuple[str, dict]] = []
-        per_vector: dict[str, int] = {}
-        written_at = now()
-        for row in batch.to_dict("records"):
-            source = self.sources.get(str(row.get("object_id") or ""))
-            if source is None:
-                self.fail(str(row.get("object_id") or ""), "output", "output row names no object of this task (the plugin changed or dropped object_id)")
-                continue
-            self.objects_seen.add(source.object_id)
-            if row.get(SKIPPED_COLUMN) is True:
-                self.rows_skipped += 1
-                reason = f"no step produced a vector for {source.obj.content_type or 'this object'}"
-                self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
-                continue
-            document_id = str(row.get("document_id") or "") or source.document_id
-            if document_id in self._ids:
-                self.fail(source.object_id, "output", f"document_id {document_id!r} repeats: each output row needs its own document_id")
-                continue
-            self._ids.add(document_id)
-            fields = json.loads(row[FIELDS_COLUMN]) if isinstance(row.get(FIELDS_COLUMN), str) else {}
-            data = fields.pop("data", None)
-            vectors = {name: row[VECTOR_PREFIX + name] for name in self.features if _is_vector(row.get(VECTOR_PREFIX + name))}
-            pid = point_id(self.collection["collection_id"], document_id)
-            obj = source.obj
-            text = data if source.text and isinstance(data, str) else None
-            if vectors and index:
-                points.append(Point(id=pid, vectors=vectors, payload={
-                    "document_id": document_id, "object_id": source.object_id, "collection_id": self.collection["collection_id"],
-                    "bucket": obj.bucket, "key": obj.key, "version": obj.version_marker,
-                    **({"text": text[:PAYLOAD_TEXT_CHARS]} if text is not None else {"data": data}),
-                }))
-                for name in vectors:
-                    per_vector[name] = per_vector.get(name, 0) + 1
-            plugin = self.plugin
-            documents.append((document_id, {
-                "document_id": document_id, "namespace": self.collection["namespace"],
-                "collection_id": self.collection["collection_id"], "object_id": source.object_id,
-                "point_id": pid if vectors and index else None,
-                "source": {"bucket": obj.bucket, "key": obj.key, "version": obj.version_marker, "etag": obj.etag,
-                           "version_id": obj.version_id, "size": obj.size, "content_type": obj.content_type},
-                "text": text, "data": None if text is not None else data,
-                "feature_uris": [f"sluice://{plugin['plugin_name']}@{plugin['version']}/{name}" for name in vectors],
-                "fields": fields,
-                "lineage": {
-                    "task_id": self.task_id, "plugin_id": plugin["plugin_id"], "plugin_name": plugin["plugin_name"],
-                    "plugin_version": plugin["version"], "parent_document_id": fields.get("parent_document_id") or source.document_id,
-                },
-                "written_at": written_at,
-            }))
-        if points:
-            acknowledged = await self.vectors.upsert(index, points)
-            if acknowledged != len(points):
-                raise RuntimeError(f"vector index {index!r} acknowledged {acknowledged} of {len(points)} points")
-            for name, n in per_vector.items():
-                self.vectors_upserted[name] = self.vectors_upserted.get(name, 0) + n
-        if documents:
-            self.documents_written += await self.catalog.upsert_many(DOCUMENTS, documents)
-        if self.on_progress is not None:
-            await self.on_progress(len(self.objects_seen))
-
 
 # --- the scheduler ---------------------------------------------------------------------------
 
@@ -393,7 +125,7 @@ class IngestScheduler:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await self.schedule(force=True)
-            if not self._running and not await self.catalog.count(QUEUE, {"claimed_by": None}):
+            if not self._running and not await self.catalog.count(INGEST_QUEUE, {"claimed_by": None}):
                 return
             if self._running:
                 await asyncio.wait(list(self._running.values()), timeout=0.5)
@@ -434,17 +166,17 @@ class IngestScheduler:
             if collection_id in self._running or len(self._running) >= self.settings.ingest_max_jobs:
                 continue
             task = await self.catalog.get(TASKS, old_task) if old_task else None
-            if task is not None and task["status"] in FINISHED:
+            if task is not None and task["status"] in TASK_FINISHED:
                 await self.catalog.delete(JOB_LEASES, collection_id)
                 continue
             if not await self._acquire(collection_id, old_task or ""):
                 continue
-            entries = await self.catalog.find(QUEUE, {"claimed_by": old_task}) if old_task else []
+            entries = await self.catalog.find(INGEST_QUEUE, {"claimed_by": old_task}) if old_task else []
             if task is None or not entries:
                 await self.catalog.delete(JOB_LEASES, collection_id)
                 continue
             log.warning("ingest.task_resumed", task_id=old_task, collection_id=collection_id, previous_owner=lease["owner"])
-            await self.catalog.update(TASKS, old_task, {"status": QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1})
+            await self.catalog.update(TASKS, old_task, {"status": TaskStatus.QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1})
             self._start(collection_id, old_task, entries)
 
     # --- scheduling ------------------------------------------------------------------------
@@ -452,7 +184,7 @@ class IngestScheduler:
     async def schedule(self, *, force: bool = False) -> None:
         if len(self._running) >= self.settings.ingest_max_jobs:
             return
-        pending = await self.catalog.find(QUEUE, {"claimed_by": None}, order_by="queued_at", limit=200_000)
+        pending = await self.catalog.find(INGEST_QUEUE, {"claimed_by": None}, order_by="queued_at", limit=200_000)
         by_collection: dict[str, list[dict]] = {}
         for entry in pending:
             by_collection.setdefault(entry["collection_id"], []).append(entry)
@@ -470,10 +202,10 @@ class IngestScheduler:
             if not await self._acquire(collection_id, task_id):
                 continue
             chosen = entries[: self.settings.ingest_max_objects]
-            await self.catalog.upsert_many(QUEUE, [(e["id"], {**_entry(e), "claimed_by": task_id}) for e in chosen])
+            await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": task_id}) for e in chosen])
             first = chosen[0]
             await self.catalog.insert(TASKS, task_id, {
-                "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": QUEUED,
+                "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": TaskStatus.QUEUED,
                 "objects": len(chosen), "correlation_id": first.get("correlation_id"), "owner": self.owner,
                 "created_at": now(), "started_at": None, "finished_at": None,
                 "documents_written": 0, "vectors_upserted": {}, "rows_failed": 0, "rows_skipped": 0, "failures": [],
@@ -498,7 +230,7 @@ class IngestScheduler:
         await publish(self.bus, self.topics, make(payload, namespace=task["namespace"], correlation_id=task.get("correlation_id")))
 
     async def _run(self, task_id: str, collection_id: str, entries: list[dict]) -> None:
-        task = await self.catalog.update(TASKS, task_id, {"status": RUNNING, "started_at": now(), "owner": self.owner})
+        task = await self.catalog.update(TASKS, task_id, {"status": TaskStatus.RUNNING, "started_at": now(), "owner": self.owner})
         assert task is not None
         writer: TaskWriter | None = None
         try:
@@ -585,10 +317,10 @@ class IngestScheduler:
 
     async def _inputs(
         self, collection: dict, plugin: dict, entries: Sequence[dict],
-    ) -> tuple[dict[str, _Source], list[dict], list[tuple[str, str]]]:
+    ) -> tuple[dict[str, Source], list[dict], list[tuple[str, str]]]:
         """One row per object: text inline in `data`, other files as the URL `open_asset` reads."""
         limit = asyncio.Semaphore(16)
-        sources: dict[str, _Source] = {}
+        sources: dict[str, Source] = {}
         failures: list[tuple[str, str]] = []
 
         async def one(entry: dict) -> dict | None:
@@ -621,7 +353,7 @@ class IngestScheduler:
                     failures.append((object_id, f"object {obj.bucket}/{obj.key} no longer exists"))
                     return None
             obj = obj.model_copy(update={"content_type": mime or obj.content_type})
-            sources[object_id] = _Source(entry["id"], obj, object_id, document_id, kind == "text")
+            sources[object_id] = Source(entry["id"], obj, object_id, document_id, kind == "text")
             return {
                 "data": data, "document_id": document_id, "object_id": object_id, "blob_id": f"{object_id}/content",
                 "blob_property": "content", "blob_type": kind, "collection_id": collection["collection_id"],
@@ -668,14 +400,14 @@ class IngestScheduler:
             await self._fail(task, entries, reason, writer, warnings=warnings)
             return
         await self._record_objects(collection, entries, writer, task_id)
-        status = COMPLETED_WITH_ERRORS if writer.rows_failed else COMPLETED
+        status = TaskStatus.COMPLETED_WITH_ERRORS if writer.rows_failed else TaskStatus.COMPLETED
         facts = {
             "status": status, "finished_at": now(), "documents_written": writer.documents_written,
             "vectors_upserted": writer.vectors_upserted, "rows_failed": writer.rows_failed, "rows_skipped": writer.rows_skipped,
             "failures": [f.model_dump() for f in writer.failures], "warnings": warnings, "rows_done": len(entries),
         }
         await self.catalog.update(TASKS, task_id, facts)
-        await self.catalog.delete_many(QUEUE, {"claimed_by": task_id})
+        await self.catalog.delete_many(INGEST_QUEUE, {"claimed_by": task_id})
         await self.catalog.delete(JOB_LEASES, collection["collection_id"])
         log.info("ingest.completed", task_id=task_id, status=status, documents=writer.documents_written,
                  vectors=writer.vectors_upserted, rows_failed=writer.rows_failed)
@@ -690,7 +422,7 @@ class IngestScheduler:
         what earlier versions of these objects left behind."""
         collection_id = collection["collection_id"]
         records, replaced = [], []
-        keys = [f"{collection_id}|{e['object']['bucket']}/{e['object']['key']}" for e in entries]
+        keys = [ingested_key(collection_id, e['object']['bucket'], e['object']['key']) for e in entries]
         previous: dict[str, dict] = {}
         for i in range(0, len(keys), 500):
             for record in await self.catalog.find(INGESTED, {"id": {"$in": keys[i:i + 500]}}):
@@ -722,22 +454,16 @@ class IngestScheduler:
         log.error("ingest.failed", task_id=task_id, collection_id=collection_id, reason=reason)
         try:
             await self.catalog.update(TASKS, task_id, {
-                "status": FAILED, "finished_at": now(), "reason": reason,
+                "status": TaskStatus.FAILED, "finished_at": now(), "reason": reason,
                 "documents_written": writer.documents_written if writer else 0,
                 "vectors_upserted": writer.vectors_upserted if writer else {},
                 "rows_failed": writer.rows_failed if writer else 0, "rows_skipped": writer.rows_skipped if writer else 0,
                 "failures": [f.model_dump() for f in failures], **({"warnings": warnings} if warnings is not None else {}),
             })
-            await self.catalog.delete_many(QUEUE, {"claimed_by": task_id})
+            await self.catalog.delete_many(INGEST_QUEUE, {"claimed_by": task_id})
             await self.catalog.delete(JOB_LEASES, collection_id)
         finally:
             await self._publish(task, IngestFailed(task_id=task_id, collection_id=collection_id, reason=reason, failures=failures))
-
-
-def _is_vector(value: Any) -> bool:
-    """A feature cell of `to_records` output: a float list (a numpy array after Ray's transport),
-    or None / NaN where the row has no such vector."""
-    return value is not None and not isinstance(value, float)
 
 
 def _owner_alive(owner: str) -> bool:

@@ -13,11 +13,12 @@ import structlog
 
 from engine.plugins.archive import ArchiveRejected, extract_plugin
 from engine.plugins.scanner import scan_directory
-from events.envelope import AnyEnvelope
+from events.envelope import AnyEnvelope, Envelope
 from events.errors import NotFound
 from events.payloads import Finding, PluginScanned, PluginUploadConfirmed
-from functions.plugin_catalog import CONFIRMED, PluginCatalog
-from functions.scratch import scratch, sha256_file
+from functions.records.plugins import PluginCatalog
+from functions.records.status import UploadStatus
+from functions.runtime.scratch import scratch, sha256_file
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 from infra.settings import Settings
@@ -34,8 +35,8 @@ def _scan(archive: Path, dest: Path, strict: bool) -> list[Finding]:
     return list(scan_directory(extracted.root, strict=strict).findings)
 
 
-async def handle(event: AnyEnvelope, *, store: ObjectStore, catalog: Catalog, settings: Settings) -> list[AnyEnvelope]:
-    confirmed: PluginUploadConfirmed = event.payload
+async def handle(event: Envelope[PluginUploadConfirmed], *, store: ObjectStore, catalog: Catalog, settings: Settings) -> list[AnyEnvelope]:
+    confirmed = event.payload
     ref = confirmed.archive
     with scratch(settings.scratch_dir, "scan-") as work:
         archive = work / "archive.zip"
@@ -53,7 +54,7 @@ async def handle(event: AnyEnvelope, *, store: ObjectStore, catalog: Catalog, se
             findings = await asyncio.to_thread(_scan, archive, work / "src", confirmed.strict)
     passed = not any(f.severity == "error" or confirmed.strict for f in findings)
     await PluginCatalog(catalog).update_upload(
-        confirmed.upload_id, {"scan_findings": [f.model_dump() for f in findings], "sha256": digest}, expect={"status": CONFIRMED}
+        confirmed.upload_id, {"scan_findings": [f.model_dump() for f in findings], "sha256": digest}, expect={"status": UploadStatus.CONFIRMED}
     )
     log.info("plugin.scanned", plugin=confirmed.plugin_name, version=confirmed.version, passed=passed, findings=len(findings))
     return [event.child(PluginScanned(

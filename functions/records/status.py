@@ -1,0 +1,56 @@
+"""Every status a record can hold, one enum per kind of record.
+
+They are `StrEnum`s: stored and sent as their plain names (`"FAILED"`), compared equal to them, so
+records written before these enums existed read the same.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class UploadStatus(StrEnum):
+    """A plugin upload: AWAITING_UPLOAD → CONFIRMED → REGISTERED | FAILED (scan or register refused it)."""
+
+    AWAITING_UPLOAD = "AWAITING_UPLOAD"
+    CONFIRMED = "CONFIRMED"
+    SCANNED = "SCANNED"
+    REGISTERED = "REGISTERED"
+    FAILED = "FAILED"
+
+
+class ModelStatus(StrEnum):
+    """A model version: AWAITING_UPLOAD → VALIDATING → REGISTERED | REJECTED."""
+
+    AWAITING_UPLOAD = "AWAITING_UPLOAD"
+    VALIDATING = "VALIDATING"
+    REGISTERED = "REGISTERED"
+    REJECTED = "REJECTED"
+
+
+class DeploymentStatus(StrEnum):
+    """A plugin version's (or a model's) endpoint: QUEUED → PENDING → IN_PROGRESS → DEPLOYED | FAILED;
+    NOT_DEPLOYED when it never was, was undeployed, or is batch-only."""
+
+    QUEUED = "QUEUED"
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    DEPLOYED = "DEPLOYED"
+    FAILED = "FAILED"
+    NOT_DEPLOYED = "NOT_DEPLOYED"
+
+
+class TaskStatus(StrEnum):
+    """An ingest task: QUEUED → RUNNING → COMPLETED | COMPLETED_WITH_ERRORS | FAILED."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
+    FAILED = "FAILED"
+
+
+UPLOAD_TERMINAL = (UploadStatus.REGISTERED, UploadStatus.FAILED)
+MODEL_TERMINAL = (ModelStatus.REGISTERED, ModelStatus.REJECTED)
+DEPLOYMENT_IN_FLIGHT = frozenset({DeploymentStatus.QUEUED, DeploymentStatus.PENDING, DeploymentStatus.IN_PROGRESS})
+TASK_FINISHED = (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS, TaskStatus.FAILED)
