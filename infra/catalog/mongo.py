@@ -23,7 +23,12 @@ from typing import Any
 from bson.errors import InvalidDocument
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ReplaceOne, ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    WTimeoutError,
+)
 
 from events.errors import AlreadyExists, InvalidInput, TransientError
 from events.lifecycle import Health

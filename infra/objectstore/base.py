@@ -29,6 +29,10 @@ class ObjectInfo:
 class ObjectStore(Lifecycle, abc.ABC):
     """Every method raises `NotConnected` before `connect()`; missing objects raise `NotFound`."""
 
+    serves_http: bool = True
+    """Whether clients can fetch this store's presigned URLs over HTTP (S3's endpoint, or the
+    local store's routes in the REST app). False only for the in-memory fake of unit tests."""
+
     @abc.abstractmethod
     async def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist (idempotent)."""

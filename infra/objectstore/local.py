@@ -26,7 +26,6 @@ import hmac
 import json
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,16 +41,19 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from events.errors import Conflict, Forbidden, InvalidInput, NotFound, SluiceError
 from events.lifecycle import Health
 from infra.objectstore.base import ObjectInfo, ObjectStore
+from infra.objectstore.rules import (
+    PARAM_CONTENT_TYPE,
+    PARAM_EXPIRES,
+    PARAM_OP,
+    bucket_not_found,
+    check_bucket,
+    check_expires,
+    object_not_found,
+)
 
 INTERNAL = ".sluice"  # per-bucket bookkeeping folder; a key may not start with this segment
 CHUNK = 1024 * 1024
-MAX_EXPIRES_S = 7 * 24 * 3600  # as SigV4 presigned URLs
 STALE_UPLOAD_S = 24 * 3600  # a staged upload untouched this long was left by a crash
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-PARAM_OP = "X-Sluice-Op"
-PARAM_EXPIRES = "X-Sluice-Expires"
-PARAM_CONTENT_TYPE = "X-Sluice-Content-Type"
 PARAM_SIGNATURE = "X-Sluice-Signature"
 
 
@@ -86,30 +88,6 @@ def check_key(key: str) -> None:
     problem = key_problem(key)
     if problem:
         raise InvalidInput(f"unsafe object key {key!r}: {problem}", details={"key": key, "reason": problem})
-
-
-def check_bucket(bucket: str) -> None:
-    if not BUCKET_RE.match(bucket) or ".." in bucket:
-        raise InvalidInput(
-            f"invalid bucket name {bucket!r}: use 3-63 lowercase letters, digits, `.` and `-`",
-            details={"bucket": bucket},
-        )
-
-
-def check_expires(expires_in: int) -> None:
-    if not 1 <= expires_in <= MAX_EXPIRES_S:
-        raise InvalidInput(
-            f"expires_in must be between 1 and {MAX_EXPIRES_S} seconds, not {expires_in}",
-            details={"expires_in": expires_in},
-        )
-
-
-def object_not_found(bucket: str, key: str) -> NotFound:
-    return NotFound(f"object {key!r} not found in bucket {bucket!r}", details={"bucket": bucket, "key": key})
-
-
-def bucket_not_found(bucket: str) -> NotFound:
-    return NotFound(f"bucket {bucket!r} does not exist", details={"bucket": bucket})
 
 
 class _Staged:

@@ -22,15 +22,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, ParamValidationError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from events.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    PermanentError,
-    SluiceError,
-    TransientError,
-)
+from events.errors import Conflict, Forbidden, InvalidInput, NotFound, PermanentError, SluiceError, TransientError
 from events.lifecycle import Health
 from infra.objectstore.base import ObjectInfo, ObjectStore
 

@@ -1,9 +1,11 @@
 """One contract for every Catalog adapter.
 
-`catalog` runs each test against the embedded SQLite file and against MongoDB: mongomock-motor by
-default, a real server when SLUICE_MONGO_URL is set (a database with a random name, dropped after
-the test). The SQLite-only tests at the end cover what only a shared file has: durability across
-a reopen, and writers in several OS processes at once.
+`catalog` runs each test against the embedded SQLite file, against MongoDB (mongomock-motor by
+default, a real server when SLUICE_MONGO_URL is set: a database with a random name, dropped after
+the test) and against the in-memory fake that unit tests use. The memory cases are also marked
+`unit` (they need no server or file): `pytest -m unit` on this file runs exactly those. The
+SQLite-only tests at the end cover what only a shared file has: durability across a reopen, and
+writers in several OS processes at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 
 import infra.catalog.sqlite as sqlite_catalog
 from events.errors import AlreadyExists, InvalidInput, NotConnected, TransientError
-from infra.catalog import Catalog, MongoCatalog, SqliteCatalog
+from infra.catalog import Catalog, MemoryCatalog, MongoCatalog, SqliteCatalog
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +41,16 @@ MONGO_URL = os.environ.get("SLUICE_MONGO_URL")
 # -- fixtures --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
+@pytest.fixture(params=["sqlite", "mongo", pytest.param("memory", marks=pytest.mark.unit)])
 async def new_catalog(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Callable[[], Catalog]]:
-    """Makes unconnected catalogs that share one fresh store: a file, or a randomly named database."""
+    """Makes unconnected catalogs that share one fresh store: a file, a randomly named database, or
+    one dict."""
+    if request.param == "memory":
+        kinds: dict[str, dict[str, Any]] = {}
+        yield lambda: MemoryCatalog(kinds)
+        return
     if request.param == "sqlite":
         yield lambda: SqliteCatalog(tmp_path / "catalog.sqlite3")
         return

@@ -1,5 +1,9 @@
 """The ObjectStore contract, run against every adapter: the local folder store (its presigned URLs
-served by the real routes in uvicorn) and S3 (moto's S3 server).
+served by the real routes in uvicorn), S3 (moto's S3 server) and the in-memory fake of unit tests.
+
+The fake serves no HTTP (`serves_http = False`), so the tests that fetch presigned URLs skip it,
+saying so; every other test runs on it too. Its cases are also marked `unit` (no server, no
+files): `pytest -m unit` on this file runs exactly those.
 
 moto serves presigned URLs without checking them: it verifies no signature, no expiry and no signed
 Content-Type. So where a test asks "is this presigned request refused?", the local variant asks its
@@ -36,7 +40,13 @@ from botocore.exceptions import EndpointConnectionError
 from fastapi import FastAPI
 
 from events.errors import Conflict, InvalidInput, NotConnected, NotFound, TransientError
-from infra.objectstore import LocalObjectStore, ObjectStore, S3ObjectStore, presigned_router
+from infra.objectstore import (
+    LocalObjectStore,
+    MemoryObjectStore,
+    ObjectStore,
+    S3ObjectStore,
+    presigned_router,
+)
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
 
 pytestmark = pytest.mark.integration
@@ -92,8 +102,10 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
         sock.close()
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", pytest.param("memory", marks=pytest.mark.unit)])
 def unconnected_store(request: pytest.FixtureRequest) -> ObjectStore:
+    if request.param == "memory":
+        return MemoryObjectStore()
     if request.param == "local":
         server: LocalServer = request.getfixturevalue("local_server")
         return LocalObjectStore(server.root, server.public_url, SIGNING_KEY)
@@ -119,6 +131,20 @@ async def bucket(store: ObjectStore) -> str:
 
 
 # -- is a presigned request refused? --------------------------------------------------------------
+
+
+def requires_http(store: ObjectStore) -> None:
+    """Skip, by name and reason, a test that fetches presigned URLs when the store serves no HTTP.
+    Only the in-memory fake may: the real adapters' presigned URLs are always tested."""
+    if store.serves_http:
+        return
+    assert isinstance(store, MemoryObjectStore), f"{type(store).__name__} must serve its presigned URLs"
+    pytest.skip(f"{type(store).__name__} serves no HTTP: its presigned URLs cannot be fetched")
+
+
+def test_only_the_in_memory_fake_serves_no_http() -> None:
+    assert LocalObjectStore.serves_http and S3ObjectStore.serves_http
+    assert not MemoryObjectStore.serves_http
 
 
 def sigv4_presigned_url_is_valid(method: str, url: str, headers: Mapping[str, str]) -> bool:
@@ -330,6 +356,7 @@ async def test_put_file_and_download_file_stream_a_20_mib_file_byte_identical(
 
 
 async def test_presigned_put_stores_exactly_what_the_client_sends(store: ObjectStore, bucket: str) -> None:
+    requires_http(store)
     key = "uploads/ü + space.bin"
     data = os.urandom(3 * MiB + 7)
     url = await store.presign_put(bucket, key, expires_in=300, content_type="application/zip")
@@ -345,6 +372,7 @@ async def test_presigned_put_stores_exactly_what_the_client_sends(store: ObjectS
 
 
 async def test_presigned_get_serves_the_object(store: ObjectStore, bucket: str) -> None:
+    requires_http(store)
     key = "shared/report 2024+final.csv"
     await store.put_bytes(bucket, key, b"a,b\n1,2\n", content_type="text/csv")
     url = await store.presign_get(bucket, key, expires_in=300)
@@ -358,6 +386,7 @@ async def test_presigned_get_serves_the_object(store: ObjectStore, bucket: str) 
 
 
 async def test_a_presigned_put_url_altered_to_name_another_key_is_refused(store: ObjectStore, bucket: str) -> None:
+    requires_http(store)
     url = await store.presign_put(bucket, "uploads/mine.txt", content_type="text/plain")
     headers = {"Content-Type": "text/plain"}
     tampered = url.replace("/uploads/mine.txt?", "/uploads/theirs.txt?")
@@ -369,6 +398,7 @@ async def test_a_presigned_put_url_altered_to_name_another_key_is_refused(store:
 
 
 async def test_a_presigned_put_sent_with_another_content_type_is_refused(store: ObjectStore, bucket: str) -> None:
+    requires_http(store)
     url = await store.presign_put(bucket, "uploads/image.png", content_type="image/png")
 
     refused = await presigned_request_is_refused(
@@ -380,6 +410,7 @@ async def test_a_presigned_put_sent_with_another_content_type_is_refused(store: 
 
 
 async def test_a_presigned_get_url_does_not_allow_put(store: ObjectStore, bucket: str) -> None:
+    requires_http(store)
     await store.put_bytes(bucket, "report.txt", b"original")
     url = await store.presign_get(bucket, "report.txt")
 
@@ -389,6 +420,7 @@ async def test_a_presigned_get_url_does_not_allow_put(store: ObjectStore, bucket
 
 
 async def test_an_expired_presigned_put_url_is_refused(store: ObjectStore, bucket: str) -> None:
+    requires_http(store)
     url = await store.presign_put(bucket, "late.txt", expires_in=1, content_type="text/plain")
 
     await asyncio.sleep(2.5)
@@ -411,10 +443,31 @@ async def test_url_names_the_object_for_open_asset(store: ObjectStore, bucket: s
 
     if isinstance(store, S3ObjectStore):
         assert url == f"s3://{bucket}/{key}"
+    elif isinstance(store, MemoryObjectStore):
+        assert url == f"memory://{bucket}/{key}"  # names the object; nothing outside the process opens it
     else:
         parts = urlsplit(url)
         assert parts.scheme == "file"
         assert Path(url2pathname(parts.path)).read_bytes() == b"weights"
+
+
+# -- memory only -----------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+async def test_memory_presigned_urls_name_what_they_allow_and_objects_are_shared_through_one_dict() -> None:
+    buckets: dict = {}
+    async with MemoryObjectStore(buckets) as first, MemoryObjectStore(buckets) as second:
+        put = await first.presign_put("inbox", "a b/c.zip", expires_in=60, content_type="application/zip")
+        get = await first.presign_get("inbox", "a b/c.zip")
+        await first.ensure_bucket("inbox")
+        await first.put_bytes("inbox", "k", bytearray(b"shared"))
+
+        assert await second.get_bytes("inbox", "k") == b"shared"
+    parts = urlsplit(put)
+    assert (parts.scheme, parts.netloc, unquote(parts.path)) == ("memory", "inbox", "/a b/c.zip")
+    assert "X-Sluice-Op=PUT" in parts.query and "X-Sluice-Content-Type=application%2Fzip" in parts.query
+    assert "X-Sluice-Op=GET" in urlsplit(get).query
 
 
 # -- S3 only ---------------------------------------------------------------------------------------
