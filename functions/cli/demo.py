@@ -10,13 +10,15 @@ would use it.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
+
+from functions.cli.client import demo_client
 
 DEFAULT_FOLDER = Path("/usr/share/common-licenses")
 NAMESPACE = "demo"
@@ -36,7 +38,8 @@ def _files(folder: Path, limit: int | None) -> list[Path]:
 
 async def _check(client: httpx.AsyncClient, admin: dict) -> bool:
     health = (await client.get("/v1/health")).json()
-    print(f"demo: health {health['status']}: " + ", ".join(f"{k}={v['adapter']}:{v['status']}" for k, v in health["ports"].items()))
+    ports = ", ".join(f"{k}={v['adapter']}:{v['status']}" for k, v in health["ports"].items())
+    print(f"demo: health {health['status']}: {ports}")
     keyless = await client.get("/v1/namespaces")
     print(f"demo: a request without a key -> {keyless.status_code} {keyless.json()['error']['type']}")
     r = await client.post("/v1/namespaces", json={"namespace_name": NAMESPACE}, headers=admin)
@@ -45,7 +48,8 @@ async def _check(client: httpx.AsyncClient, admin: dict) -> bool:
     key = r.json()["api_key"]
     seen = (await client.get("/v1/namespaces", headers={"Authorization": f"Bearer {key}"})).json()["namespaces"]
     other = await client.get("/v1/namespaces/elsewhere", headers={"Authorization": f"Bearer {key}"})
-    print(f"demo: a key scoped to {NAMESPACE!r} sees {[n['namespace_name'] for n in seen]}, elsewhere -> {other.status_code}")
+    names = [n["namespace_name"] for n in seen]
+    print(f"demo: a key scoped to {NAMESPACE!r} sees {names}, elsewhere -> {other.status_code}")
     return health["status"] == "ok" and keyless.status_code == 401 and other.status_code == 403 and len(seen) == 1
 
 
@@ -63,31 +67,40 @@ async def _fresh_collection(client: httpx.AsyncClient, admin: dict) -> dict:
     return r.json()
 
 
-async def _wait_for_tasks(client: httpx.AsyncClient, admin: dict, collection_id: str, objects: int, timeout_s: float) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
+async def _wait_for_tasks(client: httpx.AsyncClient, admin: dict, collection_id: str, objects: int,
+                          timeout_s: float) -> list[dict]:
+    """Every second, the collection's finished tasks (printing progress when it changes), until
+    they have seen `objects` objects; TimeoutError after `timeout_s`."""
+    last = [""]
+
+    async def finished() -> tuple[int, list[dict]]:
         tasks = (await client.get(f"/v1/namespaces/{NAMESPACE}/tasks", params={"collection_id": collection_id},
                                   headers=admin)).json()["tasks"]
-        finished = [t for t in tasks if t["status"] in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")]
-        done = sum(t["objects"] for t in finished)
-        line = f"demo: ingest {done}/{objects} objects done, {sum(t['documents_written'] for t in finished)} documents"
-        running = [t for t in tasks if t not in finished]
+        done = [t for t in tasks if t["status"] in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")]
+        objects_done = sum(t["objects"] for t in done)
+        written = sum(t["documents_written"] for t in done)
+        line = f"demo: ingest {objects_done}/{objects} objects done, {written} documents"
+        running = [t for t in tasks if t not in done]
         if running:
-            line += f" ({sum(t.get('rows_done', 0) for t in running)} of the running task's {sum(t['objects'] for t in running)} seen)"
-        if line != last:
+            line += (f" ({sum(t.get('rows_done', 0) for t in running)} of the running task's "
+                     f"{sum(t['objects'] for t in running)} seen)")
+        if line != last[0]:
             print(line, flush=True)
-            last = line
-        if done >= objects:
-            return finished
-        await asyncio.sleep(1.0)
-    raise TimeoutError(f"ingest did not finish within {timeout_s:.0f}s")
+            last[0] = line
+        return objects_done, done
+
+    retrying = AsyncRetrying(retry=retry_if_result(lambda result: result[0] < objects), wait=wait_fixed(1.0),
+                             stop=stop_after_delay(timeout_s), retry_error_callback=lambda state: None)
+    result = await retrying(finished)
+    if result is None:
+        raise TimeoutError(f"ingest did not finish within {timeout_s:.0f}s")
+    return result[1]
 
 
 async def run_demo(settings: Any, platform: Any, *, folder: Path = DEFAULT_FOLDER, limit: int | None = None,
                    timeout_s: float = 1200.0) -> int:
     admin = {"Authorization": f"Bearer {platform.admin_key}"}
-    async with httpx.AsyncClient(base_url=settings.effective_public_url, timeout=120) as client:
+    async with demo_client(settings.effective_public_url) as client:
         ok = await _check(client, admin)
         if not folder.is_dir():
             print(f"demo: FAILED: no folder {folder} to ingest (pass --folder)")
@@ -100,7 +113,8 @@ async def run_demo(settings: Any, platform: Any, *, folder: Path = DEFAULT_FOLDE
         collection_id = collection["collection_id"]
         index = collection["vector_indexes"][0]
         print(f"demo: collection {COLLECTION!r} ({collection_id}) over bucket {BUCKET!r}: text_embedding "
-              f"{collection['feature_extractor']['version']}, vector {index['name']!r} {index['dimensions']}-d {index['distance']}")
+              f"{collection['feature_extractor']['version']}, vector {index['name']!r} "
+              f"{index['dimensions']}-d {index['distance']}")
 
         started = time.monotonic()
         drop = settings.data_dir / "drop" / NAMESPACE / BUCKET

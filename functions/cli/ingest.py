@@ -9,8 +9,9 @@ command line is always taken, a link included.
 Every file goes through the routes of `functions/rest/buckets.py`: request an upload (a presigned
 PUT URL, and the headers to send with it), PUT the bytes to the store streamed from disk, then
 confirm, which publishes one `ObjectCreated`. Files upload `--concurrency` at a time. Connection
-errors, 5xx and 429 are retried with backoff; any other error fails that file only, and the rest
-go on. The API key never goes to the store: the PUT uses a client without it.
+errors, 5xx and 429 are retried with backoff (`functions.cli.client.retrying`); any other error
+fails that file only, and the rest go on. The API key never goes to the store: the PUT uses a
+client without it.
 
 Exit status: 0 when every file was uploaded, 1 when some failed, 2 for a usage error (no such
 path, an invalid bucket or prefix, two files with one key, no namespace).
@@ -18,40 +19,45 @@ path, an invalid bucket or prefix, two files with one key, no namespace).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import codecs
-import json
 import mimetypes
 import os
-import random
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
+import typer
 
-from functions.plugin_cli import _body, _Exit, _fail, _namespace, _size
+from functions.cli.client import (
+    Namespace,
+    Target,
+    UploadFailed,
+    absolute,
+    api_client,
+    describe,
+    put,
+    require_namespace,
+    retrying,
+    store_client,
+)
+from functions.cli.output import Progress, count, fail, print_json, size
 
-CHUNK = 1024 * 1024  # bytes read from disk and sent per step of a PUT
 SNIFF_BYTES = 8192  # how much of an unknown file is read to tell text from binary
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 64
-ATTEMPTS = 4  # tries per request when the failure is transient
-BACKOFF_S = 0.5  # wait before the first retry; doubles each time
-MAX_BACKOFF_S = 10.0
 # What `mimetypes` reports as an encoding is what the bytes are: a .tar.gz is gzip, not a tar.
 ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
                   "br": "application/x-brotli", "compress": "application/x-compress"}
-# Request headers a presigned PUT must never carry (the API key above all).
-NOT_FORWARDED = frozenset({"authorization", "content-length", "host", "transfer-encoding"})
+HELP = "upload files or folders into a bucket (each becomes an ObjectCreated event)"
+DESCRIPTION = ("Upload files into a namespace's bucket through the REST API. A folder is walked recursively; "
+               "hidden files and folders (names starting with '.') and symbolic links inside it are skipped.")
 
-
-# --- parser -------------------------------------------------------------------------------------
 
 def _concurrency(text: str) -> int:
     try:
@@ -59,26 +65,8 @@ def _concurrency(text: str) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_CONCURRENCY}, not {text!r}")
+        raise typer.BadParameter(f"must be a whole number from 1 to {MAX_CONCURRENCY}, not {text!r}")
     return value
-
-
-def add_ingest_command(subparsers: Any) -> None:
-    """Register `sluice ingest` on the top-level subparsers of functions/cli.py."""
-    p = subparsers.add_parser(
-        "ingest", help="upload files or folders into a bucket (each becomes an ObjectCreated event)",
-        description="Upload files into a namespace's bucket through the REST API. A folder is walked recursively; "
-                    "hidden files and folders (names starting with '.') and symbolic links inside it are skipped.",
-    )
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="file or folder to upload")
-    p.add_argument("--bucket", "-b", required=True, help="bucket to upload into (bound to the namespace on first use)")
-    p.add_argument("--prefix", default="", help="put in front of every key, as is: end it with '/' for a folder")
-    p.add_argument("-n", "--namespace", default=None, help="namespace (default $SLUICE_NAMESPACE)")
-    p.add_argument("--concurrency", "-j", type=_concurrency, default=DEFAULT_CONCURRENCY,
-                   help=f"files uploading at once (default {DEFAULT_CONCURRENCY})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print {uploaded: [...], failed: [...]} as JSON")
-    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 # --- what to upload ------------------------------------------------------------------------------
@@ -108,8 +96,8 @@ def _key_problem(key: str) -> str | None:
 
 
 def collect(paths: Iterable[Path], prefix: str = "") -> Listing:
-    """The files to upload, in order, with their keys. Raises `_Exit(2)` for a path that does not
-    exist or is no file or folder, and for two files that would get the same key."""
+    """The files to upload, in order, with their keys. Stops the command (exit 2) for a path that
+    does not exist or is no file or folder, and for two files that would get the same key."""
     listing = Listing()
 
     def add(path: Path, rel: str, size: int) -> None:
@@ -117,7 +105,8 @@ def collect(paths: Iterable[Path], prefix: str = "") -> Listing:
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:  # a file name in some other encoding (os.fsdecode's escapes)
-            listing.failed.append({"path": str(path), "error": "the file name is not valid UTF-8, so it cannot be a key"})
+            problem = "the file name is not valid UTF-8, so it cannot be a key"
+            listing.failed.append({"path": str(path), "error": problem})
             return
         listing.items.append(Item(path, key, size))
 
@@ -145,18 +134,18 @@ def collect(paths: Iterable[Path], prefix: str = "") -> Listing:
 
     for path in paths:
         if not os.path.lexists(path):
-            raise _fail(f"{path}: no such file or folder", 2)
+            raise fail(f"{path}: no such file or folder", 2)
         if path.is_dir():
             walk(path, "")
         elif path.is_file():
             add(path, path.name, path.stat().st_size)
         else:
-            raise _fail(f"{path}: not a regular file or folder" + (" (a broken link?)" if path.is_symlink() else ""), 2)
+            raise fail(f"{path}: not a regular file or folder" + (" (a broken link?)" if path.is_symlink() else ""), 2)
     seen: dict[str, Path] = {}
     for item in listing.items:
         if item.key in seen:
-            raise _fail(f"{seen[item.key]} and {item.path} would both be uploaded as {item.key!r}; upload them separately "
-                        "with different --prefix values", 2)
+            raise fail(f"{seen[item.key]} and {item.path} would both be uploaded as {item.key!r}; upload them "
+                       "separately with different --prefix values", 2)
         seen[item.key] = item.path
     return listing
 
@@ -185,141 +174,7 @@ def content_type(path: Path) -> str:
     return "text/plain"
 
 
-# --- progress -----------------------------------------------------------------------------------
-
-class Progress:
-    """Files done of total, bytes sent, rate. On a terminal: one bar redrawn in place. Otherwise:
-    one line each time another tenth of the bytes (of the files, when they are all empty) is done.
-    Disabled: nothing."""
-
-    def __init__(self, files: int, total_bytes: int, stream: TextIO, *, enabled: bool = True, width: int = 24) -> None:
-        self.files, self.total, self.stream, self.width = files, total_bytes, stream, width
-        self.done = self.failed = self.sent = 0
-        self.started = time.monotonic()
-        isatty = getattr(stream, "isatty", None)
-        self.tty = enabled and bool(isatty and isatty())
-        self.lines = enabled and not self.tty
-        self._drawn_at = 0.0
-        self._drawn_len = 0
-        self._tenth = 0
-
-    def add_bytes(self, n: int) -> None:
-        """`n` more bytes sent (negative: a failed attempt's bytes, sent again)."""
-        self.sent += n
-        self._update()
-
-    def resize(self, delta: int) -> None:
-        """A file's size changed between listing and upload."""
-        self.total += delta
-
-    def file_done(self, ok: bool) -> None:
-        self.done += 1
-        self.failed += not ok
-        self._update(force=self.done == self.files)
-
-    def fraction(self) -> float:
-        if self.total > 0:
-            return min(self.sent / self.total, 1.0)
-        return self.done / self.files if self.files else 1.0
-
-    def rate(self) -> float:
-        return self.sent / max(time.monotonic() - self.started, 1e-6)
-
-    def line(self) -> str:
-        fraction = self.fraction()
-        filled = int(self.width * fraction)
-        failed = f"  {self.failed} failed" if self.failed else ""
-        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.files} files  "
-                f"{_size(self.sent)} / {_size(self.total)}  {_size(self.rate())}/s{failed}")
-
-    def _update(self, force: bool = False) -> None:
-        if self.tty:
-            now = time.monotonic()
-            if force or now - self._drawn_at >= 0.1:
-                self._drawn_at = now
-                self._draw()
-        elif self.lines:
-            # 100% only once every file is through (bytes can all be sent while confirms are pending)
-            tenth = 10 if self.done == self.files else min(int(self.fraction() * 10), 9)
-            if tenth > self._tenth:
-                self._tenth = tenth
-                failed = f", {self.failed} failed" if self.failed else ""
-                self.stream.write(f"ingest: {tenth * 10}% ({self.done}/{self.files} files, {_size(self.sent)} of "
-                                  f"{_size(self.total)}, {_size(self.rate())}/s{failed})\n")
-                self.stream.flush()
-
-    def _draw(self) -> None:
-        text = self.line()
-        self.stream.write("\r" + text + " " * max(0, self._drawn_len - len(text)))
-        self.stream.flush()
-        self._drawn_len = len(text)
-
-    def close(self) -> None:
-        if self.tty and self._drawn_len:
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # --- uploading ----------------------------------------------------------------------------------
-
-class UploadFailed(Exception):
-    """One file could not be uploaded; the message says at which step and why."""
-
-
-def _describe(response: httpx.Response) -> str:
-    body = _body(response)
-    err = body.get("error", {}) if isinstance(body, dict) else {}
-    message = err.get("message", body) if err else body
-    text = f"{response.status_code} {err.get('type', '')}".rstrip() + f": {message}"
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-def _transient(response: httpx.Response) -> bool:
-    return response.status_code == 429 or response.status_code >= 500
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None
-
-
-async def _retrying(step: str, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-    """`send()` until it answers something other than 429 or 5xx, at most ATTEMPTS times, with
-    backoff. Returns that response (a 4xx included: the caller decides); raises UploadFailed when
-    every attempt failed."""
-    delay = BACKOFF_S
-    for attempt in range(1, ATTEMPTS + 1):
-        wait = None
-        try:
-            response = await send()
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        else:
-            if not _transient(response):
-                return response
-            error, wait = _describe(response), _retry_after(response)
-        if attempt == ATTEMPTS:
-            raise UploadFailed(f"{step}: {error} (gave up after {ATTEMPTS} attempts)")
-        await asyncio.sleep(min(MAX_BACKOFF_S, wait if wait is not None else delay * random.uniform(1.0, 1.25)))
-        delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _file_chunks(file: IO[bytes], size: int, progress: Progress, sent: list[int]) -> AsyncIterator[bytes]:
-    """Exactly `size` bytes of `file`, read a chunk at a time off the event loop."""
-    left = size
-    while left > 0:
-        chunk = await asyncio.to_thread(file.read, min(CHUNK, left))
-        if not chunk:
-            raise UploadFailed(f"PUT: the file shrank while it was being uploaded ({size - left} of {size} bytes read)")
-        left -= len(chunk)
-        sent[0] += len(chunk)
-        progress.add_bytes(len(chunk))
-        yield chunk
-
 
 @dataclass
 class Uploader:
@@ -333,66 +188,31 @@ class Uploader:
     def base(self) -> str:
         return f"/v1/namespaces/{quote(self.namespace, safe='')}/buckets/{quote(self.bucket, safe='')}/uploads"
 
+    async def _post(self, step: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await retrying(step, lambda: self.api.post(path, **kwargs))
+        if response.is_error:
+            raise UploadFailed(f"{step}: {describe(response, 500)}")
+        return response.json()
+
     async def upload(self, item: Item) -> dict[str, Any]:
         ctype = await asyncio.to_thread(content_type, item.path)
-        response = await _retrying("request upload", lambda: self.api.post(self.base, json={"key": item.key, "content_type": ctype}))
-        if response.is_error:
-            raise UploadFailed(f"request upload: {_describe(response)}")
-        ticket = response.json()
-        url = ticket["presigned_url"]
-        if url.startswith("/"):
-            url = str(self.api.base_url).rstrip("/") + url
-        headers = {k: v for k, v in (ticket.get("upload_headers") or {}).items() if k.lower() not in NOT_FORWARDED}
-        if not any(k.lower() == "content-type" for k in headers):
-            headers["Content-Type"] = ctype
-        size = await self._put(item, url, headers)
+        ticket = await self._post("request upload", self.base, json={"key": item.key, "content_type": ctype})
+        url = absolute(ticket["presigned_url"], str(self.api.base_url))
+        sent = await put(self.store, url, ticket.get("upload_headers") or {}, item.path, size=item.size,
+                         content_type=ctype, progress=self.progress)
         upload_id = ticket["upload_id"]
-        response = await _retrying("confirm", lambda: self.api.post(f"{self.base}/{quote(upload_id, safe='')}/confirm"))
-        if response.is_error:
-            raise UploadFailed(f"confirm: {_describe(response)}")
-        stored = (response.json().get("object") or {}).get("size")
-        if stored is not None and stored != size:
-            raise UploadFailed(f"confirm: the store holds {stored} bytes of the {size} sent (upload {upload_id})")
-        return {"path": str(item.path), "key": item.key, "size": size, "upload_id": upload_id}
-
-    async def _put(self, item: Item, url: str, headers: dict[str, str]) -> int:
-        """PUT the file's bytes; returns how many (its size now, which may differ from the listing's)."""
-        sizes = [item.size]  # the size the last attempt sent
-
-        async def attempt() -> httpx.Response:
-            sent = [0]
-            try:
-                file = await asyncio.to_thread(open, item.path, "rb")
-            except OSError as exc:
-                raise UploadFailed(f"cannot read the file: {exc.strerror or exc}") from exc
-            try:
-                size = os.fstat(file.fileno()).st_size
-                self.progress.resize(size - sizes[0])
-                sizes[0] = size
-                body: Any = _file_chunks(file, size, self.progress, sent) if size else b""
-                # S3 refuses chunked bodies on presigned PUTs: always say how long it is
-                return await self.store.put(url, content=body, headers={**headers, "Content-Length": str(size)})
-            finally:
-                if sent[0]:
-                    self.progress.add_bytes(-sent[0])  # counted again below, or sent again
-                await asyncio.to_thread(file.close)
-
-        response = await _retrying("PUT", attempt)
-        if response.is_error:
-            raise UploadFailed(f"PUT to the object store: {_describe(response)}")
-        self.progress.add_bytes(sizes[0])
-        return sizes[0]
+        confirmed = await self._post("confirm", f"{self.base}/{quote(upload_id, safe='')}/confirm")
+        stored = (confirmed.get("object") or {}).get("size")
+        if stored is not None and stored != sent:
+            raise UploadFailed(f"confirm: the store holds {stored} bytes of the {sent} sent (upload {upload_id})")
+        return {"path": str(item.path), "key": item.key, "size": sent, "upload_id": upload_id}
 
 
-async def ingest(items: list[Item], *, url: str, headers: dict[str, str], namespace: str, bucket: str,
-                 concurrency: int, progress: Progress) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+async def ingest(items: list[Item], *, url: str, key: str, namespace: str, bucket: str, concurrency: int,
+                 progress: Progress) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Upload every item, `concurrency` at a time; (uploaded, failed), each in the items' order."""
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
-    async with (
-        httpx.AsyncClient(base_url=url, headers=headers, timeout=httpx.Timeout(60.0), limits=limits) as api,
-        httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits) as store,
-    ):
+    results: list[dict[str, Any]] = [{} for _ in items]
+    async with api_client(url, key, concurrency=concurrency) as api, store_client(concurrency=concurrency) as store:
         uploader = Uploader(api, store, namespace, bucket, progress)
         queue = iter(enumerate(items))
 
@@ -402,77 +222,74 @@ async def ingest(items: list[Item], *, url: str, headers: dict[str, str], namesp
                     results[index] = await uploader.upload(item)
                 except UploadFailed as exc:
                     results[index] = {"path": str(item.path), "error": str(exc)}
-                except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
+                except Exception as exc:  # one file's surprise must not stop the others
                     results[index] = {"path": str(item.path), "error": f"{type(exc).__name__}: {exc}"}
                 progress.file_done("error" not in results[index])
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, len(items)))))
-    uploaded = [r for r in results if r is not None and "error" not in r]
-    failed = [r for r in results if r is not None and "error" in r]
-    return uploaded, failed
+    return [r for r in results if "error" not in r], [r for r in results if "error" in r]
 
 
 # --- sluice ingest ------------------------------------------------------------------------------
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def _check_usage(bucket: str, prefix: str) -> None:
+    from functions.records.collection import BUCKET_RE
 
-
-def _connection(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    """The server URL and the Authorization header, found as every other command finds them."""
-    from functions.cli import _client
-
-    with _client(args) as client:
-        return str(client.base_url).rstrip("/"), {"Authorization": client.headers["Authorization"]}
-
-
-def _check_usage(args: argparse.Namespace) -> None:
-    from functions.collections import BUCKET_RE
-
-    if not BUCKET_RE.match(args.bucket) or ".." in args.bucket:
-        raise _fail(f"invalid bucket name {args.bucket!r}: 3-63 lowercase letters, digits, '.' and '-', "
-                    "starting and ending with a letter or digit", 2)
-    problem = args.prefix and _key_problem(args.prefix + "x")
+    if not BUCKET_RE.match(bucket) or ".." in bucket:
+        raise fail(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, '.' and '-', "
+                   "starting and ending with a letter or digit", 2)
+    problem = prefix and _key_problem(prefix + "x")
     if problem:
-        raise _fail(f"invalid --prefix {args.prefix!r}: keys have {problem}", 2)
+        raise fail(f"invalid --prefix {prefix!r}: keys have {problem}", 2)
 
 
-def run_ingest_command(args: argparse.Namespace) -> int:
+def command(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="file or folder to upload")],
+    bucket: Annotated[str, typer.Option(
+        "--bucket", "-b", help="bucket to upload into (bound to the namespace on first use)")],
+    prefix: Annotated[str, typer.Option(
+        "--prefix", help="put in front of every key, as is: end it with '/' for a folder")] = "",
+    namespace: Namespace = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-j", parser=_concurrency, metavar="N", show_default=False,
+        help=f"files uploading at once (default {DEFAULT_CONCURRENCY})")] = DEFAULT_CONCURRENCY,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar or progress lines on stderr")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print {uploaded: [...], failed: [...]} as JSON")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", hidden=True)] = None,
+) -> None:
+    namespace = require_namespace(namespace)
+    _check_usage(bucket, prefix)
+    listing = collect(paths, prefix)
+    url, key = Target.of(ctx, data_dir).resolve() if listing.items else ("", "")
+    progress = Progress(sum(i.size for i in listing.items), files=len(listing.items), label="ingest",
+                        enabled=not no_progress)
+    started = time.monotonic()
     try:
-        namespace = _namespace(args)
-        _check_usage(args)
-        listing = collect(args.paths, args.prefix)
-        url, headers = _connection(args) if listing.items else ("", {})
-        progress = Progress(len(listing.items), sum(i.size for i in listing.items), sys.stderr,
-                            enabled=not args.no_progress)
-        started = time.monotonic()
-        try:
-            uploaded, failed = asyncio.run(ingest(
-                listing.items, url=url, headers=headers, namespace=namespace, bucket=args.bucket,
-                concurrency=args.concurrency, progress=progress,
-            )) if listing.items else ([], [])
-        finally:
-            progress.close()
-        seconds = time.monotonic() - started
-    except _Exit as stop:
-        return stop.code
+        uploaded, failed = asyncio.run(ingest(
+            listing.items, url=url, key=key, namespace=namespace, bucket=bucket, concurrency=concurrency,
+            progress=progress,
+        )) if listing.items else ([], [])
     except KeyboardInterrupt:
-        print("sluice: interrupted; files not yet confirmed were not ingested", file=sys.stderr)
-        return 130
+        raise fail("interrupted; files not yet confirmed were not ingested", 130) from None
+    finally:
+        progress.close()
+    seconds = time.monotonic() - started
     failed = listing.failed + failed
-    if args.json:
-        print(json.dumps({"uploaded": uploaded, "failed": failed}, indent=2, ensure_ascii=False))
+    if as_json:
+        print_json({"uploaded": uploaded, "failed": failed})
     else:
-        _print_summary(args, namespace, listing, uploaded, failed, seconds)
-    return 1 if failed else 0
+        _print_summary(bucket, namespace, listing, uploaded, failed, seconds)
+    raise typer.Exit(1 if failed else 0)
 
 
-def _print_summary(args: argparse.Namespace, namespace: str, listing: Listing, uploaded: list[dict[str, Any]],
+def _print_summary(bucket: str, namespace: str, listing: Listing, uploaded: list[dict[str, Any]],
                    failed: list[dict[str, str]], seconds: float) -> None:
     total = len(uploaded) + len(failed)
-    size = sum(u["size"] for u in uploaded)
+    stored = sum(u["size"] for u in uploaded)
     empty = sum(u["size"] == 0 for u in uploaded)
-    skipped = [f"{n} {word if n == 1 else words}" for n, word, words in (
+    skipped = [count(n, word, words) for n, word, words in (
         (listing.hidden, "hidden file or folder", "hidden files or folders"),
         (listing.links, "symbolic link", "symbolic links"),
         (listing.special, "special file", "special files"),
@@ -480,18 +297,23 @@ def _print_summary(args: argparse.Namespace, namespace: str, listing: Listing, u
     if not total:
         print("nothing to upload" + (f" (skipped {', '.join(skipped)})" if skipped else ""))
         return
-    count = _count(len(uploaded), "file") if not failed else f"{len(uploaded)} of {_count(total, 'file')}"
-    rate = f", {_size(size / seconds)}/s" if seconds > 0 and size else ""
-    print(f"uploaded {count} ({_size(size)}) to bucket {args.bucket!r} of namespace {namespace!r} in {seconds:.1f} s{rate}")
+    files = count(len(uploaded), "file") if not failed else f"{len(uploaded)} of {count(total, 'file')}"
+    rate = f", {size(stored / seconds)}/s" if seconds > 0 and stored else ""
+    print(f"uploaded {files} ({size(stored)}) to bucket {bucket!r} of namespace {namespace!r} in {seconds:.1f} s{rate}")
     if empty:
-        print(f"  {_count(empty, 'empty file')} (0 bytes), uploaded as empty objects: "
+        print(f"  {count(empty, 'empty file')} (0 bytes), uploaded as empty objects: "
               + ", ".join(u["key"] for u in uploaded if u["size"] == 0)[:500])
     if skipped:
         print(f"  skipped {', '.join(skipped)} inside the folders given")
     if failed:
-        print(f"sluice: {_count(len(failed), 'file')} failed:", file=sys.stderr)
+        print(f"sluice: {count(len(failed), 'file')} failed:", file=sys.stderr)
         for item in failed:
             print(f"  {item['path']}: {item['error']}", file=sys.stderr)
 
 
-__all__ = ["Item", "Listing", "Progress", "add_ingest_command", "collect", "content_type", "ingest", "run_ingest_command"]
+def register(app: typer.Typer) -> None:
+    """Add `sluice ingest` to the root command."""
+    app.command("ingest", help=DESCRIPTION, short_help=HELP)(command)
+
+
+__all__ = ["Item", "Listing", "collect", "content_type", "ingest", "register"]

@@ -1,36 +1,93 @@
-"""`sluice` command line: run the platform, watch its events, call its REST API."""
+"""`sluice` command line: run the platform, watch its events, call its REST API.
+
+The command tree is typer's: `plugin` (functions/cli/plugin.py), `model` (functions/cli/model.py),
+`ingest` (functions/cli/ingest.py) and the commands below. `main(argv)` runs one command in this
+process and returns its exit status (2 for a usage error, said on stderr).
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import functools
 import json
-import os
 import signal
 import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import quote
 
-import httpx
+import typer
+from typer.core import TyperGroup
+
+from functions.cli import ingest, model, plugin
+from functions.cli.client import Api, Namespace, Target, call_and_show, require_namespace
+from functions.cli.output import fail, print_json
+
+ORDER = ("up", "events", "demo", "health", "namespace", "key", "search", "plugin", "model", "ingest")
 
 
-def _settings(args: argparse.Namespace, **extra: Any):
-    from infra.settings import Settings
+class _Group(TyperGroup):
+    """The root group: commands listed in ORDER; Ctrl-C during a command is one line and exit
+    status 130, not a traceback."""
 
-    overrides = {k: v for k, v in {"data_dir": getattr(args, "data_dir", None), **extra}.items() if v is not None}
-    return Settings(**overrides)
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: ORDER.index(name) if name in ORDER else len(ORDER))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
 
 
-def _sandbox_ready(settings: Any) -> bool:
+app = typer.Typer(
+    cls=_Group, help="Run feature-extraction plugins over an object store.", no_args_is_help=True,
+    add_completion=False, context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(plugin.app, name="plugin")
+app.add_typer(model.app, name="model")
+events = typer.Typer(help="lifecycle events", no_args_is_help=True)
+app.add_typer(events, name="events")
+namespaces = typer.Typer(help="namespaces", no_args_is_help=True)
+app.add_typer(namespaces, name="namespace")
+keys = typer.Typer(help="API keys", no_args_is_help=True)
+app.add_typer(keys, name="key")
+ingest.register(app)
+
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="State folder (default $SLUICE_DATA_DIR or ~/.sluice)")]
+Port = Annotated[int | None, typer.Option("--port", help="REST port (default 8080)")]
+Host = Annotated[str | None, typer.Option("--host", help="REST bind address (default 127.0.0.1)")]
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", envvar="SLUICE_DATA_DIR", show_envvar=False,
+        help="State folder (default $SLUICE_DATA_DIR or ~/.sluice)")] = None,
+    url: Annotated[str | None, typer.Option(
+        "--url", envvar="SLUICE_URL", show_envvar=False,
+        help="server to call (default $SLUICE_URL, else the local `sluice up`)")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="SLUICE_API_KEY", show_envvar=False,
+        help="API key (default $SLUICE_API_KEY, else the local platform's admin key)")] = None,
+) -> None:
+    ctx.obj = Target(data_dir=data_dir, url=url, api_key=api_key)
+
+
+def sandbox_ready(settings: Any) -> bool:
     """Fail closed: plugin code runs only when every confinement layer is there, unless the
     operator opted out (degraded, or off), which is said loudly."""
+    import structlog
+
     from engine.sandbox.client import check_available
     from engine.sandbox.errors import SandboxUnavailable
-    from functions.ingest import sandbox_options
-    import structlog
+    from functions.services.ingest import sandbox_options
 
     log = structlog.get_logger("sluice.sandbox")
     options = sandbox_options(settings)
@@ -41,12 +98,14 @@ def _sandbox_ready(settings: Any) -> bool:
         log.error("sandbox.unavailable", reason=str(exc))
         return False
     if not options.enabled:
-        print("sluice: WARNING: SLUICE_SANDBOX=off — plugin code runs UNCONTAINED in the platform's processes", flush=True)
+        print("sluice: WARNING: SLUICE_SANDBOX=off — plugin code runs UNCONTAINED in the platform's processes",
+              flush=True)
         log.warning("sandbox.off")
         return True
     missing = sorted(name for name, info in layers.items() if not info.get("available"))
     if missing:
-        print(f"sluice: WARNING: plugin hosts run without {', '.join(missing)} (SLUICE_SANDBOX_ALLOW_DEGRADED=1)", flush=True)
+        print(f"sluice: WARNING: plugin hosts run without {', '.join(missing)} (SLUICE_SANDBOX_ALLOW_DEGRADED=1)",
+              flush=True)
         log.warning("sandbox.degraded", missing=missing)
     else:
         print("sluice: plugin sandbox on (" + ", ".join(sorted(layers)) + ")", flush=True)
@@ -62,37 +121,17 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-# --- sluice up ---------------------------------------------------------------------------------
+# --- sluice up / demo ---------------------------------------------------------------------------
 
-async def _schedule_after_models(platform: Any, scheduler: Any, stop: asyncio.Event) -> None:
-    """Ingest starts once the models the catalog says are deployed are back in the object store
-    (gone with a local Ray when the last process stopped): a job started earlier would fail its
-    rows with "not deployed". The REST API serves meanwhile."""
-    from functions.model_deploy import reconcile_models
-
-    try:
-        await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute, platform.bus, platform.topics)
-    except Exception:  # noqa: BLE001 - ingest must still start; each model's record says what failed
-        import structlog
-
-        structlog.get_logger("sluice.models").exception("model.reconcile_failed")
-    await scheduler.run(stop)
-
-
-async def _up(args: argparse.Namespace, on_ready=None) -> int:
-    """Run until Ctrl-C (or until `on_ready(settings)` returns, when given: the demo)."""
+async def _up(settings: Any, on_ready=None, keep_running: bool = False) -> int:
+    """Run until Ctrl-C (or until `on_ready(settings, platform)` returns, when given: the demo)."""
     import uvicorn
 
-    from functions.dropfolder import DropFolder
-    from functions.idempotency import IdempotencyStore
-    from functions.ingest import IngestScheduler
     from functions.rest.app import create_app
-    from functions.runner import Runner
-    from functions.table import FUNCTIONS
+    from functions.runtime.run import run_functions
     from infra.bootstrap import bootstrap
     from infra.logging import configure_logging
 
-    settings = _settings(args, port=args.port, host=args.host)
     configure_logging(settings.log_level, json=settings.log_json)
     platform = bootstrap(settings)
     print(f"sluice: data dir {settings.data_dir.resolve()}", flush=True)
@@ -100,37 +139,21 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
         print(f"sluice: admin key in {settings.admin_key_file.resolve()}", flush=True)
     else:
         print("sluice: admin key from SLUICE_ADMIN_KEY", flush=True)
-    if not _sandbox_ready(settings):
+    if not sandbox_ready(settings):
         return 2
     await platform.connect()
-    scheduler = IngestScheduler.for_platform(platform)
-    runner = Runner(
-        bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps={**platform.deps(), "ingest": scheduler},
-        idempotency=IdempotencyStore(platform.catalog),
-    )
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):  # we own the signals: one stop path for server and runner
             yield
 
-    server = _Server(uvicorn.Config(create_app(platform), host=settings.host, port=settings.port, log_config=None, lifespan="off"))
+    server = _Server(uvicorn.Config(create_app(platform), host=settings.host, port=settings.port, log_config=None,
+                                    lifespan="off"))
     stop = _stop_on_signals()
     exit_code = 0
-    dropping: asyncio.Task | None = None
-    scheduling: asyncio.Task | None = None
+    functions = asyncio.create_task(run_functions(platform, stop, drop_folder=settings.data_dir / "drop"))
     try:
-        await runner.start()
-        if getattr(platform.compute, "runs_jobs", False):
-            from functions.deploy import reconcile
-
-            # Versions that should be serving but whose Serve applications are gone (a local Ray
-            # does not outlive the process that started it) are deployed again.
-            await reconcile(platform.catalog, platform.bus, platform.topics)
-        scheduling = asyncio.create_task(_schedule_after_models(platform, scheduler, stop))
-        dropping = asyncio.create_task(DropFolder(
-            settings.data_dir / "drop", platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics,
-        ).run(stop))
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
@@ -144,7 +167,7 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
             await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             if ready.done():
                 exit_code = ready.result()
-                if exit_code or not getattr(args, "keep_running", False):
+                if exit_code or not keep_running:
                     stop.set()
         await stop.wait()
         print("sluice: stopping", flush=True)
@@ -152,23 +175,35 @@ async def _up(args: argparse.Namespace, on_ready=None) -> int:
         await serving
     finally:
         stop.set()
-        if dropping is not None:
-            await dropping
-        await runner.stop()
-        if scheduling is not None:
-            await scheduling
+        await functions
         await platform.close()
     print("sluice: stopped", flush=True)
     return exit_code
 
 
-def _demo(args: argparse.Namespace):
-    from functions.demo import DEFAULT_FOLDER, run_demo
+@app.command("up", help="run the whole platform on this machine (REST, functions, local Ray)")
+def up(ctx: typer.Context, data_dir: DataDir = None, port: Port = None, host: Host = None) -> None:
+    raise typer.Exit(asyncio.run(_up(Target.of(ctx, data_dir).settings(port=port, host=host))))
 
-    async def on_ready(settings, platform) -> int:
-        return await run_demo(settings, platform, folder=args.folder or DEFAULT_FOLDER, limit=args.limit)
 
-    return on_ready
+@app.command("demo", help="start the embedded stack, ingest a folder of text, search it, stop")
+def demo(
+    ctx: typer.Context,
+    data_dir: DataDir = None,
+    port: Annotated[int | None, typer.Option("--port")] = None,
+    host: Annotated[str | None, typer.Option("--host")] = None,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="stay up after the checks")] = False,
+    folder: Annotated[Path | None, typer.Option(
+        "--folder", help="text files to ingest (default /usr/share/common-licenses)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="ingest at most this many files")] = None,
+) -> None:
+    from functions.cli.demo import DEFAULT_FOLDER, run_demo
+
+    async def on_ready(settings: Any, platform: Any) -> int:
+        return await run_demo(settings, platform, folder=folder or DEFAULT_FOLDER, limit=limit)
+
+    settings = Target.of(ctx, data_dir).settings(port=port, host=host)
+    raise typer.Exit(asyncio.run(_up(settings, on_ready=on_ready, keep_running=keep_running)))
 
 
 # --- sluice events tail ------------------------------------------------------------------------
@@ -177,43 +212,45 @@ def _summary(payload: dict[str, Any]) -> str:
     return " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in payload.items() if k != "type")
 
 
-async def _tail(args: argparse.Namespace) -> int:
+def _event_line(message: Any, as_json: bool) -> str:
     from events import codec
     from events.errors import PoisonMessage
-    from infra.bootstrap import build_bus
-    from events.topics import Topics
 
-    settings = _settings(args)
+    if as_json:
+        return message.value.decode(errors="replace")
+    try:
+        ev = codec.decode(message.value)
+    except PoisonMessage:
+        error = (message.header("x-sluice-error") or b"").decode(errors="replace")
+        return f"{message.topic} offset={message.offset} undecodable {error}"
+    return (f"{ev.occurred_at.isoformat(timespec='milliseconds')} {ev.type} ns={ev.namespace or '-'} "
+            f"corr={ev.correlation_id[:8]} {_summary(ev.payload.model_dump(mode='json'))}")
+
+
+async def _tail(settings: Any, topic: list[str] | None, from_beginning: bool, as_json: bool,
+                max_events: int | None) -> int:
+    from events.topics import Topics
+    from infra.bootstrap import build_bus
+
     if settings.effective_bus == "memory":
-        print("sluice events tail: the in-memory bus lives inside one process; use the sqlite or kafka bus", file=sys.stderr)
+        print("sluice events tail: the in-memory bus lives inside one process; use the sqlite or kafka bus",
+              file=sys.stderr)
         return 2
     topics = Topics(settings.topic_prefix)
-    names = args.topic or [*topics.lifecycle(), topics.dead_letters]
+    names = topic or [*topics.lifecycle(), topics.dead_letters]
     bus = build_bus(settings)
     await bus.connect()
     stop = _stop_on_signals()
     seen = 0
     try:
-        consumer = await bus.subscribe(names, group_id=f"sluice-tail-{uuid.uuid4().hex[:12]}", from_beginning=args.from_beginning)
+        group = f"sluice-tail-{uuid.uuid4().hex[:12]}"
+        consumer = await bus.subscribe(names, group_id=group, from_beginning=from_beginning)
         try:
-            while not stop.is_set() and (args.max_events is None or seen < args.max_events):
+            while not stop.is_set() and (max_events is None or seen < max_events):
                 for message in await consumer.fetch(timeout_s=0.5):
                     seen += 1
-                    if args.json:
-                        print(message.value.decode(errors="replace"), flush=True)
-                        continue
-                    try:
-                        ev = codec.decode(message.value)
-                    except PoisonMessage:
-                        error = (message.header("x-sluice-error") or b"").decode(errors="replace")
-                        print(f"{message.topic} offset={message.offset} undecodable {error}", flush=True)
-                        continue
-                    print(
-                        f"{ev.occurred_at.isoformat(timespec='milliseconds')} {ev.type} ns={ev.namespace or '-'} "
-                        f"corr={ev.correlation_id[:8]} {_summary(ev.payload.model_dump(mode='json'))}",
-                        flush=True,
-                    )
-                    if args.max_events is not None and seen >= args.max_events:
+                    print(_event_line(message, as_json), flush=True)
+                    if max_events is not None and seen >= max_events:
                         break
         finally:
             await consumer.close()
@@ -222,181 +259,118 @@ async def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
+@events.command("tail", help="print lifecycle events as they happen")
+def tail(
+    ctx: typer.Context,
+    topic: Annotated[list[str] | None, typer.Option(
+        "--topic", help="topic to follow (repeatable; default: every lifecycle topic)")] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="replay retained events first")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print raw envelopes")] = False,
+    max_events: Annotated[int | None, typer.Option("--max-events", hidden=True)] = None,
+) -> None:
+    settings = Target.of(ctx).settings()
+    raise typer.Exit(asyncio.run(_tail(settings, topic, from_beginning, as_json, max_events)))
+
+
 # --- REST client commands ----------------------------------------------------------------------
 
-def _client(args: argparse.Namespace) -> httpx.Client:
-    from infra.bootstrap import admin_key
-
-    settings = _settings(args)
-    url = os.environ.get("SLUICE_URL") or settings.effective_public_url
-    key = os.environ.get("SLUICE_API_KEY")
-    if not key:
-        if settings.admin_key is None and not settings.admin_key_file.exists():
-            raise SystemExit(f"sluice: no API key: set SLUICE_API_KEY, SLUICE_ADMIN_KEY, or start `sluice up` (writes {settings.admin_key_file})")
-        key = admin_key(settings)
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> None:
+    """One request; its answer printed as JSON."""
+    call_and_show(ctx, method, path, True, print_json, **kwargs)
 
 
-def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
-    try:
-        with _client(args) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        print(f"sluice: cannot reach the server: {exc}", file=sys.stderr)
-        return 1
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
-    if response.is_error:
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        print(f"sluice: {response.status_code} {err.get('type', '')}: {err.get('message', body)}", file=sys.stderr)
-        return 1
-    print(json.dumps(body, indent=2))
-    return 0
+@app.command("health", help="the platform's health")
+def health(ctx: typer.Context) -> None:
+    _call(ctx, "GET", "/v1/health")
 
 
-def _search(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
+@namespaces.command("list", help="namespaces the key may see")
+def namespace_list(ctx: typer.Context) -> None:
+    _call(ctx, "GET", "/v1/namespaces")
 
-    namespace = args.namespace or os.environ.get("SLUICE_NAMESPACE")
-    if not namespace:
-        print("sluice: no namespace: pass --namespace/-n NAMESPACE or set SLUICE_NAMESPACE", file=sys.stderr)
-        return 2
-    base = f"/v1/namespaces/{quote(namespace, safe='')}/collections"
-    try:
-        with _client(args) as client:
-            client.timeout = httpx.Timeout(120)
-            listed = client.get(base)
-            if listed.is_error:
-                return _report_error(listed)
-            matches = [c for c in listed.json()["collections"] if args.collection in (c["collection_id"], c["collection_name"])]
-            if not matches:
-                names = ", ".join(sorted(c["collection_name"] for c in listed.json()["collections"])) or "none"
-                print(f"sluice: no collection {args.collection!r} in namespace {namespace!r} (there are: {names})", file=sys.stderr)
-                return 1
-            collection = matches[0]
-            feature_uri = None
-            if args.feature:
-                uris = {v["name"]: v["feature_uri"] for v in collection["vector_indexes"]}
-                if args.feature not in uris:
-                    print(f"sluice: collection {collection['collection_name']!r} has no vector {args.feature!r} "
-                          f"(it has: {', '.join(uris) or 'none'})", file=sys.stderr)
-                    return 1
-                feature_uri = uris[args.feature]
-            response = client.post(f"/v1/namespaces/{quote(namespace, safe='')}/retrievers/feature_search", json={
-                "collection_id": collection["collection_id"], "query": {"text": args.query}, "limit": args.limit,
-                **({"feature_uri": feature_uri} if feature_uri else {})})
-    except httpx.HTTPError as exc:
-        print(f"sluice: cannot reach the server: {exc}", file=sys.stderr)
-        return 1
-    if response.is_error:
-        return _report_error(response)
-    body = response.json()
-    if args.json:
-        print(json.dumps(body, indent=2))
-        return 0
-    if not body["results"]:
+
+@namespaces.command("create", help="create a namespace (admin key)")
+def namespace_create(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")],
+                     description: Annotated[str | None, typer.Option("--description")] = None) -> None:
+    _call(ctx, "POST", "/v1/namespaces", json={"namespace_name": name, "description": description})
+
+
+@keys.command("create", help="issue a key scoped to a namespace")
+def key_create(ctx: typer.Context, namespace: Annotated[str, typer.Argument(metavar="NAMESPACE")],
+               name: Annotated[str | None, typer.Option("--name")] = None) -> None:
+    _call(ctx, "POST", f"/v1/namespaces/{namespace}/api-keys", json={"name": name})
+
+
+def _print_hits(results: list[dict[str, Any]]) -> None:
+    if not results:
         print("no results")
-    for rank, hit in enumerate(body["results"], start=1):
+    for rank, hit in enumerate(results, start=1):
         source = hit.get("source") or {}
         snippet = " ".join((hit.get("text") or "").split())
         print(f"{rank:>3}. {hit['score']:.4f}  {source.get('bucket')}/{source.get('key')}")
         if snippet:
             print(f"     {snippet[:160]}{'…' if len(snippet) > 160 else ''}")
-    return 0
 
 
-def _report_error(response: httpx.Response) -> int:
-    try:
-        err = response.json().get("error", {})
-    except ValueError:
-        err = {}
-    print(f"sluice: {response.status_code} {err.get('type', '')}: {err.get('message', response.text)}", file=sys.stderr)
-    return 1
+def _feature_uri(collection: dict[str, Any], feature: str | None) -> str | None:
+    """The URI of the collection's vector `feature` (None: its first)."""
+    if not feature:
+        return None
+    uris = {v["name"]: v["feature_uri"] for v in collection["vector_indexes"]}
+    if feature not in uris:
+        raise fail(f"collection {collection['collection_name']!r} has no vector {feature!r} "
+                   f"(it has: {', '.join(uris) or 'none'})")
+    return uris[feature]
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sluice", description="Run feature-extraction plugins over an object store.")
-    parser.add_argument("--data-dir", type=Path, default=None, help="State folder (default $SLUICE_DATA_DIR or ~/.sluice)")
-    sub = parser.add_subparsers(dest="command", required=True)
+@app.command("search", help="search a collection by text (embedded with the collection's plugin version)")
+def search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(metavar="QUERY")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="collection name or id")],
+    limit: Annotated[int, typer.Option("--limit")] = 10,
+    feature: Annotated[str | None, typer.Option("--feature", help="vector to search (default: the collection's first)")]
+    = None,
+    namespace: Namespace = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+) -> None:
+    base = f"/v1/namespaces/{quote(require_namespace(namespace), safe='')}"
+    with Api.open(ctx, timeout=120) as api:
+        listed = api.call("GET", f"{base}/collections")["collections"]
+        matches = [c for c in listed if collection in (c["collection_id"], c["collection_name"])]
+        if not matches:
+            names = ", ".join(sorted(c["collection_name"] for c in listed)) or "none"
+            raise fail(f"no collection {collection!r} in namespace {namespace!r} (there are: {names})")
+        feature_uri = _feature_uri(matches[0], feature)
+        found = api.call("POST", f"{base}/retrievers/feature_search", json={
+            "collection_id": matches[0]["collection_id"], "query": {"text": query}, "limit": limit,
+            **({"feature_uri": feature_uri} if feature_uri else {})})
+    if as_json:
+        print_json(found)
+    else:
+        _print_hits(found["results"])
 
-    up = sub.add_parser("up", help="run the whole platform on this machine (REST, functions, local Ray)")
-    up.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    up.add_argument("--port", type=int, default=None, help="REST port (default 8080)")
-    up.add_argument("--host", default=None, help="REST bind address (default 127.0.0.1)")
 
-    ev = sub.add_parser("events", help="lifecycle events").add_subparsers(dest="events_command", required=True)
-    tail = ev.add_parser("tail", help="print lifecycle events as they happen")
-    tail.add_argument("--topic", action="append", help="topic to follow (repeatable; default: every lifecycle topic)")
-    tail.add_argument("--from-beginning", action="store_true", help="replay retained events first")
-    tail.add_argument("--json", action="store_true", help="print raw envelopes")
-    tail.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
+# --- main ---------------------------------------------------------------------------------------
 
-    demo = sub.add_parser("demo", help="start the embedded stack, ingest a folder of text, search it, stop")
-    demo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    demo.add_argument("--port", type=int, default=None)
-    demo.add_argument("--host", default=None)
-    demo.add_argument("--keep-running", action="store_true", help="stay up after the checks")
-    demo.add_argument("--folder", type=Path, default=None, help="text files to ingest (default /usr/share/common-licenses)")
-    demo.add_argument("--limit", type=int, default=None, help="ingest at most this many files")
-
-    sub.add_parser("health", help="the platform's health")
-    ns = sub.add_parser("namespace", help="namespaces").add_subparsers(dest="ns_command", required=True)
-    create = ns.add_parser("create", help="create a namespace (admin key)")
-    create.add_argument("name")
-    create.add_argument("--description", default=None)
-    ns.add_parser("list", help="namespaces the key may see")
-    key = sub.add_parser("key", help="API keys").add_subparsers(dest="key_command", required=True)
-    kc = key.add_parser("create", help="issue a key scoped to a namespace")
-    kc.add_argument("namespace")
-    kc.add_argument("--name", default=None)
-    search = sub.add_parser("search", help="search a collection by text (embedded with the collection's plugin version)")
-    search.add_argument("query")
-    search.add_argument("--collection", "-c", required=True, help="collection name or id")
-    search.add_argument("--limit", type=int, default=10)
-    search.add_argument("--feature", default=None, help="vector to search (default: the collection's first)")
-    search.add_argument("--namespace", "-n", default=None, help="namespace (default $SLUICE_NAMESPACE)")
-    search.add_argument("--json", action="store_true", help="print the response as JSON")
-    from functions.ingest_cli import add_ingest_command
-    from functions.model_cli import add_model_commands
-    from functions.plugin_cli import add_plugin_commands
-
-    add_plugin_commands(sub)
-    add_model_commands(sub)
-    add_ingest_command(sub)
-    return parser
+@functools.cache
+def _command() -> Any:
+    return typer.main.get_command(app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    match args.command:
-        case "up":
-            return asyncio.run(_up(args))
-        case "demo":
-            return asyncio.run(_up(args, on_ready=_demo(args)))
-        case "events":
-            return asyncio.run(_tail(args))
-        case "health":
-            return _call(args, "GET", "/v1/health")
-        case "namespace" if args.ns_command == "create":
-            return _call(args, "POST", "/v1/namespaces", json={"namespace_name": args.name, "description": args.description})
-        case "namespace":
-            return _call(args, "GET", "/v1/namespaces")
-        case "key":
-            return _call(args, "POST", f"/v1/namespaces/{args.namespace}/api-keys", json={"name": args.name})
-        case "plugin":
-            from functions.plugin_cli import run_plugin_command
+    """Run `sluice` with `argv` (default: the process's arguments); its exit status."""
+    try:
+        _command().main(args=list(argv) if argv is not None else None, prog_name="sluice", standalone_mode=True)
+    except SystemExit as exited:  # click's standalone handling: usage errors say so on stderr and exit 2
+        if exited.code is None or isinstance(exited.code, int):
+            return exited.code or 0
+        print(exited.code, file=sys.stderr)
+        return 1
+    return 0
 
-            return run_plugin_command(args)
-        case "model":
-            from functions.model_cli import run_model_command
 
-            return run_model_command(args)
-        case "ingest":
-            from functions.ingest_cli import run_ingest_command
-
-            return run_ingest_command(args)
-        case "search":
-            return _search(args)
-    return 2
+__all__ = ["app", "main", "sandbox_ready"]
 
 
 if __name__ == "__main__":

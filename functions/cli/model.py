@@ -10,114 +10,38 @@ confirms and waits for validation.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote
 
-import httpx
+import typer
 
-from functions.plugin_cli import (
-    UPLOAD_CHUNK,
-    _api,
-    _body,
-    _client,
-    _confirm_upload,
-    _count,
-    _error,
-    _Exit,
-    _fail,
-    _namespace,
-    _print_json,
-    _put_chunks,
-    _put_presigned,
-    _size,
-    _wait_for_status,
-)
+from functions.cli.client import Api, Namespace, body, call_and_show, error, poll, require_namespace, wait_option
+from functions.cli.output import Json, count, fail, print_table, show, size
 
-FORMATS = ("pytorch", "safetensors", "onnx", "huggingface")
+Format = Literal["pytorch", "safetensors", "onnx", "huggingface"]
+FORMATS = get_args(Format)
 TERMINAL = ("REGISTERED", "REJECTED")
 ARCHIVE_CONTENT_TYPE = "application/gzip"
 
+app = typer.Typer(help="upload and manage model weights (the model registry)", no_args_is_help=True)
 
-# --- parser -------------------------------------------------------------------------------------
-
-def add_model_commands(subparsers: Any) -> None:
-    """Register `sluice model ...` on the top-level subparsers of functions/cli.py."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-n", "--namespace", default=None, help="namespace (default $SLUICE_NAMESPACE)")
-    common.add_argument("--json", action="store_true", help="print the raw response as JSON")
-
-    model = subparsers.add_parser("model", help="upload and manage model weights (the model registry)")
-    sub = model.add_subparsers(dest="model_command", required=True)
-
-    p = sub.add_parser("upload", parents=[common], help="upload a .tar.gz of weights, validate it on the server, register it")
-    p.add_argument("path", type=Path, help="the .tar.gz archive (tar -czf model.tar.gz -C DIR .)")
-    p.add_argument("--name", required=True, help="model name: 3-64 letters, digits, _ and -, starting with a letter")
-    p.add_argument("--version", required=True, help="version X.Y.Z")
-    p.add_argument("--format", dest="model_format", required=True, choices=FORMATS, help="how the weights are stored")
-    p.add_argument("--framework", default=None, help="e.g. pytorch, sentence-transformers")
-    p.add_argument("--task-type", default=None, help="e.g. embedding, classification, reranking")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPU cores the model needs (default 1.0)")
-    p.add_argument("--num-gpus", type=float, default=None, help="GPUs the model needs (default 0)")
-    p.add_argument("--memory-gb", type=float, default=None, help="memory in GB (default 4.0)")
-    p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for validation (default 300)")
-
-    sub.add_parser("list", parents=[common], help="models in the namespace")
-
-    p = sub.add_parser("status", parents=[common], help="one model: status, findings, files, deployment")
-    p.add_argument("model_id", metavar="MODEL_ID", help="model id, NAME@ALIAS or NAME@X.Y.Z")
-
-    p = sub.add_parser("delete", parents=[common], help="delete a model version, its aliases and its archive")
-    p.add_argument("model_id", metavar="MODEL_ID")
-
-    p = sub.add_parser("alias", parents=[common], help="point NAME@ALIAS at a model version (or --remove it)")
-    p.add_argument("model_id", metavar="MODEL_ID")
-    p.add_argument("alias", metavar="ALIAS", help="1-32 lowercase letters, digits, _ and -, starting with a letter")
-    p.add_argument("--remove", action="store_true", help="remove the alias from this model instead")
-
-    p = sub.add_parser("deploy", parents=[common], help="load a model's weights into the Ray object store")
-    p.add_argument("model_id", metavar="MODEL_ID")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (default 600)")
+ModelId = Annotated[str, typer.Argument(metavar="MODEL_ID")]
+AliasName = Annotated[str, typer.Argument(
+    metavar="ALIAS", help="1-32 lowercase letters, digits, _ and -, starting with a letter")]
 
 
-def run_model_command(args: argparse.Namespace) -> int:
-    commands = {"upload": _cmd_upload, "list": _cmd_list, "status": _cmd_status, "delete": _cmd_delete,
-                "alias": _cmd_alias, "deploy": _cmd_deploy}
-    try:
-        _namespace(args)  # before any key lookup: the missing namespace is the first thing to say
-        return commands[args.model_command](args)
-    except _Exit as stop:
-        return stop.code
-    except KeyboardInterrupt:
-        print("sluice: interrupted", file=sys.stderr)
-        return 130
+def _base(namespace: str | None) -> str:
+    """The models of the namespace (stops the command when there is none)."""
+    return f"/v1/namespaces/{quote(require_namespace(namespace), safe='')}/models"
 
 
-def _base(args: argparse.Namespace) -> str:
-    return f"/v1/namespaces/{quote(_namespace(args), safe='')}/models"
-
-
-def _path(args: argparse.Namespace, model_id: str, *rest: str) -> str:
-    return "/".join([_base(args), quote(model_id, safe="@"), *(quote(r, safe="") for r in rest)])
+def _path(base: str, model_id: str, *rest: str) -> str:
+    return "/".join([base, quote(model_id, safe="@"), *(quote(r, safe="") for r in rest)])
 
 
 # --- upload -------------------------------------------------------------------------------------
-
-def upload_file(url: str, headers: dict[str, str], path: Path, *, stream: TextIO | None = None) -> httpx.Response:
-    """PUT a file to a presigned URL, read in chunks as it is sent, with a progress bar."""
-    total = path.stat().st_size
-
-    def chunks() -> Iterator[bytes]:
-        with path.open("rb") as fh:
-            while chunk := fh.read(UPLOAD_CHUNK):
-                yield chunk
-
-    return _put_chunks(url, headers, chunks(), total=total, content_type=ARCHIVE_CONTENT_TYPE, stream=stream)
-
 
 def format_model_finding(finding: dict[str, Any]) -> str:
     return f"  {finding.get('file') or '(archive)'} [{finding.get('rule_id')}] {finding.get('message')}"
@@ -128,7 +52,7 @@ def _print_model(model: dict[str, Any]) -> None:
     status = model["status"]
     if status == "REJECTED":
         errors = model.get("errors") or []
-        print(f"rejected {label}: {_count(len(errors), 'finding')}")
+        print(f"rejected {label}: {count(len(errors), 'finding')}")
         for finding in errors:
             print(format_model_finding(finding))
         return
@@ -139,7 +63,7 @@ def _print_model(model: dict[str, Any]) -> None:
         ("task_type", model.get("task_type")),
         ("resources", ", ".join(f"{k}={v:g}" for k, v in resources.items()) if resources else None),
         ("aliases", ", ".join(model.get("aliases") or []) or None), ("sha256", model.get("sha256")),
-        ("size", _size(model["size_bytes"]) if model.get("size_bytes") else None),
+        ("size", size(model["size_bytes"]) if model.get("size_bytes") else None),
         ("files", ", ".join(model.get("files") or []) or None),
         ("deployment", model.get("deployment_status")), ("error", model.get("deployment_error")),
         ("cached", str(bool(model.get("cached"))).lower()),
@@ -149,123 +73,122 @@ def _print_model(model: dict[str, Any]) -> None:
             print(f"  {key + ':':<11} {value}")
 
 
-def _done(args: argparse.Namespace, model: dict[str, Any]) -> int:
-    if args.json:
-        _print_json(model)
-    else:
-        _print_model(model)
-        if model["status"] not in TERMINAL:
-            print(f"still validating after {args.wait:g} s; check: sluice model status {model['model_id']}", file=sys.stderr)
-    return {"REGISTERED": 0, "REJECTED": 1}.get(model["status"], 3)
+def _rejection(response: Any) -> dict[str, Any] | None:
+    """A 422 model_rejected's model with its findings (they are in the error's details)."""
+    found = body(response)
+    err = found.get("error", {}) if isinstance(found, dict) else {}
+    if response.status_code != 422 or err.get("type") != "model_rejected":
+        return None
+    return {**err["details"]["model"], "errors": err["details"]["errors"]}
 
 
-def _rejected(args: argparse.Namespace, response: httpx.Response) -> int:
-    """422 model_rejected: the findings are in the error's details."""
-    body = _body(response)
-    if args.json:
-        _print_json(body)
-    else:
-        details = body["error"]["details"]
-        _print_model({**details["model"], "errors": details["errors"]})
-    return 1
-
-
-def _is_rejection(response: httpx.Response) -> bool:
-    body = _body(response)
-    return response.status_code == 422 and isinstance(body, dict) and body.get("error", {}).get("type") == "model_rejected"
-
-
-def _cmd_upload(args: argparse.Namespace) -> int:
-    path: Path = args.path
+@app.command("upload", help="upload a .tar.gz of weights, validate it on the server, register it")
+def upload(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="the .tar.gz archive (tar -czf model.tar.gz -C DIR .)")],
+    name: Annotated[str, typer.Option(
+        "--name", help="model name: 3-64 letters, digits, _ and -, starting with a letter")],
+    version: Annotated[str, typer.Option("--version", help="version X.Y.Z")],
+    model_format: Annotated[Format, typer.Option("--format", help="how the weights are stored")],
+    framework: Annotated[str | None, typer.Option("--framework", help="e.g. pytorch, sentence-transformers")] = None,
+    task_type: Annotated[str | None, typer.Option("--task-type", help="e.g. embedding, classification, reranking")]
+    = None,
+    num_cpus: Annotated[float | None, typer.Option("--num-cpus", help="CPU cores the model needs (default 1.0)")]
+    = None,
+    num_gpus: Annotated[float | None, typer.Option("--num-gpus", help="GPUs the model needs (default 0)")] = None,
+    memory_gb: Annotated[float | None, typer.Option("--memory-gb", help="memory in GB (default 4.0)")] = None,
+    wait: Annotated[float, wait_option("seconds to wait for validation (default 300)")] = 300.0,
+    namespace: Namespace = None, as_json: Json = False,
+) -> None:
+    base = _base(namespace)
     if not path.is_file():
         hint = f"; make one with: tar -czf {path.name or 'model'}.tar.gz -C {path} ." if path.is_dir() else ""
-        raise _fail(f"{path}: not a .tar.gz file{hint}", 2)
-    base = _base(args)
+        raise fail(f"{path}: not a .tar.gz file{hint}", 2)
+    total = path.stat().st_size
     request = {
-        "name": args.name, "version": args.version, "model_format": args.model_format, "framework": args.framework,
-        "task_type": args.task_type, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "memory_gb": args.memory_gb,
-        "size_bytes": path.stat().st_size,
+        "name": name, "version": version, "model_format": model_format, "framework": framework,
+        "task_type": task_type, "num_cpus": num_cpus, "num_gpus": num_gpus, "memory_gb": memory_gb, "size_bytes": total,
     }
-    with _client(args) as client:
-        ticket = _api(client, "POST", f"{base}/uploads", json={k: v for k, v in request.items() if v is not None})
-        if not args.json:
-            print(f"uploading {args.name} {args.version} ({_size(path.stat().st_size)})", file=sys.stderr, flush=True)
-        _put_presigned(client, ticket, lambda url, headers: upload_file(url, headers, path))
-        deadline = time.monotonic() + args.wait
-        response = _confirm_upload(client, f"{base}/uploads/{quote(ticket['model_id'], safe='')}/confirm", args.wait)
-        if _is_rejection(response):
-            return _rejected(args, response)
+    with Api.open(ctx) as api:
+        ticket = api.call("POST", f"{base}/uploads", json={k: v for k, v in request.items() if v is not None})
+        if not as_json:
+            print(f"uploading {name} {version} ({size(total)})", file=sys.stderr, flush=True)
+        response, deadline = api.deliver(ticket, path, size=total, content_type=ARCHIVE_CONTENT_TYPE, wait=wait,
+                                         confirm=f"{base}/uploads/{quote(ticket['model_id'], safe='')}/confirm")
+        rejected = _rejection(response)
+        if rejected is not None:
+            show(body(response), as_json, lambda _: _print_model(rejected))
+            raise typer.Exit(1)
         if response.status_code not in (200, 202):
-            raise _error(response)
-        model = _wait_for_status(client, _path(args, ticket["model_id"]), response.json(), TERMINAL, deadline)
-    return _done(args, model)
+            raise error(response)
+        model = poll(lambda: api.call("GET", _path(base, ticket["model_id"])), response.json(),
+                     done=lambda m: m["status"] in TERMINAL, deadline=deadline)
+    show(model, as_json, _print_model)
+    if not as_json and model["status"] not in TERMINAL:
+        print(f"still validating after {wait:g} s; check: sluice model status {model['model_id']}", file=sys.stderr)
+    raise typer.Exit({"REGISTERED": 0, "REJECTED": 1}.get(model["status"], 3))
 
 
 # --- list / status / delete / alias / deploy ----------------------------------------------------
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        body = _api(client, "GET", _base(args))
-    if args.json:
-        _print_json(body)
-        return 0
-    models = body.get("models", [])
+def _print_models(namespace: str, models: list[dict[str, Any]]) -> None:
     if not models:
-        print(f"no models in namespace {_namespace(args)}")
-        return 0
-    rows = [(m["model_id"], m["version"], m["model_format"], m["status"], m.get("deployment_status") or "-",
-             ",".join(m.get("aliases") or []) or "-") for m in models]
-    header = ("MODEL_ID", "VERSION", "FORMAT", "STATUS", "DEPLOYMENT", "ALIASES")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
+        print(f"no models in namespace {namespace}")
+        return
+    print_table([(m["model_id"], m["version"], m["model_format"], m["status"], m.get("deployment_status") or "-",
+                  ",".join(m.get("aliases") or []) or "-") for m in models],
+                header=("MODEL_ID", "VERSION", "FORMAT", "STATUS", "DEPLOYMENT", "ALIASES"))
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        model = _api(client, "GET", _path(args, args.model_id))
-    if args.json:
-        _print_json(model)
-    else:
-        _print_model(model)
-    return 0
+@app.command("list", help="models in the namespace")
+def list_models(ctx: typer.Context, namespace: Namespace = None, as_json: Json = False) -> None:
+    call_and_show(ctx, "GET", _base(namespace), as_json, lambda r: _print_models(namespace or "", r.get("models", [])))
 
 
-def _cmd_delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        body = _api(client, "DELETE", _path(args, args.model_id))
-    if args.json:
-        _print_json(body)
-    else:
-        print(f"deleted {body['model_id']} ({body['name']} {body['version']})")
-    return 0
+@app.command("status", help="one model: status, findings, files, deployment")
+def status(ctx: typer.Context, model_id: Annotated[str, typer.Argument(metavar="MODEL_ID",
+           help="model id, NAME@ALIAS or NAME@X.Y.Z")], namespace: Namespace = None, as_json: Json = False) -> None:
+    call_and_show(ctx, "GET", _path(_base(namespace), model_id), as_json, _print_model)
 
 
-def _cmd_alias(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        body = _api(client, "DELETE" if args.remove else "PUT", _path(args, args.model_id, "aliases", args.alias))
-    if args.json:
-        _print_json(body)
-    elif args.remove:
-        print(f"removed alias {args.alias} from {body['model_id']}")
-    else:
-        moved = f" (moved from {body['moved_from']})" if body.get("moved_from") else ""
-        print(f"{body['ref']} -> {body['model_id']}{moved}")
-    return 0
+@app.command("delete", help="delete a model version, its aliases and its archive")
+def delete(ctx: typer.Context, model_id: ModelId, namespace: Namespace = None, as_json: Json = False) -> None:
+    call_and_show(ctx, "DELETE", _path(_base(namespace), model_id), as_json,
+                  lambda r: print(f"deleted {r['model_id']} ({r['name']} {r['version']})"))
 
 
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        body = _api(client, "POST", _path(args, args.model_id, "deploy"), timeout=args.timeout)
-    if args.json:
-        _print_json(body)
-        return 0
-    print(f"{body.get('model_id', args.model_id)}: deployment_status {body.get('deployment_status')}, "
-          f"cached {str(bool(body.get('cached'))).lower()}")
-    if body.get("message"):
-        print(f"  {body['message']}")
-    return 0
+def _print_alias(alias: str, removed: bool, result: dict[str, Any]) -> None:
+    if removed:
+        print(f"removed alias {alias} from {result['model_id']}")
+        return
+    moved = f" (moved from {result['moved_from']})" if result.get("moved_from") else ""
+    print(f"{result['ref']} -> {result['model_id']}{moved}")
 
 
-__all__ = ["add_model_commands", "run_model_command", "upload_file"]
+@app.command("alias", help="point NAME@ALIAS at a model version (or --remove it)")
+def alias(ctx: typer.Context, model_id: ModelId, name: AliasName,
+          remove: Annotated[bool, typer.Option("--remove", help="remove the alias from this model instead")] = False,
+          namespace: Namespace = None, as_json: Json = False) -> None:
+    call_and_show(ctx, "DELETE" if remove else "PUT", _path(_base(namespace), model_id, "aliases", name), as_json,
+                  lambda r: _print_alias(name, remove, r))
+
+
+def _print_deploy(model_id: str, result: dict[str, Any]) -> None:
+    print(f"{result.get('model_id', model_id)}: deployment_status {result.get('deployment_status')}, "
+          f"cached {str(bool(result.get('cached'))).lower()}")
+    if result.get("message"):
+        print(f"  {result['message']}")
+
+
+Timeout = Annotated[float, typer.Option("--timeout", help="seconds to wait for the server (default 600)",
+                                        show_default=False)]
+
+
+@app.command("deploy", help="load a model's weights into the Ray object store")
+def deploy(ctx: typer.Context, model_id: ModelId, timeout: Timeout = 600.0, namespace: Namespace = None,
+           as_json: Json = False) -> None:
+    call_and_show(ctx, "POST", _path(_base(namespace), model_id, "deploy"), as_json,
+                  lambda r: _print_deploy(model_id, r), timeout=timeout)
+
+
+__all__ = ["FORMATS", "app", "format_model_finding"]

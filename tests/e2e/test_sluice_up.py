@@ -103,7 +103,7 @@ def test_events_tail_prints_lifecycle_events_as_they_are_published(tmp_path):
     import asyncio
 
     from events import ObjectCreated, Topics, make
-    from functions.runner import publish
+    from functions.runtime.runner import publish
     from infra.bus.sqlite import SqliteLogBus
 
     env = env_without_sluice()

@@ -8,14 +8,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 from fastapi.responses import JSONResponse
 
 from events import decode
-from functions import ingest_cli
+from functions.cli import client as cli_client
+from functions.cli import ingest as ingest_cli
 from functions.cli import main
+from functions.cli.output import Progress
 from tests.fixtures.rest_server import RestServer, clear_cli_env, free_port, point_cli_at
 
 pytestmark = pytest.mark.integration
@@ -60,7 +63,7 @@ class IngestServer(RestServer):
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
     clear_cli_env(monkeypatch)
-    monkeypatch.setattr(ingest_cli, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(cli_client, "BACKOFF_S", 0.01)
     with IngestServer(tmp_path / "data", ADMIN) as running:
         point_cli_at(monkeypatch, running.url, running.create_namespace("acme"))
         yield running
@@ -189,24 +192,24 @@ def test_5xx_and_429_are_retried_and_each_object_is_announced_once(stack, tmp_pa
     assert sorted(e.payload.key for e in stack.events()) == ["one.txt", "three.txt", "two.txt"]
     assert sum(1 for m, p in stack.requests if m == "PUT" and p.endswith("/one.txt")) == 3
 
-    stack.fail("PUT", "/two.txt", 500, times=ingest_cli.ATTEMPTS)  # never gets through
+    stack.fail("PUT", "/two.txt", 500, times=cli_client.ATTEMPTS)  # never gets through
     code, report, _ = ingest_json(capsys, str(root), "--bucket", "docs", "--prefix", "again/")
     assert code == 1
     [failed] = report["failed"]
     assert failed["path"] == str(root / "two.txt")
-    assert failed["error"] == f"PUT: 500 injected: injected 500 (gave up after {ingest_cli.ATTEMPTS} attempts)"
+    assert failed["error"] == f"PUT: 500 injected: injected 500 (gave up after {cli_client.ATTEMPTS} attempts)"
     assert stack.head("docs", "again/one.txt") is not None and stack.head("docs", "again/two.txt") is None
 
 
 def test_an_unreachable_server_fails_every_file_after_retries(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ingest_cli, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(cli_client, "BACKOFF_S", 0.01)
     point_cli_at(monkeypatch, f"http://127.0.0.1:{free_port()}", "sk_whatever")
     write(tmp_path / "x" / "a.txt", "a")
     write(tmp_path / "x" / "b.txt", "b")
     code, out, err = sluice(capsys, "ingest", str(tmp_path / "x"), "--bucket", "docs", "--no-progress")
     assert code == 1
     assert out.startswith("uploaded 0 of 2 files")
-    assert err.count("request upload: ConnectError") == 2 and f"gave up after {ingest_cli.ATTEMPTS} attempts" in err
+    assert err.count("request upload: ConnectError") == 2 and f"gave up after {cli_client.ATTEMPTS} attempts" in err
 
 
 def test_usage_errors_exit_2_before_anything_is_uploaded(tmp_path, monkeypatch, capsys):
@@ -229,9 +232,9 @@ def test_usage_errors_exit_2_before_anything_is_uploaded(tmp_path, monkeypatch, 
         assert code == 2 and "invalid --prefix" in err, prefix
     code, _, err = sluice(capsys, "ingest", str(a), str(b), "--bucket", "docs")
     assert code == 2 and "would both be uploaded as 'same.txt'" in err
-    with pytest.raises(SystemExit) as exited:
-        main(["ingest", str(a), "--bucket", "docs", "--concurrency", "0"])
-    assert exited.value.code == 2
+    code, _, err = sluice(capsys, "ingest", str(a), "--bucket", "docs", "--concurrency", "0")
+    said = " ".join(err.replace("│", " ").split())  # the usage error is drawn in a panel, wrapped
+    assert code == 2 and "must be a whole number from 1 to 64, not '0'" in said, err
 
     empty = tmp_path / "only-hidden"
     write(empty / ".DS_Store", "x")
@@ -253,21 +256,23 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_the_progress_bar_redraws_one_line_on_a_terminal():
+def test_the_progress_bar_is_drawn_on_a_terminal_and_ends_with_the_totals():
     stream = _Terminal()
-    progress = ingest_cli.Progress(2, 2048, stream)
+    progress = Progress(2048, files=2, label="ingest", stream=stream)
     progress.add_bytes(1024)
     progress.file_done(True)
     progress.add_bytes(1024)
     progress.file_done(False)
     progress.close()
     text = stream.getvalue()
-    assert text.startswith("\r[") and text.endswith("\n") and text.count("\n") == 1
-    final = text.rsplit("\r", 1)[1]
-    assert final.startswith("[" + "#" * 24 + "] 2/2 files  2.0 KiB / 2.0 KiB") and "1 failed" in final
+    assert "\x1b[" in text  # drawn with terminal control codes
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert shown.endswith("\n")  # and left on its own line
+    final = shown.rstrip("\n").rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
+    assert "ingest" in final and "100%" in final and "2/2 files  2.0 KiB / 2.0 KiB" in final and "1 failed" in final
 
     quiet = _Terminal()
-    progress = ingest_cli.Progress(1, 10, quiet, enabled=False)
+    progress = Progress(10, files=1, stream=quiet, enabled=False)
     progress.add_bytes(10)
     progress.file_done(True)
     progress.close()

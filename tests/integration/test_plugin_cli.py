@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from functions.cli import main
-from functions.plugin_cli import build_zip, manifest_identity
+from functions.cli.plugin import build_zip, manifest_identity
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

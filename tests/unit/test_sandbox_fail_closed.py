@@ -8,7 +8,7 @@ import pytest
 from engine.sandbox import confine
 from engine.sandbox.client import SandboxOptions, check_available
 from engine.sandbox.errors import SandboxUnavailable
-from functions.cli import _sandbox_ready
+from functions.cli.main import sandbox_ready
 from infra.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -29,11 +29,11 @@ def test_a_missing_layer_refuses_plugin_code_naming_the_layer_and_the_opt_outs(m
 
 def test_sluice_up_refuses_to_start_without_a_layer_and_warns_when_degraded_or_off(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(confine, "probe", lambda: WITHOUT_LANDLOCK)
-    assert _sandbox_ready(Settings(data_dir=tmp_path)) is False
+    assert sandbox_ready(Settings(data_dir=tmp_path)) is False
     assert "refusing to start" in capsys.readouterr().err
-    assert _sandbox_ready(Settings(data_dir=tmp_path, sandbox_allow_degraded=True)) is True
+    assert sandbox_ready(Settings(data_dir=tmp_path, sandbox_allow_degraded=True)) is True
     assert "WARNING: plugin hosts run without landlock" in capsys.readouterr().out
-    assert _sandbox_ready(Settings(data_dir=tmp_path, sandbox="off")) is True
+    assert sandbox_ready(Settings(data_dir=tmp_path, sandbox="off")) is True
     assert "UNCONTAINED" in capsys.readouterr().out
 
 

@@ -17,17 +17,8 @@ def build_steps(extractor_request, container=None, base_steps=None, **kwargs):
     """Declare the steps for these parameters; return {"steps": [...]}. Keep it cheap: models
     load lazily inside the steps, on the first batch."""
     params = Parameters(**(extractor_request.extractor_config.parameters or {}))
-    config = EmbedderConfig(
-        text_column=params.text_column,
-        output_column=FEATURE_NAME,
-        batch_size=params.batch_size,
-        normalize=params.normalize,
-    )
-    pipeline = PipelineDefinition(
-        name=metadata["feature_extractor_name"],
-        version=metadata["version"],
-        steps=[
-            StepDefinition(service_class=Embedder, resource_type=ResourceType.CPU, config=config, name="embed"),
-        ],
-    )
+    config = EmbedderConfig(text_column=params.text_column, output_column=FEATURE_NAME,
+                            batch_size=params.batch_size, normalize=params.normalize)
+    steps = [StepDefinition(service_class=Embedder, resource_type=ResourceType.CPU, config=config, name="embed")]
+    pipeline = PipelineDefinition(name=metadata["feature_extractor_name"], version=metadata["version"], steps=steps)
     return {"steps": build_pipeline_steps(pipeline)}

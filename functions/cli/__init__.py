@@ -1,0 +1,3 @@
+from functions.cli.main import main
+
+__all__ = ["main"]
