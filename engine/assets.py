@@ -26,7 +26,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from events.errors import Forbidden, InvalidInput, NotFound, PermanentError, TransientError
+from engine.env import engine_env
+from events.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
 
 __all__ = [
     "AssetAccessDenied",
@@ -224,9 +231,10 @@ def _env_s3_client(url: str):  # noqa: ANN202 - a botocore client has no importa
     import botocore.session
 
     session = botocore.session.get_session()
-    endpoint = os.environ.get("SLUICE_S3_ENDPOINT_URL") or None
-    access_key = os.environ.get("SLUICE_S3_ACCESS_KEY_ID") or None
-    secret_key = os.environ.get("SLUICE_S3_SECRET_ACCESS_KEY") or None
+    env = engine_env()
+    endpoint = env.s3_endpoint_url or None
+    access_key = env.s3_access_key_id or None
+    secret_key = env.s3_secret_access_key or None
     if endpoint is None and access_key is None and session.get_credentials() is None:
         raise PermanentError(
             f"cannot read {url!r}: no object store is configured in this process (no asset resolver was "
@@ -236,7 +244,7 @@ def _env_s3_client(url: str):  # noqa: ANN202 - a botocore client has no importa
     return session.create_client(
         "s3",
         endpoint_url=endpoint,
-        region_name=os.environ.get("SLUICE_S3_REGION") or "us-east-1",
+        region_name=env.s3_region or "us-east-1",
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
     )

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.env import engine_env
 from events.errors import InvalidInput, PermanentError
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class EncoderError(PermanentError):
 
 def default_cache_dir() -> Path:
     """`$SLUICE_DATA_DIR/models/onnx` when that variable is set, else `~/.cache/sluice/onnx`."""
-    data_dir = os.environ.get("SLUICE_DATA_DIR", "").strip()
+    data_dir = engine_env().data_dir.strip()
     if data_dir:
         return Path(data_dir).expanduser() / "models" / "onnx"
     return Path.home() / ".cache" / "sluice" / "onnx"
@@ -212,8 +213,7 @@ def model_fingerprint(model_dir: Path) -> str:
     for path in files:
         digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            hashlib.file_digest(handle, lambda: digest)  # feeds the running digest: one sha256 over every file
         digest.update(b"\0")
     _fingerprints[signature] = digest.hexdigest()
     return _fingerprints[signature]

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from engine.env import engine_env
 from engine.models.errors import ModelNotAvailable
 
 RAY_NAMESPACE = "sluice-models"
@@ -66,18 +67,16 @@ def build_payload(root: Path, model_format: str, files: list[str]) -> dict[str, 
     if model_format == "pytorch":
         import torch
 
-        from engine.models.validate import check_torch_file
+        from engine.models.formats.pytorch import TORCH_SUFFIXES, check_torch_file, find_state_dict
 
-        weights = [f for f in files if f.endswith((".pt", ".pth", ".bin"))]
+        weights = [f for f in files if f.endswith(TORCH_SUFFIXES)]
         if len(weights) != 1:
             raise ValueError(f"a pytorch model deploys one weights file; the archive has {weights or 'none'}")
         problems, _ = check_torch_file(root / weights[0])  # the scan again, before the one torch.load below
         if problems:
             raise ValueError(f"{weights[0]}: {problems[0]}")
         loaded = torch.load(root / weights[0], map_location="cpu", weights_only=True)
-        from engine.models.validate import _find_state_dict
-
-        state_dict, _ = _find_state_dict(loaded)
+        state_dict, _ = find_state_dict(loaded)
         return {"kind": "state_dict", "state_dict": _numpy_state_dict(dict(state_dict))}
     if model_format == "safetensors":
         from safetensors.torch import load_file
@@ -188,7 +187,7 @@ def deployed(namespace: str) -> dict[str, dict[str, Any]]:
 # --- loading in workers -----------------------------------------------------------------------
 
 def _folder_cache() -> Path:
-    return Path(os.environ.get("SLUICE_MODEL_CACHE") or Path(tempfile.gettempdir()) / f"sluice-models-{os.getuid()}")
+    return Path(engine_env().model_cache or Path(tempfile.gettempdir()) / f"sluice-models-{os.getuid()}")
 
 
 def _materialise(files: dict[str, bytes], digest: str) -> Path:

@@ -11,14 +11,17 @@ the bytes that actually come out, and leaves that folder empty when anything goe
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import stat
 import struct
+import time
 import unicodedata
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -519,18 +522,33 @@ def _extract_open(fp, name: str, dest: Path, limits: ArchiveLimits) -> Extracted
     return ExtractedPlugin(root=dest.joinpath(*top), files=files, total_bytes=total)
 
 
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold: entries carry no build time
+
+
+def write_zip(entries: Iterable[tuple[str, bytes | Path]], *, deterministic: bool = True) -> bytes:
+    """A zip of `entries`, each (name in the archive, its bytes or a file to read), in the order
+    given: deflated (level 9), regular files of mode 0o644 (unix). With `deterministic` every entry
+    is dated 1980-01-01, so the same entries always give the same bytes and digest; otherwise
+    entries carry the time they were written."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, content in entries:
+            date = ZIP_DATE if deterministic else time.localtime()[:6]
+            info = zipfile.ZipInfo(name, date_time=date)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.create_system = 3  # unix, so the mode above is read as one
+            zf.writestr(info, content.read_bytes() if isinstance(content, Path) else content, compresslevel=9)
+    return buffer.getvalue()
+
+
 def zip_plugin_folder(folder: Path, *, top: str | None = None) -> bytes:
     """A plugin folder as a deterministic zip (sorted entries, fixed timestamps, no `__pycache__`),
     so the same files always give the same bytes and digest."""
-    import io
-    import zipfile as _zipfile
-
-    buffer = io.BytesIO()
+    folder = Path(folder)
     prefix = f"{top}/" if top else ""
-    with _zipfile.ZipFile(buffer, "w", _zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(Path(folder).rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
-                continue
-            info = _zipfile.ZipInfo(prefix + path.relative_to(folder).as_posix(), date_time=(2020, 1, 1, 0, 0, 0))
-            zf.writestr(info, path.read_bytes(), _zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
+    return write_zip(
+        (prefix + path.relative_to(folder).as_posix(), path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo")
+    )

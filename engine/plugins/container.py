@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.llm import LLMService
+from engine.namespace_secrets import SecretsAccessor
 from engine.sealed import Sealed
-from engine.secrets import SecretsAccessor
 
 __all__ = ["PluginContainer"]
 

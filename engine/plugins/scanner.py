@@ -73,7 +73,7 @@ RULES: dict[str, Rule] = {r.rule_id: r for r in (
     Rule("SLU101", "error", "forbidden module", "Plugins may not start processes or threads, open sockets, call native code or import dynamically; use the shared.plugins helpers and the container services."),
     Rule("SLU102", "error", "star import from a sensitive module", "Import the names you use explicitly (`from os import path`)."),
     Rule("SLU103", "error", "platform module", "Import only the plugin SDK (shared.*, engine.plugins.extractors.pipeline, engine.models, "
-         "engine.llm, engine.secrets, engine.assets, events.errors); the platform's own modules are not available to plugins."),
+         "engine.llm, engine.namespace_secrets, engine.assets, events.errors); the platform's own modules are not available to plugins."),
     Rule("SLU105", "error", "network protocol other than HTTP(S)", "Call the service over HTTP(S) with httpx, requests or "
          "urllib.request; declared hosts are reachable only through the platform's HTTP(S) proxy."),
     Rule("SLU201", "error", "dynamic code execution or import by name", "Write the code out; plugins may not evaluate, compile or import code by string."),
@@ -241,8 +241,9 @@ SENSITIVE_GETATTR = frozenset({*(m.split(".")[0] for m in MODULE_VALUES), *FORBI
 
 # The platform's own modules (dotted prefixes): plugin code gets the SDK, never the platform's internals.
 PLATFORM_MODULES = ("infra", "functions", "events", "engine.sandbox", "engine.ingest", "engine.realtime",
-                    "engine.models.registry", "engine.models.validate", "engine.plugins.scanner", "engine.plugins.validate",
-                    "engine.plugins.archive", "engine.plugins.loader")
+                    "engine.models.registry", "engine.models.validate", "engine.models.archive",
+                    "engine.models.formats", "engine.models.untrusted", "engine.plugins.scanner",
+                    "engine.plugins.validate", "engine.plugins.archive", "engine.plugins.loader")
 # Error types plugin code sees (raised by the SDK or the host) and may catch; nothing else in them.
 PLATFORM_ALLOWED = ("events.errors", "engine.sandbox.errors")
 # Network libraries: HTTP(S) clients reach the hosts manifest.py declares through the platform's proxy;

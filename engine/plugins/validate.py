@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from events.payloads import Finding
 from engine.plugins.manifest import ManifestSummary, feature_uri, validate_manifest
 from engine.plugins.manifest import finding as manifest_finding
+from events.payloads import Finding
 
 RULES: dict[str, tuple[str, str]] = {
     "SLU830": ("error", "pipeline.py must import cleanly; fix the exception shown."),
@@ -190,7 +190,12 @@ def validate_plugin(
     fault: every problem is a finding."""
     from engine.assets import allow_asset_root
     from engine.plugins import loader
-    from engine.plugins.extractors.pipeline import PluginContractError, StepFailed, coerce_steps, run_steps
+    from engine.plugins.extractors.pipeline import (
+        PluginContractError,
+        StepFailed,
+        coerce_steps,
+        run_steps,
+    )
     from engine.plugins.frame import add_input_aliases, can_sample, sample_frame
     from engine.plugins.request import ExtractorConfig, ExtractorRequest
 

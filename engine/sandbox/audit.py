@@ -74,9 +74,8 @@ class AuditGuard:
         self._this_file = __file__
 
     def install(self) -> None:
-        from engine.sealed import Sealed
-
         from engine.sandbox.errors import set_recorder
+        from engine.sealed import Sealed
 
         set_recorder(self._record)
         sys.addaudithook(self._hook)

@@ -15,8 +15,8 @@ failure of the plugin; the next call starts a new host.
 from __future__ import annotations
 
 import collections
-import functools
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -97,7 +97,6 @@ def runtime_paths(extra: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     and `SYSTEM_READ`; site-packages folders themselves are list-only."""
     import engine
     import events
-
     from engine.sandbox import confine
 
     paths = sysconfig.get_paths()

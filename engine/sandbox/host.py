@@ -61,7 +61,13 @@ class Bridge:
 
 def _error_from(error: dict[str, Any]) -> Exception:
     """The owner's refusal as the SDK's own error types, so plugins see what they would in-process."""
-    from events.errors import Forbidden, InvalidInput, NotFound, PermanentError, TransientError
+    from events.errors import (
+        Forbidden,
+        InvalidInput,
+        NotFound,
+        PermanentError,
+        TransientError,
+    )
 
     kinds = {"not_found": NotFound, "forbidden": Forbidden, "invalid_input": InvalidInput, "transient": TransientError}
     kind, message = error.get("kind", ""), error.get("message") or "the platform refused the request"
@@ -75,7 +81,7 @@ def _error_from(error: dict[str, Any]) -> Exception:
 
         return LLMUnavailable(message)
     if kind == "secret_not_found":
-        from engine.secrets import SecretNotFound
+        from engine.namespace_secrets import SecretNotFound
 
         return SecretNotFound(message)
     return kinds.get(kind, PermanentError)(message)
@@ -382,9 +388,9 @@ def _preload() -> None:
     import engine.ingest.worker  # noqa: F401
     import engine.llm  # noqa: F401
     import engine.models  # noqa: F401
+    import engine.namespace_secrets  # noqa: F401
     import engine.plugins.extractors.pipeline  # noqa: F401
     import engine.plugins.validate  # noqa: F401
-    import engine.secrets  # noqa: F401
     from engine.plugins.loader import expose_sdk
 
     expose_sdk()

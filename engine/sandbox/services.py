@@ -28,7 +28,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from events.errors import Forbidden, InvalidInput, NotFound, SluiceError, TooLarge, TransientError
+from events.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    SluiceError,
+    TooLarge,
+    TransientError,
+)
 
 _export_lock = threading.Lock()
 MAX_ASSET_COPIES_BYTES = 16 * 1024**3
@@ -159,7 +166,7 @@ class HostServices:
     # --- secrets and LLM --------------------------------------------------------------------------
 
     def sdk_secret(self, name: str) -> str:
-        from engine.secrets import SecretsAccessor
+        from engine.namespace_secrets import SecretsAccessor
 
         accessor = SecretsAccessor.from_context(self.namespace, self.secrets_context.get("secrets") or {})
         return _run(accessor.get(str(name)))
@@ -204,10 +211,9 @@ def s3_client(access: Mapping[str, Any]) -> Any:
 def _ray_models(namespace: str) -> Any:
     """The namespace's deployed models, from its holder actor (this process is on Ray)."""
     def fetch(model_id: str) -> dict[str, Any]:
-        from engine.models.errors import ModelNotAvailable
-
         import ray
 
+        from engine.models.errors import ModelNotAvailable
         from engine.models.registry import holder
 
         if not ray.is_initialized():

@@ -3,16 +3,14 @@ swapped archive, secrets reaching plugin code, and what a registered version kee
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import pytest
 
+from engine.plugins.archive import write_zip
 from events.envelope import make
 from events.payloads import ObjectRef, PluginUploadConfirmed
-from functions import register, scan
-from functions.plugin_catalog import UPLOADS, VERSIONS, PluginCatalog
-from functions.secrets import SECRETS, SecretsStore
+from functions.handlers import register, scan
+from functions.records.plugins import UPLOADS, VERSIONS, PluginCatalog
+from functions.records.secret_store import SECRETS, SecretsStore
 from infra.bootstrap import bootstrap
 from infra.settings import Settings
 from tests.fixtures.plugins import HASH_EMBEDDER, zip_folder
@@ -122,8 +120,5 @@ def build_steps(extractor_request, container=None, base_steps=None, **kwargs):
 
 async def test_nothing_is_left_in_the_scratch_folder_after_either_outcome(platform):
     await run(platform, await confirmed(platform, zip_folder(HASH_EMBEDDER, top="hash_embedder")))
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("../x.py", "x = 1\n")
-    await run(platform, await confirmed(platform, buffer.getvalue(), version="1.0.1"))
+    await run(platform, await confirmed(platform, write_zip([("../x.py", b"x = 1\n")]), version="1.0.1"))
     assert list(platform.settings.scratch_dir.iterdir()) == []

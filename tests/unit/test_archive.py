@@ -27,6 +27,7 @@ from engine.plugins.archive import (
     ExtractedPlugin,
     extract_plugin,
     inspect_zip,
+    write_zip,
 )
 
 pytestmark = pytest.mark.unit
@@ -376,13 +377,6 @@ def test_zip_with_nested_archive_by_name_is_rejected(box, name):
     box.rejected(box.zip(plugin((name, b"just text, honest"))), "SLU940", name)
 
 
-def _inner_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("evil.py", "import os\n")
-    return buf.getvalue()
-
-
 def _tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
@@ -393,7 +387,7 @@ def _tar() -> bytes:
 
 
 @pytest.mark.parametrize("kind,content", [
-    ("zip", _inner_zip()),
+    ("zip", write_zip([("evil.py", b"import os\n")])),
     ("gzip", gzip.compress(b"payload")),
     ("bzip2", bz2.compress(b"payload")),
     ("xz", lzma.compress(b"payload")),
