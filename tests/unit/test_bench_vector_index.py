@@ -13,8 +13,6 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.unit
-
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "vector_index.py"
 TINY = ["--points", "500", "--dim", "16", "--queries", "10", "--batch", "100", "--seed", "3"]
 
@@ -52,6 +50,7 @@ def table_rows(out: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.integration
 def test_the_benchmark_measures_each_adapter_and_prints_the_table_and_ratios(
     bench: ModuleType, scratch: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -79,6 +78,7 @@ def test_the_benchmark_measures_each_adapter_and_prints_the_table_and_ratios(
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_a_smaller_local_mode_run_is_announced_and_compared_per_point(
     bench: ModuleType, scratch: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -96,6 +96,7 @@ def test_a_smaller_local_mode_run_is_announced_and_compared_per_point(
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_the_server_adapter_needs_a_url(bench: ModuleType, scratch: Path) -> None:
     with pytest.raises(SystemExit):
         bench.main([*TINY, "--adapters", "edge,qdrant-server"])

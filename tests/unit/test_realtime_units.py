@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from engine.plugins.manifest import validate_manifest
+from engine.realtime.answers import RealtimeContractError, plain, vector_of, vectors_per_text
 from engine.realtime.control import GpuUnavailable, app_name, deployment_options, serving_plan
-from engine.realtime.service import RealtimeContractError, _vectors_per_text, plain, vector_of
-from functions.deploy import batch_only_reason, failure_text
+from functions.records.deployments import batch_only_reason
+from functions.services.deploy import failure_text
 
 pytestmark = pytest.mark.unit
 
@@ -87,11 +88,11 @@ def test_vectors_are_read_by_feature_name_or_embedding_and_checked():
 
 
 def test_a_texts_answer_batches_only_when_it_holds_one_vector_per_text():
-    assert len(_vectors_per_text({"embeddings": [[1.0] * 4, [2.0] * 4]}, "v", 2)) == 2
-    assert len(_vectors_per_text({"v": np.ones((2, 4))}, "v", 2)) == 2
-    assert _vectors_per_text({"embedding": [1.0] * 4}, "v", 2) is None  # a service that read only `text`
-    assert _vectors_per_text({"embedding": [[1.0] * 4]}, "v", 2) is None
-    assert _vectors_per_text("nope", "v", 2) is None
+    assert len(vectors_per_text({"embeddings": [[1.0] * 4, [2.0] * 4]}, "v", 2)) == 2
+    assert len(vectors_per_text({"v": np.ones((2, 4))}, "v", 2)) == 2
+    assert vectors_per_text({"embedding": [1.0] * 4}, "v", 2) is None  # a service that read only `text`
+    assert vectors_per_text({"embedding": [[1.0] * 4]}, "v", 2) is None
+    assert vectors_per_text("nope", "v", 2) is None
 
 
 def test_plain_makes_answers_json_safe():

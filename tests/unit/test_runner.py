@@ -10,8 +10,8 @@ import pytest
 
 from events import ObjectCreated, PermanentError, Topics, TransientError, decode, encode, make
 from events.payloads import IngestStarted
-from functions.idempotency import IdempotencyStore
-from functions.runner import Function, RetryPolicy, Runner, publish
+from functions.runtime.idempotency import IdempotencyStore
+from functions.runtime.runner import Function, RetryPolicy, Runner, publish
 from infra.bus.memory import InMemoryBus
 from infra.catalog.sqlite import SqliteCatalog
 
@@ -79,7 +79,7 @@ async def run_until(runner: Runner, outcomes: list, n: int, timeout: float = 5.0
 def make_runner(bus, topics, handler, catalog=None, *, once=False, outcomes=None) -> Runner:
     fn = Function("recorder", handler, frozenset({"ObjectCreated"}), once=once)
     return Runner(
-        bus=bus, topics=topics, functions=[fn], deps={"catalog": catalog}, retry=FAST,
+        bus=bus, topics=topics, functions=[fn], deps={"catalog": catalog}, retry=FAST, fetch_timeout_s=0.05,
         idempotency=IdempotencyStore(catalog) if catalog is not None else None,
         on_processed=(lambda f, m, o: outcomes.append(o)) if outcomes is not None else None,
     )
@@ -101,7 +101,7 @@ async def test_handler_result_is_published_on_its_topic_and_the_message_committe
     outcomes2 = []
     again = make_runner(bus, topics, Recorder(), outcomes=outcomes2)
     await again.start()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.15)
     await again.stop()
     assert outcomes2 == []
 
@@ -160,7 +160,7 @@ async def test_a_handler_that_keeps_failing_is_dead_lettered_after_max_attempts(
 async def test_events_of_other_types_on_the_topic_are_skipped_and_committed(bus, topics):
     handler, outcomes = Recorder(), []
     fn = Function("recorder", handler, frozenset({"ObjectCreated"}))
-    runner = Runner(bus=bus, topics=topics, functions=[fn], deps={}, retry=FAST,
+    runner = Runner(bus=bus, topics=topics, functions=[fn], deps={}, retry=FAST, fetch_timeout_s=0.05,
                     on_processed=lambda f, m, o: outcomes.append(o), group_prefix="g")
     await bus.ensure_topics(topics.all())
     # IngestStarted lives on another topic; publish a foreign-but-valid type onto objects directly
@@ -205,7 +205,7 @@ async def test_stopping_during_a_retry_leaves_the_message_for_the_next_runner(bu
     slow = RetryPolicy(max_attempts=5, base_delay_s=5, max_delay_s=5)
     handler = Recorder(fail_times=1)
     fn = Function("recorder", handler, frozenset({"ObjectCreated"}))
-    runner = Runner(bus=bus, topics=topics, functions=[fn], deps={}, retry=slow)
+    runner = Runner(bus=bus, topics=topics, functions=[fn], deps={}, retry=slow, fetch_timeout_s=0.05)
     await bus.ensure_topics(topics.all())
     await publish(bus, topics, created())
     await runner.start()

@@ -13,29 +13,9 @@ import pandas as pd
 import pytest
 
 import engine.assets as assets
-from engine.assets import (
-    AssetAccessDenied,
-    allow_asset_root,
-    configure_asset_resolver,
-    disallow_asset_root,
-    download_asset,
-    open_asset,
-)
-from engine.plugins.extractors.pipeline import (
-    PipelineDefinition,
-    ResourceType,
-    StepDefinition,
-    StepRunner,
-    build_pipeline_steps,
-    run_steps,
-)
-from engine.shared.inference.registry import (
-    InferenceConfigs,
-    MiniLMBatch,
-    ServiceNotAvailable,
-    available_batch_services,
-    get_batch_service,
-)
+from engine.assets import AssetAccessDenied, allow_asset_root, configure_asset_resolver, disallow_asset_root, download_asset, open_asset
+from engine.plugins.extractors.pipeline import PipelineDefinition, ResourceType, StepDefinition, StepRunner, build_pipeline_steps, run_steps
+from engine.shared.inference.registry import InferenceConfigs, MiniLMBatch, ServiceNotAvailable, available_batch_services, get_batch_service
 from engine.shared.plugins.inference import BaseBatchInferenceService, BaseInferenceService
 from events.errors import Forbidden, InvalidInput, NotFound, PermanentError
 
@@ -70,7 +50,7 @@ def test_the_minilm_service_embeds_the_data_column_into_384_d_unit_vectors(minil
     assert len(vectors) == 4
     assert all(len(v) == 384 and all(isinstance(x, float) for x in v) for v in vectors)
     assert all(math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4) for v in vectors)
-    cosine = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731 - unit vectors
+    cosine = lambda a, b: sum(x * y for x, y in zip(a, b, strict=False))  # noqa: E731 - unit vectors
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])  # meaning, not noise
     assert out["data"].tolist()[:3] == batch["data"].tolist()[:3]
 
@@ -105,7 +85,9 @@ def test_an_unknown_service_id_lists_the_available_ones():
     assert caught.value.details["available"] == available_batch_services()
 
 
-@pytest.mark.parametrize("service_id", ["intfloat/multilingual-e5-large-instruct", "openai/whisper-large-v3-turbo", "BAAI/bge-reranker-v2-m3"])
+@pytest.mark.parametrize(
+    "service_id", ["intfloat/multilingual-e5-large-instruct", "openai/whisper-large-v3-turbo", "BAAI/bge-reranker-v2-m3"]
+)
 def test_documented_services_without_installed_weights_say_so(service_id):
     with pytest.raises(ServiceNotAvailable, match="not installed") as caught:
         get_batch_service(service_id)
@@ -160,7 +142,9 @@ def test_a_batch_service_keeps_its_config_from_a_keyword_or_the_first_argument()
 
 
 def test_a_batch_service_runs_in_a_pipeline_step():
-    steps = build_pipeline_steps(PipelineDefinition(name="p", version="1.0.0", steps=[StepDefinition(service_class=Upper, config={"x": 1})]))
+    steps = build_pipeline_steps(
+        PipelineDefinition(name="p", version="1.0.0", steps=[StepDefinition(service_class=Upper, config={"x": 1})])
+    )
     out = run_steps(steps, pd.DataFrame({"data": ["ab", "cd"]}))
     assert out["upper"].tolist() == ["AB", "CD"]
 
@@ -241,7 +225,7 @@ def test_a_missing_file_under_an_allowed_root_is_not_found(asset_root):
 class _Files(http.server.BaseHTTPRequestHandler):
     routes: dict[str, bytes] = {"/clip.txt": b"streamed bytes", "/big.bin": b"x" * 4096}
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         body = self.routes.get(self.path)
         if body is None:
             self.send_error(404)
@@ -258,7 +242,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_base():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -349,7 +333,8 @@ def test_unsupported_urls_are_invalid_input_naming_the_url(url):
 
 
 def test_the_old_resolve_url_to_local_path_is_download_asset():
-    from engine.shared.plugins import download_asset as shared_download, open_asset as shared_open
+    from engine.shared.plugins import download_asset as shared_download
+    from engine.shared.plugins import open_asset as shared_open
     from engine.shared.utilities import resolve_url_to_local_path as package_level
     from engine.shared.utilities.files import resolve_url_to_local_path
 

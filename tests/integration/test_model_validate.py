@@ -22,15 +22,9 @@ import torch
 
 from engine.models import validate as validate_module
 from engine.models.pickle_scan import ALLOWED_GLOBALS, scan_pickle
-from engine.models.validate import (
-    MODEL_FORMATS,
-    ModelLimits,
-    ModelRejected,
-    extract_archive,
-    validate_model_archive,
-)
+from engine.models.validate import MODEL_FORMATS, ModelLimits, ModelRejected, extract_archive, validate_model_archive
 
-pytestmark = [pytest.mark.unit, pytest.mark.torch]
+pytestmark = [pytest.mark.integration, pytest.mark.torch]
 
 
 # --- building archives ---------------------------------------------------------------------------
