@@ -19,20 +19,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from engine.encoders.minilm import (  # noqa: E402
-    CALIBRATION_SENTENCES,
-    EXPORT_STATS,
-    MODEL_ID,
-    QUALITY_THRESHOLD,
-    MiniLMEncoder,
-    worker_cpus,
-)
+from engine.encoders.minilm import CALIBRATION_SENTENCES, EXPORT_STATS, MODEL_ID, QUALITY_THRESHOLD, MiniLMEncoder, worker_cpus
 
 LICENSES = Path("/usr/share/common-licenses")
 
@@ -75,7 +70,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def throughput(encoders: dict[str, object], texts: list[str], batch_size: int, repeats: int) -> dict[str, tuple[float, float, np.ndarray]]:
+def throughput(
+    encoders: dict[str, Callable[[list[str]], Any]], texts: list[str], batch_size: int, repeats: int
+) -> dict[str, tuple[float, float, np.ndarray]]:
     """name -> (best texts/s, median texts/s, embeddings). The passes are interleaved (one pass
     of each encoder per round), so a burst of load elsewhere on the machine hits them alike."""
     rates: dict[str, list[float]] = {name: [] for name in encoders}
@@ -118,7 +115,10 @@ def run(args: argparse.Namespace, cache_dir: Path) -> int:
     print(f"machine      : {cpu_name()}, {os.cpu_count()} CPUs ({worker_cpus()} usable); python {platform.python_version()}")
     print(f"versions     : torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
     print(f"texts        : {len(texts)} sentences from {source}")
-    print(f"               mean {np.mean([len(t) for t in texts]):.0f} characters; batch size {args.batch_size}; best of {args.repeats} passes")
+    print(
+        f"               mean {np.mean([len(t) for t in texts]):.0f} characters; batch size {args.batch_size}; "
+        f"best of {args.repeats} passes"
+    )
     print()
 
     started = time.perf_counter()
@@ -128,8 +128,10 @@ def run(args: argparse.Namespace, cache_dir: Path) -> int:
     auto = MiniLMEncoder(precision="auto", cache_dir=cache_dir)
     auto_s = time.perf_counter() - started
     int8 = auto if auto.quality["precision"] == "int8" else MiniLMEncoder(precision="int8", cache_dir=cache_dir)
-    print(f"setup        : fp32 export {export_s:.1f} s, int8 quantisation + calibration {auto_s:.1f} s "
-          f"({EXPORT_STATS['fp32_exports']} export, {EXPORT_STATS['int8_exports']} quantisation, {EXPORT_STATS['calibrations']} calibration)")
+    print(
+        f"setup        : fp32 export {export_s:.1f} s, int8 quantisation + calibration {auto_s:.1f} s "
+        f"({EXPORT_STATS['fp32_exports']} export, {EXPORT_STATS['int8_exports']} quantisation, {EXPORT_STATS['calibrations']} calibration)"
+    )
 
     model = SentenceTransformer(str(resolve_model_dir(MODEL_ID)), device="cpu", local_files_only=True)
     results = throughput({
@@ -155,7 +157,10 @@ def run(args: argparse.Namespace, cache_dir: Path) -> int:
     print(f"int8 quality : vs fp32 on the {auto.quality['calibration_sentences']} calibration sentences: "
           f"min {auto.quality['min_cosine']:.4f}, mean {auto.quality['mean_cosine']:.4f} (threshold {QUALITY_THRESHOLD})")
     print(f"               vs fp32 on the {len(texts)} benchmark texts: min {bench_cos.min():.4f}, mean {bench_cos.mean():.4f}")
-    print(f"auto chooses : {chosen}" + ("" if chosen == "int8" else f" (int8 min cosine {auto.quality['min_cosine']:.4f} < {QUALITY_THRESHOLD})"))
+    print(
+        f"auto chooses : {chosen}"
+        + ("" if chosen == "int8" else f" (int8 min cosine {auto.quality['min_cosine']:.4f} < {QUALITY_THRESHOLD})")
+    )
     return 0
 
 

@@ -32,10 +32,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 DOCS = Path("/usr/share/doc")
 
@@ -77,14 +78,18 @@ def bare(chunks: list[str], batch_size: int) -> tuple[float, str]:
     return len(chunks) / seconds, repr(embedder.encoder)
 
 
-async def end_to_end(files: list[tuple[str, str]], chunk_size: int, overlap: int, data_dir: Path, sandbox: str = "on") -> dict:
+async def end_to_end(
+    files: list[tuple[str, str]], chunk_size: int, overlap: int, data_dir: Path, sandbox: Literal["on", "off"] = "on"
+) -> dict:
+    from pydantic import SecretStr
+
     from events import codec
     from functions.records.collection import Collections
     from functions.records.tenancy import Tenancy
     from infra.bootstrap import bootstrap
     from infra.settings import Settings
 
-    settings = Settings(data_dir=data_dir, admin_key="sk_admin_bench", log_level="WARNING", log_json=True, sandbox=sandbox)
+    settings = Settings(data_dir=data_dir, admin_key=SecretStr("sk_admin_bench"), log_level="WARNING", log_json=True, sandbox=sandbox)
     from infra.logging import configure_logging
 
     configure_logging("WARNING", json=True)
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     bare_rate, encoder = bare(chunks, args.batch_size)
     print(f"bare:        {bare_rate:8.1f} chunks/s  ({encoder}, batch {args.batch_size}, this process)")
 
-    modes = ["off", "on"] if args.sandbox == "both" else [args.sandbox]
+    modes: list[Literal["on", "off"]] = ["off", "on"] if args.sandbox == "both" else [args.sandbox]
     rates: dict[str, float] = {}
     for mode in modes:
         data_dir = (args.data_dir / mode) if args.data_dir else Path(tempfile.mkdtemp(prefix=f"sluice-bench-ingest-{mode}-"))

@@ -54,9 +54,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from infra.vectors import EdgeVectorIndex, Point, QdrantVectorIndex, VectorIndex, VectorSpec, point_id  # noqa: E402
+from infra.vectors import EdgeVectorIndex, Hit, Point, QdrantVectorIndex, VectorIndex, VectorSpec, point_id
 
 VECTOR = "text_embedding"
 LIMIT = 10
@@ -156,10 +156,11 @@ class PeakRss:
             self.reset = True
         except OSError:
             self.reset = False
-        self.base_kb = _status_kb("VmRSS") if self.reset else None
-        if self.base_kb is None:
+        base_kb = _status_kb("VmRSS") if self.reset else None
+        if base_kb is None:
             self.reset = False
-            self.base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+            base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+        self.base_kb = base_kb
 
     def peak_mb(self) -> float:
         peak = _status_kb("VmHWM") if self.reset else None
@@ -235,7 +236,7 @@ async def bench_adapter(
             for q in warmups:
                 await index.search(collection, VECTOR, q.tolist(), limit=LIMIT)
             query_lists = [q.tolist() for q in queries]
-            hits_of: list[list[str]] = []
+            hits_of: list[list[Hit]] = []
             for q in query_lists:
                 started = time.perf_counter()
                 hits = await index.search(collection, VECTOR, q, limit=LIMIT)
@@ -264,7 +265,9 @@ async def bench_adapter(
             result.peak_rss_mb = memory.peak_mb()
             anon, mapped = _status_kb("RssAnon"), _status_kb("RssFile")
             if anon is not None and mapped is not None:
-                result.notes.append(f"process RSS before close(): {anon / 1024:.0f} MB anonymous, {mapped / 1024:.0f} MB file-backed (mmap)")
+                result.notes.append(
+                    f"process RSS before close(): {anon / 1024:.0f} MB anonymous, {mapped / 1024:.0f} MB file-backed (mmap)"
+                )
             if adapter in ("edge", "qdrant-local"):
                 result.disk_open_mb = folder_mb(folder)
             if adapter == "qdrant-server":
@@ -385,7 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.points < LIMIT:
         parser.error(f"--points must be at least {LIMIT}")
-    if args.points_local is not None and not LIMIT <= args.points_local:
+    if args.points_local is not None and not args.points_local >= LIMIT:
         parser.error(f"--points-local must be at least {LIMIT}")
     args.recall_queries = max(1, min(args.recall_queries, args.queries))
     return args

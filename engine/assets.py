@@ -27,13 +27,7 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from engine.env import engine_env
-from events.errors import (
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    PermanentError,
-    TransientError,
-)
+from events.errors import Forbidden, InvalidInput, NotFound, PermanentError, TransientError
 
 __all__ = [
     "AssetAccessDenied",
@@ -226,7 +220,7 @@ def _fetch_s3(url: str, bucket: str, key: str, dest: Path) -> None:
         client.close()
 
 
-def _env_s3_client(url: str):  # noqa: ANN202 - a botocore client has no importable type
+def _env_s3_client(url: str):
     """A botocore S3 client from SLUICE_S3_* (MinIO and friends) or the standard AWS credentials."""
     import botocore.session
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,20 +48,25 @@ class Envelope(BaseModel, Generic[P]):
             raise ValueError(f"envelope type {self.type!r} does not match payload type {payload_type!r}")
         return self
 
-    def child(self, payload: BaseModel, *, namespace: str | None = None) -> Envelope:
+    def child(self, payload: BaseModel, *, namespace: str | None = None) -> AnyEnvelope:
         """An event caused by this one: same correlation, causation = this event."""
-        return Envelope[Payload](
-            namespace=namespace if namespace is not None else self.namespace,
-            correlation_id=self.correlation_id,
-            causation_id=self.event_id,
-            payload=payload,
-        )
+        return _envelope(namespace=namespace if namespace is not None else self.namespace,
+                         correlation_id=self.correlation_id, causation_id=self.event_id, payload=payload)
 
 
-def make(payload: BaseModel, *, namespace: str | None = None, correlation_id: str | None = None) -> Envelope:
+def make(payload: BaseModel, *, namespace: str | None = None, correlation_id: str | None = None) -> AnyEnvelope:
     """A new root event (no cause inside Sluice: a REST call, a notification, a file drop)."""
     kwargs = {"correlation_id": correlation_id} if correlation_id else {}
-    return Envelope[Payload](namespace=namespace, payload=payload, **kwargs)
+    return _envelope(namespace=namespace, payload=payload, **kwargs)
 
 
-AnyEnvelope = Envelope[Payload]
+def _envelope(**fields: Any) -> AnyEnvelope:
+    return Envelope[Payload](**fields)
+
+
+if TYPE_CHECKING:
+    AnyEnvelope = Envelope[Any]
+    """Any event: for the type checker, an envelope whose payload may be read as any payload type
+    (handlers narrow it with their `Envelope[SomePayload]` annotation)."""
+else:
+    AnyEnvelope = Envelope[Payload]  # validates and decodes through the payloads' discriminated union

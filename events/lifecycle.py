@@ -54,7 +54,7 @@ class Lifecycle:
     async def _health(self) -> Health:
         return Health(status="ok", adapter=self.adapter_name)
 
-    async def __aenter__(self):  # noqa: ANN204 - returns Self
+    async def __aenter__(self):
         await self.connect()
         return self
 

@@ -7,6 +7,7 @@ a literal `type` that the codec uses as the discriminator of one union.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,12 +95,25 @@ class DeployPlugin(_Payload):
     plugin_id: str = Field(description="Plugin version to deploy.")
 
 
+class DeploymentStatus(StrEnum):
+    """A plugin version's (or a model's) endpoint: QUEUED → PENDING → IN_PROGRESS → DEPLOYED | FAILED;
+    NOT_DEPLOYED when it never was, was undeployed, or is batch-only."""
+
+    QUEUED = "QUEUED"
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    DEPLOYED = "DEPLOYED"
+    FAILED = "FAILED"
+    NOT_DEPLOYED = "NOT_DEPLOYED"
+    UNDEPLOYED = "UNDEPLOYED"
+
+
 class PluginDeploymentChanged(_Payload):
     """A realtime deployment moved to a new status."""
 
     type: Literal["PluginDeploymentChanged"] = "PluginDeploymentChanged"
     plugin_id: str = Field(description="Plugin version.")
-    status: Literal["QUEUED", "PENDING", "IN_PROGRESS", "DEPLOYED", "FAILED", "NOT_DEPLOYED", "UNDEPLOYED"]
+    status: DeploymentStatus = Field(description="The status it moved to.")
     error: str | None = Field(default=None, description="Why it failed, with the last log lines.")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 from events.envelope import AnyEnvelope, Envelope
@@ -25,7 +25,7 @@ def _is_object_created(event_name: str) -> bool:
     return event_name.removeprefix("s3:").startswith(_CREATED)
 
 
-def _source(record: dict[str, Any], document: dict[str, Any]) -> str:
+def _source(record: dict[str, Any], document: dict[str, Any]) -> Literal["s3", "minio"]:
     if record.get("eventSource") == "minio:s3" or "EventName" in document or "source" in record:
         return "minio"
     return "s3"

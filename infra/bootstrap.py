@@ -20,6 +20,7 @@ from events.lifecycle import Health, Lifecycle
 from events.publisher import Publisher
 from events.topics import Topics
 from infra.catalog.base import Catalog
+from infra.compute import ComputeAdapter
 from infra.objectstore.base import ObjectStore
 from infra.serving.base import ServeControl
 from infra.settings import Settings
@@ -56,7 +57,7 @@ class Platform:
     store: ObjectStore
     catalog: Catalog
     vectors: VectorIndex
-    compute: Lifecycle
+    compute: ComputeAdapter
     admin_key: str
     serve: ServeControl
     _connected: list[Lifecycle] = field(default_factory=list)
@@ -173,7 +174,7 @@ def _vectors(settings: Settings) -> VectorIndex:
     return EdgeVectorIndex(settings.data_dir / "vectors")
 
 
-def _compute(settings: Settings) -> Lifecycle:
+def _compute(settings: Settings) -> ComputeAdapter:
     from infra.compute import NoCompute, RayCompute
 
     if settings.compute == "none":
@@ -197,5 +198,6 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Platform:
     unknown = set(overrides) - set(builders)
     if unknown:
         raise TypeError(f"unknown overrides {sorted(unknown)}; expected some of {sorted(builders)}")
-    parts = {name: overrides[name] if name in overrides else build(settings) for name, build in builders.items()}
+    # one adapter per port, each of its own type (an override is whatever the caller passed)
+    parts: dict[str, Any] = {name: overrides[name] if name in overrides else build(settings) for name, build in builders.items()}
     return Platform(settings=settings, topics=Topics(settings.topic_prefix), **parts)

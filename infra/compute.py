@@ -72,3 +72,6 @@ class NoCompute(Lifecycle):
 
     async def _health(self) -> Health:
         return Health(status="degraded", adapter="none", detail={"reason": "compute disabled (SLUICE_COMPUTE=none)"})
+
+
+ComputeAdapter = RayCompute | NoCompute

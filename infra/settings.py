@@ -53,12 +53,24 @@ class Settings(BaseSettings):
     confirm_wait_s: float = Field(default=60.0, ge=0, le=600, description="How long a confirm waits for scan and register.")
     plugin_validation_timeout_s: float = Field(default=300.0, gt=0, description="Limit on one plugin's validation and dry run.")
     ingest_max_delay_s: float = Field(default=2.0, ge=0, le=3600, description="How long a burst of drops may wait to join one job.")
-    ingest_max_objects: int = Field(default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once.")
+    ingest_max_objects: int = Field(
+        default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once."
+    )
     ingest_max_jobs: int = Field(default=1, ge=1, description="Ingest jobs running at once in this process.")
     ingest_max_inline_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest text object passed inline in `data`.")
-    deploy_timeout_s: float = Field(default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED.")
-    retriever_wait_s: float = Field(default=30.0, ge=0, le=600, description="How long a query waits for its plugin version's deployment to finish.")
-    retriever_cache_s: float = Field(default=1.0, ge=0, le=60, description="How long a query reuses its collection and deployment records (0: read them every time; changes made in this process are seen at once).")
+    deploy_timeout_s: float = Field(
+        default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED."
+    )
+    retriever_wait_s: float = Field(
+        default=30.0, ge=0, le=600, description="How long a query waits for its plugin version's deployment to finish."
+    )
+    retriever_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long a query reuses its collection and deployment records (0: read them every time; "
+        "changes made in this process are seen at once).",
+    )
     sandbox: Literal["on", "off"] = Field(
         default="on", description="Run plugin code only in confined plugin hosts (`off`: in the owner's process, "
         "uncontained — for trusted plugins and benchmarks only; logged loudly).")
@@ -77,8 +89,12 @@ class Settings(BaseSettings):
     egress_pinned_hosts: dict[str, str] = Field(
         default_factory=dict, description="Operator pins of declared egress hosts to addresses, JSON {host: ip}; a pinned "
         "address may be private (an on-prem API). Plugins still reach only the hosts their manifest declares.")
-    require_gpu: bool = Field(default=False, description="Fail jobs whose GPU steps the cluster cannot place, instead of running them on CPU.")
-    secrets_key: SecretStr | None = Field(default=None, description="Master key for namespace secrets; generated into the data dir when unset.")
+    require_gpu: bool = Field(
+        default=False, description="Fail jobs whose GPU steps the cluster cannot place, instead of running them on CPU."
+    )
+    secrets_key: SecretStr | None = Field(
+        default=None, description="Master key for namespace secrets; generated into the data dir when unset."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -205,7 +205,10 @@ def model_fingerprint(model_dir: Path) -> str:
     once per process for an unchanged folder."""
     model_dir = Path(model_dir)
     files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    signature = (str(model_dir.resolve()), tuple((p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    signature = (
+        str(model_dir.resolve()),
+        tuple((p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files),
+    )
     cached = _fingerprints.get(signature)
     if cached is not None:
         return cached
@@ -225,7 +228,7 @@ def _lock_for(path: Path) -> threading.Lock:
         return _file_locks.setdefault(str(path), threading.Lock())
 
 
-def _atomic_write(target: Path, produce: Callable[[Path], None]) -> None:
+def _atomic_write(target: Path, produce: Callable[[Path], object]) -> None:
     """`produce(tmp)` writes a temporary file beside `target`, which then replaces `target` in one
     rename: a reader sees no file or the whole file, never half of one."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -514,7 +517,9 @@ class MiniLMEncoder:
         if precision not in PRECISIONS:
             raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", details={"precision": precision})
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 2 <= max_length <= MAX_POSITIONS:
-            raise InvalidInput(f"max_length must be an integer from 2 to {MAX_POSITIONS}, got {max_length!r}", details={"max_length": max_length})
+            raise InvalidInput(
+                f"max_length must be an integer from 2 to {MAX_POSITIONS}, got {max_length!r}", details={"max_length": max_length}
+            )
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InvalidInput(f"threads must be a positive integer, got {threads!r}", details={"threads": threads})
         from engine.models import resolve_model_dir
@@ -633,9 +638,14 @@ class MiniLMEncoder:
             started = time.perf_counter()
             low, mean = self._compare(runners["fp32"], runners["int8"])
             decision = {
-                "key": key, "candidate": "int8", "min_cosine": low, "mean_cosine": mean,
-                "passed": low >= QUALITY_THRESHOLD, "calibration_sentences": len(CALIBRATION_SENTENCES),
-                "measured_seconds": round(time.perf_counter() - started, 3), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "key": key,
+                "candidate": "int8",
+                "min_cosine": low,
+                "mean_cosine": mean,
+                "passed": low >= QUALITY_THRESHOLD,
+                "calibration_sentences": len(CALIBRATION_SENTENCES),
+                "measured_seconds": round(time.perf_counter() - started, 3),
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             _write_json_atomic(decision_path, decision)
             EXPORT_STATS["calibrations"] += 1

@@ -137,7 +137,7 @@ def run_job(
         log.info("ingest job waits for CPUs: the cluster has %.1f of %.1f free", free.get("CPU", 0.0), cpus)
     spec_ref = replace(spec, archive=spec.archive if not isinstance(spec.archive, (bytes, bytearray)) else ray.put(spec.archive))
     blocks = max(1, min(len(rows) // 8, 256))
-    dataset = ray.data.from_items(list(rows), override_num_blocks=blocks)
+    dataset: ray.data.Dataset = ray.data.from_items(list(rows), override_num_blocks=blocks)
     groups = group_steps(steps)
     for n, group in enumerate(groups):
         # stages share what is free: one stage holding every CPU would starve the next one

@@ -10,13 +10,7 @@ need them, so plugin modules that merely import the SDK do not pay for them.
 """
 
 from engine.models.device import select_device
-from engine.models.hf import (
-    KNOWN_OFFLINE_MODELS,
-    ModelNotAvailable,
-    clear_model_cache,
-    load_hf_model,
-    resolve_model_dir,
-)
+from engine.models.hf import KNOWN_OFFLINE_MODELS, ModelNotAvailable, clear_model_cache, load_hf_model, resolve_model_dir
 from engine.models.lazy import LazyModelMixin, build_model, lazy_model
 from engine.models.namespace import load_namespace_model, set_namespace_model_resolver
 

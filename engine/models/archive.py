@@ -16,7 +16,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 from engine.models.untrusted import (
     MiB,
@@ -193,7 +193,7 @@ def _read_members(tf: tarfile.TarFile, limits: ModelLimits) -> tuple[list[tarfil
             info = tf.next()
         except _TooMuchData as exc:
             return infos, [ModelFinding("MDL105", "", f"the archive expands too far: {exc}")]
-        except Exception as exc:  # untrusted bytes: any parse failure means a corrupt archive
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parse failure means a corrupt archive
             detail = f"{type(exc).__name__}: {show(str(exc))}"
             message = f"not a .tar.gz archive: corrupt after {len(infos)} members ({detail})"
             return infos, [ModelFinding("MDL101", "", message)]
@@ -260,7 +260,7 @@ def _extract_members(tf: tarfile.TarFile, members: list[_Member], dest: Path, li
             tf.extract(m.info, path=dest, set_attrs=False, filter="data")
         except _TooMuchData as exc:
             return files, [ModelFinding("MDL105", show(m.info.name), f"the archive expands too far: {exc}")]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - untrusted input: any parser error is a finding, never a crash
             detail = f"{type(exc).__name__}: {show(str(exc))}"
             return files, [ModelFinding("MDL140", show(m.info.name), f"extraction failed ({detail})")]
         if m.is_dir:
@@ -307,10 +307,11 @@ def _extract(archive: Path, dest: Path, limits: ModelLimits) -> Extracted:
     with open(archive, "rb") as raw:
         stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw  # type: ignore[assignment]
         try:
-            tf = tarfile.open(fileobj=_BoundedStream(stream, cap), mode="r:")  # type: ignore[arg-type]
+            # reading, tarfile calls only read/seek/tell; the stub's file protocol also asks for write
+            tf = tarfile.open(fileobj=cast(IO[bytes], _BoundedStream(stream, cap)), mode="r:")  # noqa: SIM115 - closed below
         except _TooMuchData as exc:
             return [], [ModelFinding("MDL105", "", f"the archive expands too far: {exc}")]
-        except Exception as exc:  # ReadError, BadGzipFile, EOFError, zlib.error, ...
+        except Exception as exc:  # noqa: BLE001 - ReadError, BadGzipFile, EOFError, zlib.error, ...
             detail = f"{type(exc).__name__}: {show(str(exc))}"
             what = "gzip data is corrupt or it is not a tar inside" if is_gzip else "no tar header"
             return [], [ModelFinding("MDL101", "", f"not a .tar.gz archive: {what} ({detail})")]

@@ -30,7 +30,7 @@ def select_device(prefer: str | None = None) -> str:
     return "cpu"
 
 
-def _usable(torch, device: str) -> bool:  # noqa: ANN001 - torch is a module imported lazily
+def _usable(torch, device: str) -> bool:
     kind, _, index = device.partition(":")
     if kind == "cpu":
         return index == ""

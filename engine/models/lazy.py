@@ -37,7 +37,9 @@ def build_model(
     loaded = load_hf_model(model_id, model_class, tokenizer_class, torch_dtype)
     cls = resolve_class(model_class, "model_class")
     if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-        model = cls(cls.config_class.from_dict(loaded["config"]))
+        config_class = cls.config_class
+        assert config_class is not None  # None only on PreTrainedModel itself; a model class names its config class
+        model = cls(config_class.from_dict(loaded["config"]))
     else:  # an Auto class: the config's model_type picks the architecture
         model = cls.from_config(transformers.AutoConfig.for_model(**loaded["config"]))
     state_dict = loaded["state_dict"]
@@ -54,7 +56,8 @@ def build_model(
             details={"model_id": model_id},
         ) from exc
     model.eval()
-    model.to(device or select_device())
+    # transformers decorates .to with functools.wraps(nn.Module.to): its stub takes the model as an extra argument
+    model.to(device or select_device())  # type: ignore[arg-type]
     return model, _load_tokenizer(loaded, tokenizer_class)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import _compat_pickle
 import pickletools
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 MiB = 1024**2
 MAX_PICKLE_BYTES = 64 * MiB
@@ -162,7 +162,8 @@ class PickleReport:
 
 class _BoundedReader:
     """A read-only view of a binary stream that refuses to go more than `limit` bytes past where it
-    started, so a pickle that declares a huge string or bytes object is cut off, not read."""
+    started, so a pickle that declares a huge string or bytes object is cut off, not read.
+    pickletools.genops only calls read, readline and tell, so it is passed as `IO[bytes]`."""
 
     def __init__(self, raw: BinaryIO, limit: int) -> None:
         self._raw = raw
@@ -286,13 +287,13 @@ class _Replay:
         elif name == "STACK_GLOBAL":
             self.stack_global(pos)
         elif name in _PUT_OPS:
-            self.memo[int(arg)] = self.top()  # type: ignore[arg-type]
+            self.memo[int(cast(int, arg))] = self.top()  # pickletools decodes every PUT opcode's argument as an int
         elif name == "MEMOIZE":
             self.memo[len(self.memo)] = self.top()
         elif name in _GET_OPS:
             if arg not in self.memo:
                 raise _Malformed(f"fetches memo entry {arg} that was never stored")
-            self.stack.append(self.memo[arg])  # type: ignore[index]
+            self.stack.append(self.memo[arg])
         elif name == "DUP":
             self.stack.append(self.top())
         elif name in _EXT_OPS:
@@ -315,10 +316,7 @@ class _Replay:
 
     def call_or_generic(self, op: pickletools.OpcodeInfo, pos: int | None) -> None:
         name = op.name
-        if name == "REDUCE":
-            self.pop()
-            self.called(self.pop(), name, pos)
-        elif name == "NEWOBJ":
+        if name == "REDUCE" or name == "NEWOBJ":
             self.pop()
             self.called(self.pop(), name, pos)
         elif name == "NEWOBJ_EX":
@@ -361,7 +359,7 @@ def scan_pickle(stream: BinaryIO, subject: str = "pickle", limit: int = MAX_PICK
     report = PickleReport()
     replay = _Replay(subject, report)
     try:
-        for op, arg, pos in pickletools.genops(_BoundedReader(stream, limit)):
+        for op, arg, pos in pickletools.genops(cast(IO[bytes], _BoundedReader(stream, limit))):
             replay.step(op, arg, pos)
     except _Enough:
         pass
@@ -370,7 +368,7 @@ def scan_pickle(stream: BinaryIO, subject: str = "pickle", limit: int = MAX_PICK
         replay.problem("MDL307", message, stop_when_full=False)
     except _Malformed as exc:
         replay.problem("MDL306", f"is malformed: it {exc}", stop_when_full=False)
-    except Exception as exc:  # genops: ValueError, UnicodeDecodeError, struct errors on truncation
+    except Exception as exc:  # noqa: BLE001 - genops: ValueError, UnicodeDecodeError, struct errors on truncation
         detail = ascii(str(exc))[1:-1][:SHOWN_ERROR_CHARS]
         replay.problem("MDL306", f"is malformed or truncated ({type(exc).__name__}: {detail})", stop_when_full=False)
     return report
@@ -379,14 +377,14 @@ def scan_pickle(stream: BinaryIO, subject: str = "pickle", limit: int = MAX_PICK
 def first_pickle_is_int(stream: BinaryIO, value: int, max_ops: int = 8) -> bool:
     """Whether the pickle at the stream's position is exactly one integer equal to `value` (the
     legacy torch.save magic number). Reads at most `max_ops` opcodes."""
-    seen: list[object] = []
+    seen: list[tuple[str, object]] = []
     try:
-        for count, (op, arg, _pos) in enumerate(pickletools.genops(_BoundedReader(stream, 4096))):
+        for count, (op, arg, _pos) in enumerate(pickletools.genops(cast(IO[bytes], _BoundedReader(stream, 4096)))):
             if count >= max_ops:
                 return False
             if op.name in ("PROTO", "FRAME", "MEMOIZE", "STOP") or op.name in _PUT_OPS:
                 continue
             seen.append((op.name, arg))
-    except Exception:
+    except Exception:  # noqa: BLE001 - untrusted input: any parser error is a finding, never a crash
         return False
     return len(seen) == 1 and seen[0][0] in ("LONG1", "LONG4", "LONG", "INT") and seen[0][1] == value

@@ -77,6 +77,7 @@ def build_payload(root: Path, model_format: str, files: list[str]) -> dict[str, 
             raise ValueError(f"{weights[0]}: {problems[0]}")
         loaded = torch.load(root / weights[0], map_location="cpu", weights_only=True)
         state_dict, _ = find_state_dict(loaded)
+        assert state_dict is not None  # check_torch_file above refuses a file that holds no state dict (MDL312)
         return {"kind": "state_dict", "state_dict": _numpy_state_dict(dict(state_dict))}
     if model_format == "safetensors":
         from safetensors.torch import load_file

@@ -236,7 +236,7 @@ def _check_nested(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[Finding]:
         try:
             with zf.open(info) as entry:
                 head = entry.read(MAGIC_READ_BYTES)
-        except Exception as exc:  # untrusted bytes: any parse failure is a corrupt entry
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parse failure is a corrupt entry
             return found + [_finding("SLU905", name, str(exc))]
         kind = next((k for k, magic in ARCHIVE_MAGIC.items() if magic.match(head)), None)
         if kind:
@@ -352,7 +352,7 @@ def _inspect_open(fp, name: str, limits: ArchiveLimits) -> list[Finding]:
         return found
     try:
         zf = zipfile.ZipFile(fp)
-    except Exception as exc:  # untrusted bytes: any parse failure means "not a zip we can read"
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parse failure means "not a zip we can read"
         return [_finding("SLU901", name, str(exc) or type(exc).__name__)]
     with zf:
         infos = zf.infolist()

@@ -10,7 +10,7 @@ import struct
 import uuid
 import wave
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ def add_input_aliases(batch: pd.DataFrame, input_fields: Iterable[str]) -> pd.Da
     is_text = batch["blob_type"].eq("text") if "blob_type" in batch.columns else pd.Series(True, index=batch.index)
     batch = batch.copy()
     for name in fields:
-        batch[name] = pd.Series([d if t else None for d, t in zip(batch["data"], is_text)], index=batch.index, dtype=object)
+        batch[name] = pd.Series([d if t else None for d, t in zip(batch["data"], is_text, strict=False)], index=batch.index, dtype=object)
     return batch
 
 
@@ -136,7 +136,7 @@ def _pdf(i: int) -> tuple[str, str, bytes]:
     return ".pdf", "application/pdf", bytes(out)
 
 
-_SAMPLE_FILES = {"image": _png, "audio": _wav, "pdf": _pdf}
+_SAMPLE_FILES: dict[str, Callable[[int], tuple[str, str, bytes]]] = {"image": _png, "audio": _wav, "pdf": _pdf}
 
 
 def can_sample(input_type: str) -> bool:

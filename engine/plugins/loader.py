@@ -74,7 +74,7 @@ def package_name(root: Path) -> str:
 
 def _plugin_frame(root: Path) -> tuple[str, int]:
     """(file relative to the plugin, line) of the innermost plugin frame calling the guard."""
-    frame = sys._getframe(2)  # the guard; the plugin code that called it is further out
+    frame: types.FrameType | None = sys._getframe(2)  # the guard; the plugin code that called it is further out
     while frame is not None:
         rel = relative_file(root, frame.f_code.co_filename)
         if rel is not None:

@@ -11,7 +11,7 @@ import ast
 import difflib
 import re
 import types
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,7 +58,7 @@ class RealtimeConfig(BaseModel):
 REALTIME_KEYS = tuple(RealtimeConfig.model_fields)
 
 # rule id -> (severity, hint)
-RULES: dict[str, tuple[str, str]] = {
+RULES: dict[str, tuple[Literal["error", "warning"], str]] = {
     "SLU800": ("error", "Fix the exception shown; the manifest must import with only its declared dependencies."),
     "SLU801": ("error", "Set metadata = {'feature_extractor_name': ..., 'version': ...} or module-level feature_extractor_name."),
     "SLU802": ("error", "The upload name and the manifest's feature_extractor_name must be the same."),
@@ -277,7 +277,9 @@ def _realtime_config(value: Any, findings: list[Finding]) -> dict[str, Any] | No
     for key in value:
         if key not in REALTIME_KEYS:
             close = difflib.get_close_matches(str(key), REALTIME_KEYS, n=1, cutoff=0.6)
-            findings.append(finding("SLU823", f"realtime_config has an unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")))
+            findings.append(
+                finding("SLU823", f"realtime_config has an unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            )
             bad = True
     if bad:
         return None
@@ -289,7 +291,9 @@ def _realtime_config(value: Any, findings: list[Finding]) -> dict[str, Any] | No
             findings.append(finding("SLU823", f"realtime_config[{e['loc'][0]!r}]: {e['msg']}"))
         return None
     if config.max_replicas is not None and config.max_replicas < config.min_replicas:
-        findings.append(finding("SLU823", f"realtime_config: max_replicas {config.max_replicas} is below min_replicas {config.min_replicas}"))
+        findings.append(
+            finding("SLU823", f"realtime_config: max_replicas {config.max_replicas} is below min_replicas {config.min_replicas}")
+        )
         return None
     return config.model_dump(exclude_unset=True)
 
@@ -427,7 +431,7 @@ def _allow_shape(value: Any) -> str | None:
 def _allow_element_lines(node: ast.expr) -> list[int]:
     if not isinstance(node, ast.Dict):
         return []
-    for key, value in zip(node.keys, node.values):
+    for key, value in zip(node.keys, node.values, strict=False):
         if isinstance(key, ast.Constant) and key.value == "allow" and isinstance(value, (ast.List, ast.Tuple)):
             return [element.lineno for element in value.elts]
     return []

@@ -38,6 +38,7 @@ import stat
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Literal, cast
 
 from events.payloads import Finding
 
@@ -48,7 +49,7 @@ __all__ = ["RETIRED_RULES", "RULES", "PluginSecurityScanner", "Rule", "ScanRepor
 @dataclass(frozen=True)
 class Rule:
     rule_id: str
-    severity: str
+    severity: Literal["error", "warning"]
     title: str
     hint: str
 
@@ -67,45 +68,45 @@ RULES: dict[str, Rule] = {r.rule_id: r for r in (
     Rule("SLU003", "error", "unreadable source (null bytes or invalid UTF-8)", "Save the file as plain UTF-8 text."),
     Rule("SLU004", "error", "non-UTF-8 coding declaration", "Delete the `# coding:` line (UTF-8 is the default) or declare utf-8."),
     Rule("SLU005", "error", "source nested too deeply to scan", "Split the expression into smaller statements."),
-    Rule("SLU010", "error", "compiled, native or importable binary file", "Ship Python source only; declare dependencies instead of bundling them."),
+    Rule("SLU010", "error", "compiled, native or importable binary file", "Ship Python source only; declare dependencies instead of bundling them."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU011", "error", "__pycache__ folder", "Delete __pycache__ folders before zipping the plugin."),
     Rule("SLU012", "error", "symbolic link or special file", "Replace links with the files themselves; upload regular files only."),
-    Rule("SLU101", "error", "forbidden module", "Plugins may not start processes or threads, open sockets, call native code or import dynamically; use the shared.plugins helpers and the container services."),
+    Rule("SLU101", "error", "forbidden module", "Plugins may not start processes or threads, open sockets, call native code or import dynamically; use the shared.plugins helpers and the container services."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU102", "error", "star import from a sensitive module", "Import the names you use explicitly (`from os import path`)."),
     Rule("SLU103", "error", "platform module", "Import only the plugin SDK (shared.*, engine.plugins.extractors.pipeline, engine.models, "
          "engine.llm, engine.namespace_secrets, engine.assets, events.errors); the platform's own modules are not available to plugins."),
     Rule("SLU105", "error", "network protocol other than HTTP(S)", "Call the service over HTTP(S) with httpx, requests or "
          "urllib.request; declared hosts are reachable only through the platform's HTTP(S) proxy."),
-    Rule("SLU201", "error", "dynamic code execution or import by name", "Write the code out; plugins may not evaluate, compile or import code by string."),
+    Rule("SLU201", "error", "dynamic code execution or import by name", "Write the code out; plugins may not evaluate, compile or import code by string."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU202", "error", "open() builtin", _ASSET_HINT),
-    Rule("SLU203", "error", "namespace-reflection builtin", "Assign attributes directly (`obj.name = value`) and keep dynamic state in an explicit dict."),
+    Rule("SLU203", "error", "namespace-reflection builtin", "Assign attributes directly (`obj.name = value`) and keep dynamic state in an explicit dict."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU204", "error", "hidden, dunder or sensitive attribute lookup", "Use a literal, non-dunder attribute name "
          "(`getattr(cfg, \"name\", default)`) or a dict lookup; call a sensitive module's functions by name."),
-    Rule("SLU301", "error", "process execution or signalling", "Plugins run inside a worker and may not start or signal processes; call a Python library or an HTTP API instead."),
+    Rule("SLU301", "error", "process execution or signalling", "Plugins run inside a worker and may not start or signal processes; call a Python library or an HTTP API instead."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU302", "error", "raw file descriptors, file-system mutation or process privileges", _ASSET_HINT),
     Rule("SLU303", "error", "code object construction", "Define functions with `def`; building code objects is not allowed."),
-    Rule("SLU304", "error", "interpreter internals (sys.modules, sys.path, stack frames)", "Import what you need at the top of the module; do not reach into the interpreter."),
+    Rule("SLU304", "error", "interpreter internals (sys.modules, sys.path, stack frames)", "Import what you need at the top of the module; do not reach into the interpreter."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU305", "error", "direct file access (io, codecs, shutil)", _ASSET_HINT),
     Rule("SLU306", "error", "remote code execution flag", "Drop trust_remote_code=True: code downloaded with a model is never scanned."),
     Rule("SLU307", "error", "package installation or entry-point loading", "Declare dependencies with the plugin instead of "
          "installing them at run time, and import what you use by name instead of loading entry points."),
     Rule("SLU308", "error", "file or source reader that bypasses the file rules", _ASSET_HINT),
     Rule("SLU401", "error", "__builtins__ access", "Use builtins by name; never through __builtins__."),
-    Rule("SLU402", "error", "function or class internals", "Do not reach __subclasses__, __globals__, __code__ and the like; call the API you need."),
+    Rule("SLU402", "error", "function or class internals", "Do not reach __subclasses__, __globals__, __code__ and the like; call the API you need."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU403", "error", "frame or loader attribute", "Do not walk stack frames or module loaders; pass values explicitly."),
     Rule("SLU404", "error", "module or computed __dict__ access", "Use the module's attributes by name instead of its __dict__."),
-    Rule("SLU405", "error", "sensitive module passed as a value", "Use the module through its name (`os.path.join`); passing it around hides what is called on it."),
-    Rule("SLU501", "error", "pickle-family deserialisation", "Store data as JSON, .npy, parquet or safetensors and load it with a safe loader."),
+    Rule("SLU405", "error", "sensitive module passed as a value", "Use the module through its name (`os.path.join`); passing it around hides what is called on it."),  # noqa: E501 - the rule table keeps one line per rule
+    Rule("SLU501", "error", "pickle-family deserialisation", "Store data as JSON, .npy, parquet or safetensors and load it with a safe loader."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU502", "error", "marshal or shelve load", "Store data as JSON or .npy; marshal and shelve can load code."),
-    Rule("SLU503", "error", "unsafe torch load", "Call torch.load(path, weights_only=True) or use safetensors; TorchScript archives are not allowed."),
+    Rule("SLU503", "error", "unsafe torch load", "Call torch.load(path, weights_only=True) or use safetensors; TorchScript archives are not allowed."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU504", "error", "pandas.read_pickle", "Use pd.read_parquet or pd.read_csv."),
     Rule("SLU505", "error", "numpy.load with allow_pickle", "Leave allow_pickle at its default (False); save object arrays as JSON."),
     Rule("SLU506", "error", "unsafe YAML loader", "Use yaml.safe_load(text) or yaml.load(text, Loader=yaml.SafeLoader)."),
-    Rule("SLU701", "warning", "class introspection dunder", "Prefer isinstance() and type(obj).__name__; class internals are a common sandbox-escape path."),
+    Rule("SLU701", "warning", "class introspection dunder", "Prefer isinstance() and type(obj).__name__; class internals are a common sandbox-escape path."),  # noqa: E501 - the rule table keeps one line per rule
     Rule("SLU702", "warning", "__dict__ access", "Read attributes by name, or use dataclasses.asdict() / model.model_dump()."),
     Rule("SLU703", "warning", "pickle-family module imported", "Prefer JSON, .npy, parquet or safetensors; loading pickles is an error."),
     Rule("SLU704", "warning", "type() with three arguments builds a class dynamically", "Declare the class with a `class` statement."),
-    Rule("SLU705", "warning", "network library without a network declaration in manifest.py: its calls are refused at run time", _NETWORK_HINT),
+    Rule("SLU705", "warning", "network library without a network declaration in manifest.py: its calls are refused at run time", _NETWORK_HINT),  # noqa: E501 - the rule table keeps one line per rule
 )}
 
 # Rules that no longer exist. Their ids stay reserved so old scan reports keep their meaning.
@@ -116,14 +117,16 @@ RETIRED_RULES: dict[str, str] = {
 
 FORBIDDEN_MODULES: dict[str, str] = {
     **dict.fromkeys(("subprocess", "_posixsubprocess", "commands", "popen2", "pty", "_winapi", "webbrowser"), "runs processes"),
-    **dict.fromkeys(("multiprocessing", "_multiprocessing", "threading", "_thread"), "starts processes or threads outside the worker's control"),
+    **dict.fromkeys(("multiprocessing", "_multiprocessing", "threading", "_thread"),
+                    "starts processes or threads outside the worker's control"),
     **dict.fromkeys(("ctypes", "_ctypes", "cffi", "mmap", "pyximport"), "reaches native code and raw memory"),
     **dict.fromkeys(("socket", "_socket"), "opens raw network sockets"),
     **dict.fromkeys(("fcntl", "resource", "signal", "_signal", "posix", "nt"), "reaches the operating system directly"),
     **dict.fromkeys(("importlib", "imp", "_imp", "runpy", "pkgutil", "zipimport", "pydoc", "site", "__main__",
                      "_frozen_importlib", "_frozen_importlib_external"), "imports or resolves code by name at run time"),
     **dict.fromkeys(("builtins", "__builtin__"), "exposes eval, exec, open and __import__"),
-    **dict.fromkeys(("code", "codeop", "timeit", "pdb", "bdb", "trace", "cProfile", "profile", "doctest"), "compiles and runs code from strings"),
+    **dict.fromkeys(("code", "codeop", "timeit", "pdb", "bdb", "trace", "cProfile", "profile", "doctest"),
+                    "compiles and runs code from strings"),
     "gc": "reaches every live object in the interpreter",
     "ray": "reaches the cluster directly (other tenants' actors, deployed models and objects); the platform runs your steps on Ray for you",
 }
@@ -156,7 +159,7 @@ FORBIDDEN_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     *((p, "SLU305", "opens files directly") for p in ("io.open", "io.open_code", "io.FileIO", "codecs.open")),
     *((p, "SLU305", "copies, moves and deletes files") for p in ("shutil", "shutil.*")),
     *((p, "SLU101", "loads native code") for p in ("numpy.ctypeslib", "numpy.ctypeslib.*", "torch.ops.load_library",
-                                                  "torch.classes.load_library", "torch.utils.cpp_extension", "torch.utils.cpp_extension.*")),
+                                                  "torch.classes.load_library", "torch.utils.cpp_extension", "torch.utils.cpp_extension.*")),  # noqa: E501 - the rule table keeps one line per rule
     *((f"{m}.{f}", "SLU501", "runs arbitrary code while unpickling")
       for m in ("pickle", "dill", "cloudpickle") for f in ("load", "loads", "Unpickler", "_load", "_loads", "_Unpickler")),
     ("joblib.load", "SLU501", "unpickles arbitrary objects"),
@@ -355,8 +358,8 @@ def _resolve(node: ast.AST, aliases: dict[str, tuple[str, str]]) -> str | None:
             attrs.append(node.attr)
             node = node.value
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-              and node.func.id not in aliases and len(node.args) >= 2 and _const_str(node.args[1]) is not None):
-            attrs.append(_const_str(node.args[1]))
+              and node.func.id not in aliases and len(node.args) >= 2 and (literal := _const_str(node.args[1])) is not None):
+            attrs.append(literal)
             node = node.args[0]
         else:
             break
@@ -381,18 +384,22 @@ def _collect_aliases(tree: ast.AST) -> tuple[dict[str, tuple[str, str]], set[int
             for a in node.names:
                 if a.name != "*":
                     aliases[a.asname or a.name] = (f"{node.module}.{a.name}", "imported as")
-    pairs: list[tuple[ast.AST, ast.AST]] = []
+    pairs: list[tuple[ast.expr, ast.expr]] = []
     in_class = {id(s) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for s in c.body}  # `A.mod` escapes tracking
     for node in ast.walk(tree):
         if id(node) in in_class:
             continue
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None else []
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
         for target in targets:
-            if isinstance(target, (ast.Tuple, ast.List)) and isinstance(node.value, (ast.Tuple, ast.List)):
-                pairs.extend(zip(target.elts, node.value.elts))
+            if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)):
+                pairs.extend(zip(target.elts, value.elts, strict=False))
             else:
-                pairs.append((target, node.value))
+                pairs.append((target, value))
     rhs: set[int] = set()
     for _ in range(8):  # chains like a = os; b = a; c = b.system settle in a few rounds
         changed = False
@@ -497,14 +504,15 @@ class _Checker(ast.NodeVisitor):
                 self.report(rule[0], node, f"import of `{ast.unparse(node)}`: {rule[1]}")
                 continue
             written = f"{node.module}.{a.name}"
-            shown = qual + (f" (imported as `{local}`)" if local != qual.rpartition(".")[2] else "" if written == qual else f" (as `{written}`)")
+            alias = f" (imported as `{local}`)" if local != qual.rpartition(".")[2] else "" if written == qual else f" (as `{written}`)"
+            shown = qual + alias
             if (m := _match(qual)) and _top(canon_module) not in FORBIDDEN_MODULES:
                 self.report(m[1], node, f"{shown} {m[2]}")
             elif _top(qual) in FORBIDDEN_MODULES and _top(canon_module) not in FORBIDDEN_MODULES:
                 self.report("SLU101", node, f"{shown}: {_top(qual)} {FORBIDDEN_MODULES[_top(qual)]}")
             elif a.name in INTERNAL_ATTRS and RULES[INTERNAL_ATTRS[a.name][0]].severity == "error":
-                rule, phrase = INTERNAL_ATTRS[a.name]
-                self.report(rule, node, f"importing `{a.name}` from {node.module} {phrase}")
+                rule_id, phrase = INTERNAL_ATTRS[a.name]
+                self.report(rule_id, node, f"importing `{a.name}` from {node.module} {phrase}")
 
     # -- names and attributes --
 
@@ -602,8 +610,8 @@ class _Checker(ast.NodeVisitor):
         if not any(isinstance(n, ast.Call) or (isinstance(n, ast.Attribute) and _is_dunder(n.attr)) for n in ast.walk(expr)):
             return
         for sub in ast.walk(expr):
-            if "lineno" in sub._attributes:
-                sub.lineno = node.lineno
+            if "lineno" in sub._attributes:  # the node types that carry a position (expressions, keywords, arguments)
+                cast(ast.expr, sub).lineno = node.lineno
         outer, self.in_string = self.in_string, self.in_string or text
         try:
             self.visit(expr)
@@ -690,7 +698,8 @@ class _Checker(ast.NodeVisitor):
         elif qual == "numpy.load":
             ap = kwargs.get("allow_pickle", node.args[2] if len(node.args) > 2 else None)
             if None in kwargs or (ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False)):
-                self.report("SLU505", node, f"{shown} with allow_pickle={ast.unparse(ap) if ap else '**kwargs'} unpickles arbitrary objects")
+                allow = ast.unparse(ap) if ap else "**kwargs"
+                self.report("SLU505", node, f"{shown} with allow_pickle={allow} unpickles arbitrary objects")
         else:
             loader = kwargs.get("Loader", node.args[1] if len(node.args) > 1 else None)
             if loader is None or self.resolve(loader) not in SAFE_YAML_LOADERS:
@@ -741,7 +750,8 @@ def scan_source(source: bytes | str, filename: str, *, strict: bool = False, net
         if (cookie := _COOKIE.match(line)):
             name = cookie.group(1).decode("ascii", "replace").lower().replace("_", "-")
             if name not in ("utf-8", "utf8", "ascii", "us-ascii"):
-                return [_file_finding("SLU004", filename, lineno, f"coding declaration {name!r} makes Python decode the file differently from what reviewers see")]
+                return [_file_finding("SLU004", filename, lineno,
+                                      f"coding declaration {name!r} makes Python decode the file differently from what reviewers see")]
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,7 +25,7 @@ from engine.plugins.manifest import ManifestSummary, feature_uri, validate_manif
 from engine.plugins.manifest import finding as manifest_finding
 from events.payloads import Finding
 
-RULES: dict[str, tuple[str, str]] = {
+RULES: dict[str, tuple[Literal["error", "warning"], str]] = {
     "SLU830": ("error", "pipeline.py must import cleanly; fix the exception shown."),
     "SLU831": ("error", "Define `def build_steps(extractor_request, container=None, base_steps=None, **kwargs)` in pipeline.py."),
     "SLU832": ("error", "build_steps raised while building the steps for the default parameters; fix the exception shown."),
@@ -38,16 +38,26 @@ RULES: dict[str, tuple[str, str]] = {
     "SLU844": ("error", "A step must return the rows it was given (or more, when it splits them); none came out."),
     "SLU846": ("error", "All-zero vectors have no cosine direction: does the processor swallow an exception and write zeros?"),
     "SLU847": ("warning", "Every sample vector is all zeros: does the processor swallow an exception and write zeros?"),
-    "SLU845": ("warning", "Sluice cannot synthesise a sample of this input type; test the plugin on a real file with `sluice plugin test --file`."),
-    "SLU848": ("warning", "The step loads a namespace model that is not deployed (or no registry is reachable), so its output was not checked; deploy the model with `sluice model deploy` and push again to check it."),
+    "SLU845": (
+        "warning",
+        "Sluice cannot synthesise a sample of this input type; test the plugin on a real file with `sluice plugin test --file`.",
+    ),
+    "SLU848": (
+        "warning",
+        "The step loads a namespace model that is not deployed (or no registry is reachable), so its output was not checked; "
+        "deploy the model with `sluice model deploy` and push again to check it.",
+    ),
     "SLU850": ("error", "realtime.py must import cleanly; fix the exception shown."),
     "SLU851": ("error", "realtime.py must define a subclass of shared.plugins.inference.serve.BaseInferenceService."),
     "SLU852": ("error", "`await service({'text': ...}, {})` must return {'embedding': [...]} or a key named after a feature."),
     "SLU860": ("error", "Validation must finish within the time limit; load models lazily and keep build_steps cheap."),
     "SLU861": ("error", "The plugin host crashed or could not start; the output tail is shown."),
-    "SLU880": ("warning", "The sandbox refused this action: plugins read only their own files, their namespace's objects "
-                          "(open_asset) and models, write only in their scratch folder (HOME, TMPDIR), reach only the hosts "
-                          "manifest.py declares, and start no processes."),
+    "SLU880": (
+        "warning",
+        "The sandbox refused this action: plugins read only their own files, their namespace's objects "
+        "(open_asset) and models, write only in their scratch folder (HOME, TMPDIR), reach only the hosts "
+        "manifest.py declares, and start no processes.",
+    ),
 }
 
 
@@ -92,9 +102,12 @@ def _check_vectors(features: list, out: Any, input_type: str, findings: list[Fin
     for spec in features:
         column = spec.feature_name
         if column not in out.columns:
-            findings.append(finding(
-                "SLU841", f"{input_type} sample: feature {column!r} has no column in the output (columns: {', '.join(map(str, out.columns))})"
-            ))
+            findings.append(
+                finding(
+                    "SLU841",
+                    f"{input_type} sample: feature {column!r} has no column in the output (columns: {', '.join(map(str, out.columns))})",
+                )
+            )
             continue
         seen = zeros = 0
         for i, value in enumerate(out[column].tolist()):
@@ -106,9 +119,12 @@ def _check_vectors(features: list, out: Any, input_type: str, findings: list[Fin
                 findings.append(finding("SLU843", f"{input_type} sample row {i}: {column!r} is a {type(value).__name__}"))
                 break
             if len(vector) != spec.embedding_dim:
-                findings.append(finding(
-                    "SLU842", f"{input_type} sample row {i}: {column!r} has {len(vector)} dimensions, manifest declares {spec.embedding_dim}"
-                ))
+                findings.append(
+                    finding(
+                        "SLU842",
+                        f"{input_type} sample row {i}: {column!r} has {len(vector)} dimensions, manifest declares {spec.embedding_dim}",
+                    )
+                )
                 break
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in map(_number, vector)):
                 findings.append(finding("SLU843", f"{input_type} sample row {i}: {column!r} holds a non-finite or non-numeric value"))
@@ -143,7 +159,9 @@ def _namespace_model(exc: BaseException | None) -> str | None:
 
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, ModelNotAvailable) and ("no model registry is configured" in exc.message or "is deployed in namespace" in exc.message):
+        if isinstance(exc, ModelNotAvailable) and (
+            "no model registry is configured" in exc.message or "is deployed in namespace" in exc.message
+        ):
             return exc.model_id
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
@@ -190,12 +208,7 @@ def validate_plugin(
     fault: every problem is a finding."""
     from engine.assets import allow_asset_root
     from engine.plugins import loader
-    from engine.plugins.extractors.pipeline import (
-        PluginContractError,
-        StepFailed,
-        coerce_steps,
-        run_steps,
-    )
+    from engine.plugins.extractors.pipeline import PluginContractError, StepFailed, coerce_steps, run_steps
     from engine.plugins.frame import add_input_aliases, can_sample, sample_frame
     from engine.plugins.request import ExtractorConfig, ExtractorRequest
 
@@ -227,7 +240,9 @@ def validate_plugin(
     try:
         inspect.signature(build_steps).bind(None, container=None, base_steps=None)
     except TypeError as exc:
-        findings.append(finding("SLU831", f"build_steps cannot be called as build_steps(extractor_request, container=..., base_steps=...): {exc}"))
+        findings.append(
+            finding("SLU831", f"build_steps cannot be called as build_steps(extractor_request, container=..., base_steps=...): {exc}")
+        )
         return report
 
     request = ExtractorRequest(
@@ -266,8 +281,15 @@ def validate_plugin(
             file, line, _ = _where(root, cause, "pipeline.py")
             missing = _namespace_model(cause)
             if missing is not None:
-                findings.append(finding("SLU848", f"{input_type} sample: namespace model {missing!r} is not deployed (or no registry is reachable); "
-                                                  "this step's output was not checked", file=file, line=line))
+                findings.append(
+                    finding(
+                        "SLU848",
+                        f"{input_type} sample: namespace model {missing!r} is not deployed (or no registry is reachable); "
+                        "this step's output was not checked",
+                        file=file,
+                        line=line,
+                    )
+                )
                 continue
             findings.append(finding("SLU840", f"{input_type} sample: {exc}", file=file, line=line))
             continue

@@ -138,7 +138,8 @@ def deploy(name: str, spec: PluginSpec, plan: ServingPlan) -> None:
     from engine.realtime.service import PluginService
 
     ensure_serve()
-    app = serve.deployment(PluginService).options(**deployment_options(plan)).bind(
+    # ray annotates serve.deployment as returning a decorator; given the class, it returns the Deployment
+    app = serve.deployment(PluginService).options(**deployment_options(plan)).bind(  # type: ignore[attr-defined]
         spec, max_batch_size=plan.max_batch_size, batch_wait_timeout_s=plan.batch_wait_timeout_s)
     serve._run(app, name=name, route_prefix=None, _blocking=False)
     _handles.pop(name, None)
@@ -146,6 +147,7 @@ def deploy(name: str, spec: PluginSpec, plan: ServingPlan) -> None:
 
 def state(name: str) -> AppState:
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     ensure_serve()
     app = serve.status().applications.get(name)
@@ -156,7 +158,7 @@ def state(name: str) -> AppState:
     for deployment in app.deployments.values():
         if deployment.message:
             messages.append(deployment.message)
-        replicas += int((deployment.replica_states or {}).get("RUNNING", 0))
+        replicas += int((deployment.replica_states or {}).get(ReplicaState.RUNNING, 0))
     return AppState(str(getattr(app.status, "value", app.status)), "\n".join(messages), replicas)
 
 

@@ -41,7 +41,8 @@ class PluginService:
     """Serve replica of one plugin version (wrapped by `serve.deployment` in `engine.realtime.control`).
     TRUSTED side: it owns one plugin host, where the plugin's code runs, and checks every answer."""
 
-    async def __init__(self, spec: PluginSpec, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0) -> None:
+    # Ray Serve awaits an async constructor; Python's typing has no notion of one
+    async def __init__(self, spec: PluginSpec, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0) -> None:  # type: ignore[misc]
         self.spec = spec
         self.features = dict(spec.features)
         self.batches_texts = False
@@ -53,8 +54,9 @@ class PluginService:
             await self._warm_up_realtime()
         else:
             await self._call_generic([WARM_UP_TEXT], {})
-        self._embed_batch.set_max_batch_size(max_batch_size)
-        self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # ray types the @serve.batch wrapper as a plain callable; it carries these documented setters
+        self._embed_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def _open_host(self) -> Any:
         # plugin code may tell a replica from a batch worker or the dry run (the one SLUICE_ variable a host sees)
@@ -131,7 +133,8 @@ class PluginService:
         parameters = parameters or {}
         if self.mode == REALTIME:
             return plain(await self._service(inputs, parameters))
-        texts = inputs.get("texts") if isinstance(inputs.get("texts"), list) else [inputs.get("text")]
+        given = inputs.get("texts")
+        texts: list[Any] = given if isinstance(given, list) else [inputs.get("text")]  # checked just below
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("inputs must hold 'text' (a string) or 'texts' (a list of strings)")
         vectors = await self._call_generic(texts, parameters)

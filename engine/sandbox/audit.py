@@ -186,7 +186,7 @@ class AuditGuard:
     def _plugin_caller(self, skip: tuple[str, ...] = ()) -> tuple[str, int] | None:
         """(file, line) of the innermost plugin frame on the stack; with `skip`, only when the
         innermost frame outside this module and the `skip` packages is plugin code."""
-        frame = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(1)
         root = self.plugin_root + os.sep
         while frame is not None:
             filename = frame.f_code.co_filename

@@ -150,13 +150,13 @@ def _read_only(folder: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """Remove a folder even when its files are read-only."""
-    def writable(func, target, _exc):  # noqa: ANN001
+    def writable(func, target, _exc):
         os.chmod(os.path.dirname(target), 0o755)
         os.chmod(target, 0o755)
         func(target)
 
     if path.exists():
-        for dirpath, dirnames, _ in os.walk(path):
+        for dirpath, _dirnames, _ in os.walk(path):
             os.chmod(dirpath, 0o755)
         shutil.rmtree(path, onerror=writable)
 

@@ -260,9 +260,16 @@ class PluginHost:
     def _on_network(self, event: dict[str, Any]) -> None:
         self.network_events.append(event)
         if not event.get("allowed"):
-            self.violations.append({"action": "network", "target": f"{event.get('host')}:{event.get('port')}",
-                                    "file": "", "line": 0, "reason": event.get("reason", ""),
-                                    "message": f"sandbox: network {event.get('host')}:{event.get('port')} refused ({event.get('reason', '')})"})
+            self.violations.append(
+                {
+                    "action": "network",
+                    "target": f"{event.get('host')}:{event.get('port')}",
+                    "file": "",
+                    "line": 0,
+                    "reason": event.get("reason", ""),
+                    "message": f"sandbox: network {event.get('host')}:{event.get('port')} refused ({event.get('reason', '')})",
+                }
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -321,7 +328,7 @@ class PluginHost:
             self._sock.settimeout(remaining)
             try:
                 header, body = protocol.recv(self._sock)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise PluginHostError(self.plugin, f"{op} did not finish within {timeout:g} s; the host was stopped",
                                       kind="timeout") from None
             except (EOFError, ConnectionError, OSError) as exc:

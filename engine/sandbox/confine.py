@@ -675,7 +675,8 @@ def _unavailable(detail: str) -> dict[str, dict]:
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
-    chunks, deadline = [], time.monotonic() + timeout
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:

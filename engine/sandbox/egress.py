@@ -130,7 +130,7 @@ def parse_allow_entry(entry: str) -> tuple[str, int]:
     address in canonical form, or `*.suffix`. Raises ValueError with a sentence that says what to
     write instead."""
     if not isinstance(entry, str):
-        raise ValueError(f"an allow entry is a string 'host:port', not a {type(entry).__name__}")  # noqa: TRY004 - one error type for every bad entry
+        raise ValueError(f"an allow entry is a string 'host:port', not a {type(entry).__name__}")
     text = entry.strip()
     if not text:
         raise ValueError("an allow entry is empty; write 'host:port', e.g. 'api.example.com:443'")
@@ -427,7 +427,7 @@ class _Tracker:
     def discard(self, *socks: socket.socket | None) -> None:
         with self.lock:
             for sock in socks:
-                self.sockets.discard(sock)  # type: ignore[arg-type]
+                self.sockets.discard(sock)
         for sock in socks:
             _close(sock)
 
@@ -443,7 +443,7 @@ class _Tracker:
     def _run(self, target: Callable[..., None], *args: Any) -> None:
         try:
             target(*args)
-        except BaseException:  # noqa: BLE001, S110 - a hostile peer must never take a thread down noisily
+        except BaseException:  # noqa: BLE001 - a hostile peer must never take a thread down noisily
             pass
         finally:
             with self.lock:
@@ -728,7 +728,7 @@ class EgressBroker:
             return
         try:
             self.on_event({"action": "network", "host": host, "port": port, "allowed": allowed, "reason": reason, **extra})
-        except Exception:  # noqa: BLE001, S110 - a failing sink must not break the proxy
+        except Exception:  # noqa: BLE001 - a failing sink must not break the proxy
             pass
 
 

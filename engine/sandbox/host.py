@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.sandbox import protocol
 from engine.sandbox.errors import SandboxViolation
@@ -40,6 +40,12 @@ from engine.sandbox.errors import SandboxViolation
 RELAY_PORT = 3128
 """The egress relay's port inside the host's own network namespace (nothing else listens there)."""
 _PR_SET_PDEATHSIG = 1
+
+
+class SdkBridge(Protocol):
+    """What the bridged SDK calls: `Bridge` in a host, `client._LocalBridge` when the sandbox is off."""
+
+    def call(self, call: str, **args: Any) -> Any: ...
 
 
 class Bridge:
@@ -61,13 +67,7 @@ class Bridge:
 
 def _error_from(error: dict[str, Any]) -> Exception:
     """The owner's refusal as the SDK's own error types, so plugins see what they would in-process."""
-    from events.errors import (
-        Forbidden,
-        InvalidInput,
-        NotFound,
-        PermanentError,
-        TransientError,
-    )
+    from events.errors import Forbidden, InvalidInput, NotFound, PermanentError, TransientError
 
     kinds = {"not_found": NotFound, "forbidden": Forbidden, "invalid_input": InvalidInput, "transient": TransientError}
     kind, message = error.get("kind", ""), error.get("message") or "the platform refused the request"
@@ -92,7 +92,7 @@ def _error_from(error: dict[str, Any]) -> Exception:
 class BridgedSecrets:
     """`container.secrets` in a host: the owner decrypts, for this namespace only."""
 
-    def __init__(self, namespace: str, bridge: Bridge) -> None:
+    def __init__(self, namespace: str, bridge: SdkBridge) -> None:
         self.namespace, self._bridge = namespace, bridge
 
     def __repr__(self) -> str:
@@ -105,7 +105,7 @@ class BridgedSecrets:
         return list(self._bridge.call("secrets"))
 
 
-def bridged_llm(bridge: Bridge) -> Any:
+def bridged_llm(bridge: SdkBridge) -> Any:
     from engine.llm import LLMRequest, LLMResult, LLMService
 
     class BridgedLLM(LLMService):
@@ -147,7 +147,7 @@ def load_model_export(value: dict[str, Any]) -> Any:
     return tensors
 
 
-def wire_sdk(config: dict[str, Any], bridge: Bridge) -> None:
+def wire_sdk(config: dict[str, Any], bridge: SdkBridge) -> None:
     """Point the SDK's doors at the owner (assets, namespace models) and at this host's own files."""
     from engine import assets
     from engine.models.namespace import set_namespace_model_resolver
@@ -172,7 +172,7 @@ def wire_sdk(config: dict[str, Any], bridge: Bridge) -> None:
 class Runtime:
     """The plugin version this host serves, and the ops the owner may ask of it."""
 
-    def __init__(self, config: dict[str, Any], bridge: Bridge) -> None:
+    def __init__(self, config: dict[str, Any], bridge: SdkBridge) -> None:
         from engine.plugins.container import PluginContainer
 
         self.config = config
@@ -282,7 +282,7 @@ class Runtime:
                    if isinstance(obj, type) and issubclass(obj, BaseInferenceService) and obj is not BaseInferenceService]
         if not classes:
             raise RuntimeError("realtime.py defines no subclass of shared.plugins.inference.serve.BaseInferenceService")
-        service = classes[0]()
+        service: Any = classes[0]()  # a plugin's class: `container` is set on it below unless it set one itself
         if getattr(service, "container", None) is None:
             service.container = self.container
         self.service = service
@@ -313,7 +313,8 @@ def encode_vectors(vectors: dict[str, list[list[float] | None]]) -> tuple[dict[s
     a query's answer crosses without a JSON number in it."""
     import numpy as np
 
-    layout, parts = {}, []
+    layout: dict[str, list[int]] = {}
+    parts: list[bytes] = []
     for name, per_text in vectors.items():
         sizes = [0 if v is None else len(v) for v in per_text]
         layout[name] = sizes
@@ -384,12 +385,12 @@ def _confine(config: dict[str, Any], relay_port: int | None) -> dict[str, str]:
 def _preload() -> None:
     """The SDK modules plugin code imports (so they are frozen against monkeypatching) and the
     libraries every op uses."""
-    import engine.assets  # noqa: F401
-    import engine.ingest.worker  # noqa: F401
-    import engine.llm  # noqa: F401
-    import engine.models  # noqa: F401
-    import engine.namespace_secrets  # noqa: F401
-    import engine.plugins.extractors.pipeline  # noqa: F401
+    import engine.assets
+    import engine.ingest.worker
+    import engine.llm
+    import engine.models
+    import engine.namespace_secrets
+    import engine.plugins.extractors.pipeline
     import engine.plugins.validate  # noqa: F401
     from engine.plugins.loader import expose_sdk
 
@@ -439,7 +440,7 @@ def serve(ctrl: socket.socket, egress: socket.socket) -> int:
                 raise ValueError(f"unknown op {op!r}")
             answer, out = handler(header, body)
             answer = {"ok": True, **answer}
-        except BaseException as exc:  # noqa: BLE001 - a plugin's failure is an answer, not the host's end
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
                 raise
             answer, out = {"ok": False, "error": _describe(exc, runtime.root)}, b""

@@ -28,14 +28,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from events.errors import (
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    SluiceError,
-    TooLarge,
-    TransientError,
-)
+from events.errors import Forbidden, InvalidInput, NotFound, SluiceError, TooLarge, TransientError
 
 _export_lock = threading.Lock()
 MAX_ASSET_COPIES_BYTES = 16 * 1024**3
@@ -59,7 +52,7 @@ class HostServices:
         self.max_asset_bytes = max_asset_bytes
         self.scratch: Path | None = None
         self.scratch_owner: tuple[int, int] | None = None
-        self._s3 = None
+        self._s3: Any = None  # a botocore S3 client, made on first use
 
     # --- dispatch ---------------------------------------------------------------------------------
 

@@ -27,15 +27,7 @@ from typing import IO, Annotated, Any, TypeVar
 
 import httpx
 import typer
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt, wait_exponential
 
 from functions.cli.output import Progress, fail, show
 
@@ -285,6 +277,12 @@ async def retrying(step: str, send: Callable[[], Awaitable[httpx.Response]]) -> 
     return response
 
 
+def _outcome(state: RetryCallState) -> Any:
+    """The value the last attempt returned (polling retries on results, never on errors)."""
+    assert state.outcome is not None
+    return state.outcome.result()
+
+
 def poll(fetch: Callable[[], T], first: T, *, done: Callable[[T], bool], deadline: float,
          wait: Callable[[RetryCallState], float] = wait_exponential(multiplier=0.5, exp_base=1.5, max=5.0),
          report: Callable[[T], None] = lambda value: None) -> T:
@@ -296,8 +294,8 @@ def poll(fetch: Callable[[], T], first: T, *, done: Callable[[T], bool], deadlin
         retry=retry_if_result(lambda value: not done(value)),
         stop=lambda state: time.monotonic() >= deadline,
         wait=lambda state: min(wait(state), max(0.0, deadline - time.monotonic())),
-        before_sleep=lambda state: report(state.outcome.result()),
-        retry_error_callback=lambda state: state.outcome.result(),
+        before_sleep=lambda state: report(_outcome(state)),
+        retry_error_callback=_outcome,
     )
     return retrying_(lambda: pending.pop() if pending else fetch())
 

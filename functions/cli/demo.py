@@ -91,7 +91,7 @@ async def _wait_for_tasks(client: httpx.AsyncClient, admin: dict, collection_id:
 
     retrying = AsyncRetrying(retry=retry_if_result(lambda result: result[0] < objects), wait=wait_fixed(1.0),
                              stop=stop_after_delay(timeout_s), retry_error_callback=lambda state: None)
-    result = await retrying(finished)
+    result: tuple[int, Any] | None = await retrying(finished)
     if result is None:
         raise TimeoutError(f"ingest did not finish within {timeout_s:.0f}s")
     return result[1]

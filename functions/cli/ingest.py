@@ -222,7 +222,7 @@ async def ingest(items: list[Item], *, url: str, key: str, namespace: str, bucke
                     results[index] = await uploader.upload(item)
                 except UploadFailed as exc:
                     results[index] = {"path": str(item.path), "error": str(exc)}
-                except Exception as exc:  # one file's surprise must not stop the others
+                except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
                     results[index] = {"path": str(item.path), "error": f"{type(exc).__name__}: {exc}"}
                 progress.file_done("error" not in results[index])
 

@@ -94,7 +94,7 @@ def print_table(rows: Iterable[Sequence[str]], *, header: Sequence[str] | None =
         table.add_row(*(Text(cell) for cell in row))  # as they are: no markup, no emoji codes
     out = stdout()
     wide = Console(width=1_000_000, force_terminal=out.is_terminal, no_color=out.no_color,
-                   color_system=out.color_system if out.is_terminal else None, highlight=False)
+                   color_system="auto" if out.is_terminal else None, highlight=False)
     with wide.capture() as captured:
         wide.print(table)
     for line in captured.get().splitlines():

@@ -18,7 +18,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from urllib.parse import quote
 
 import typer
@@ -149,8 +149,8 @@ def init(
         print_json({"plugin_name": name, "path": str(dest), "files": written})
         return
     print(f"created {dest}/")
-    for rel in written:
-        print(f"  {rel}")
+    for written_file in written:
+        print(f"  {written_file}")
     print(f"next: sluice plugin test {dest}  (then: sluice plugin push {dest} -m 'first version')")
 
 
@@ -233,7 +233,7 @@ def test(
 
 
 def _test_done(path: Path, as_json: bool, result: dict[str, Any], *, archive_findings: list | None = None,
-               scan: Any = None, report: Any = None) -> None:
+               scan: Any = None, report: Any = None) -> NoReturn:
     """Print the outcome and end the command: 0 when it passed, else 1."""
     code = 0 if result["passed"] else 1
     if as_json:
@@ -241,6 +241,7 @@ def _test_done(path: Path, as_json: bool, result: dict[str, Any], *, archive_fin
         raise typer.Exit(code)
     label = f"{result.get('name', path)} {result.get('version', '')}".strip()
     if scan is None:
+        archive_findings = archive_findings or []
         print(f"archive: refused ({count(len(archive_findings), 'finding')})")
         print_findings(archive_findings)
     else:

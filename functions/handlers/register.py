@@ -63,13 +63,11 @@ async def handle(
     upload = await catalog.get(UPLOADS, scanned.upload_id)
     if upload is None:
         raise NotFound(f"upload {scanned.upload_id!r} is not in the catalog")
-    namespace = upload["namespace"]
     if upload["status"] == UploadStatus.FAILED:
         return []  # already refused: a redelivery has nothing to add
     if not scanned.passed:
         return await _fail(event, plugins, scanned, list(scanned.findings))
-
-    name, version = scanned.plugin_name, scanned.version
+    namespace, name, version = upload["namespace"], scanned.plugin_name, scanned.version
     plugin_id = plugin_id_for(namespace, name, version)
     with scratch(settings.scratch_dir, "register-") as work:
         archive = work / "archive.zip"
@@ -80,49 +78,13 @@ async def handle(
             if existing is None or existing.get("sha256") != scanned.sha256:
                 return await _fail(event, plugins, scanned, [_problem(
                     "SLU870", "the uploaded archive no longer exists", "Upload the archive again and confirm the new upload.")])
-            archive = None  # registered already (redelivery after the upload object was removed)
-        if archive is not None:
-            if sha256_file(archive) != scanned.sha256:
-                return await _fail(event, plugins, scanned, [_problem(
-                    "SLU871", "the archive changed after it was scanned", "Request a new upload; do not reuse an upload URL after confirming.")])
-            src = work / "src"
-            src.mkdir()
-            try:
-                extracted = await asyncio.to_thread(extract_plugin, archive, src)
-            except ArchiveRejected as rejected:
-                return await _fail(event, plugins, scanned, list(rejected.findings))
-            network_allow, network_findings = network_declaration(extracted.root)
-            if any(f.severity == "error" for f in network_findings):
-                return await _fail(event, plugins, scanned, list(scanned.findings) + network_findings)
-            report = await validate(
-                extracted.root, name=name, version=version, namespace=namespace, plugin_id=plugin_id,
-                timeout_s=settings.plugin_validation_timeout_s, strict=bool(upload.get("strict")),
-                context=await SecretsStore.from_settings(catalog, settings).context_for(namespace),
-                options=sandbox_options(settings), network_allow=network_allow,
-            )
-            findings = list(scanned.findings) + network_findings + list(report.findings)
-            if not report.passed or report.manifest is None:
-                return await _fail(event, plugins, scanned, findings)
-            key = archive_key(namespace, name, version)
-            info = await store.put_file(settings.plugins_bucket, key, archive, content_type="application/zip")
-            record = {
-                "plugin_id": plugin_id, "namespace": namespace, "plugin_name": name, "version": version,
-                "description": upload.get("description"), "upload_id": scanned.upload_id,
-                "archive": {"bucket": settings.plugins_bucket, "key": key}, "sha256": scanned.sha256, "size_bytes": info.size,
-                "files": extracted.files, "manifest": report.manifest.model_dump(mode="json"),
-                "scan_report": {"passed": True, "findings": [f.model_dump() for f in findings]},
-                "dry_runs": [d.model_dump() for d in report.dry_runs],
-                "feature_uris": report.feature_uris, "has_realtime": report.has_realtime, "step_gpus": report.step_gpus,
-                "network_allow": list(network_allow),
-                "deployment_status": "NOT_DEPLOYED", "registered_at": now(),
-            }
-            try:
-                record, created = await plugins.add_version(record)
-            except Conflict as exc:
-                return await _fail(event, plugins, scanned, [_problem("SLU872", exc.message, "Push a new version.")])
+            outcome: list[Finding] | tuple[dict, bool] = (existing, False)  # registered already; the upload is gone
         else:
-            record, created = existing, False
-
+            outcome = await _register_archive(archive, work, upload, scanned, plugin_id, store=store, catalog=catalog,
+                                              settings=settings, validate=validate)
+    if isinstance(outcome, list):
+        return await _fail(event, plugins, scanned, outcome)
+    record, created = outcome
     head = await catalog.get(HEADS, head_key(namespace, name))
     activated_before = head is not None and any(h["plugin_id"] == plugin_id for h in head.get("history", []))
     if created or not activated_before:
@@ -142,6 +104,53 @@ async def handle(
         plugin_id=plugin_id, plugin_name=name, version=version, feature_uris=record["feature_uris"],
         deployment_status=record["deployment_status"],
     ))]
+
+
+async def _register_archive(
+    archive: Path, work: Path, upload: dict, scanned: PluginScanned, plugin_id: str, *, store: ObjectStore, catalog: Catalog,
+    settings: Settings, validate: PluginValidator,
+) -> list[Finding] | tuple[dict, bool]:
+    """Check the downloaded archive is the one scanned, run the manifest check and dry run in a
+    plugin host, copy the bytes to the version's own key and store the version: `(record,
+    created)`, or the findings that refuse it."""
+    namespace, name, version = upload["namespace"], scanned.plugin_name, scanned.version
+    if sha256_file(archive) != scanned.sha256:
+        return [_problem("SLU871", "the archive changed after it was scanned",
+                         "Request a new upload; do not reuse an upload URL after confirming.")]
+    src = work / "src"
+    src.mkdir()
+    try:
+        extracted = await asyncio.to_thread(extract_plugin, archive, src)
+    except ArchiveRejected as rejected:
+        return list(rejected.findings)
+    network_allow, network_findings = network_declaration(extracted.root)
+    if any(f.severity == "error" for f in network_findings):
+        return list(scanned.findings) + network_findings
+    report = await validate(
+        extracted.root, name=name, version=version, namespace=namespace, plugin_id=plugin_id,
+        timeout_s=settings.plugin_validation_timeout_s, strict=bool(upload.get("strict")),
+        context=await SecretsStore.from_settings(catalog, settings).context_for(namespace),
+        options=sandbox_options(settings), network_allow=network_allow,
+    )
+    findings = list(scanned.findings) + network_findings + list(report.findings)
+    if not report.passed or report.manifest is None:
+        return findings
+    key = archive_key(namespace, name, version)
+    info = await store.put_file(settings.plugins_bucket, key, archive, content_type="application/zip")
+    record = {
+        "plugin_id": plugin_id, "namespace": namespace, "plugin_name": name, "version": version,
+        "description": upload.get("description"), "upload_id": scanned.upload_id,
+        "archive": {"bucket": settings.plugins_bucket, "key": key}, "sha256": scanned.sha256, "size_bytes": info.size,
+        "files": extracted.files, "manifest": report.manifest.model_dump(mode="json"),
+        "scan_report": {"passed": True, "findings": [f.model_dump() for f in findings]},
+        "dry_runs": [d.model_dump() for d in report.dry_runs],
+        "feature_uris": report.feature_uris, "has_realtime": report.has_realtime, "step_gpus": report.step_gpus,
+        "network_allow": list(network_allow), "deployment_status": "NOT_DEPLOYED", "registered_at": now(),
+    }
+    try:
+        return await PluginCatalog(catalog).add_version(record)
+    except Conflict as exc:
+        return [_problem("SLU872", exc.message, "Push a new version.")]
 
 
 def network_declaration(root: Path) -> tuple[tuple[str, ...], list]:

@@ -54,7 +54,9 @@ async def handle(event: Envelope[PluginUploadConfirmed], *, store: ObjectStore, 
             findings = await asyncio.to_thread(_scan, archive, work / "src", confirmed.strict)
     passed = not any(f.severity == "error" or confirmed.strict for f in findings)
     await PluginCatalog(catalog).update_upload(
-        confirmed.upload_id, {"scan_findings": [f.model_dump() for f in findings], "sha256": digest}, expect={"status": UploadStatus.CONFIRMED}
+        confirmed.upload_id,
+        {"scan_findings": [f.model_dump() for f in findings], "sha256": digest},
+        expect={"status": UploadStatus.CONFIRMED},
     )
     log.info("plugin.scanned", plugin=confirmed.plugin_name, version=confirmed.version, passed=passed, findings=len(findings))
     return [event.child(PluginScanned(

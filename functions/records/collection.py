@@ -8,6 +8,7 @@ namespace: the first collection over it binds it, and no other tenant can attach
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import re
 import secrets
@@ -147,13 +148,15 @@ class Collections:
     async def get(self, namespace: str, collection_id: str) -> dict:
         record = await self.catalog.get(COLLECTIONS, collection_id)
         if record is None or record.get("namespace") != namespace:
-            raise NotFound(f"collection {collection_id!r} does not exist in namespace {namespace!r}", details={"collection_id": collection_id})
+            raise NotFound(
+                f"collection {collection_id!r} does not exist in namespace {namespace!r}", details={"collection_id": collection_id}
+            )
         return record
 
     async def list(self, namespace: str) -> list[dict]:
         return await self.catalog.find(COLLECTIONS, {"namespace": namespace}, order_by="collection_name")
 
-    async def for_object(self, bucket: str, key: str) -> list[dict]:
+    async def for_object(self, bucket: str, key: str) -> builtins.list[dict]:
         """Collections whose source matches an object (bucket, and key under the prefix)."""
         return [c for c in await self.catalog.find(COLLECTIONS, {"source.bucket": bucket}) if key.startswith(c["source"]["prefix"])]
 

@@ -109,7 +109,7 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
 
 
-def changed_event(record: dict, status: str, *, error: str | None = None) -> AnyEnvelope:
+def changed_event(record: dict, status: DeploymentStatus, *, error: str | None = None) -> AnyEnvelope:
     return make(PluginDeploymentChanged(plugin_id=record["plugin_id"], status=status, error=error),
                 namespace=record["namespace"])
 

@@ -161,9 +161,16 @@ class ModelRegistry:
     async def occupied(self, namespace: str, *, excluding: str | None = None) -> int:
         """Models that count against the namespace's limit: registered, validating, and uploads
         whose URL has not expired. REJECTED ones do not count."""
-        held = await self.catalog.find(MODELS, {"namespace": namespace, "status": {"$in": [ModelStatus.REGISTERED, ModelStatus.VALIDATING, ModelStatus.AWAITING_UPLOAD]}})
+        held = await self.catalog.find(
+            MODELS,
+            {"namespace": namespace, "status": {"$in": [ModelStatus.REGISTERED, ModelStatus.VALIDATING, ModelStatus.AWAITING_UPLOAD]}},
+        )
         stamp = now()
-        return sum(1 for r in held if r["model_id"] != excluding and (r["status"] != ModelStatus.AWAITING_UPLOAD or r.get("expires_at", "") > stamp))
+        return sum(
+            1
+            for r in held
+            if r["model_id"] != excluding and (r["status"] != ModelStatus.AWAITING_UPLOAD or r.get("expires_at", "") > stamp)
+        )
 
     async def check_capacity(self, namespace: str, limit: int, *, excluding: str | None = None) -> None:
         count = await self.occupied(namespace, excluding=excluding)
@@ -191,7 +198,7 @@ class ModelRegistry:
         await self.check_capacity(namespace, max_models, excluding=model_id)
         created = datetime.now(UTC)
         upload_id = "mup_" + secrets.token_hex(12)
-        record = {
+        record: dict[str, Any] = {
             "namespace": namespace, "model_id": model_id, "name": name, "version": version, "model_format": model_format,
             "framework": framework or None, "task_type": task_type or None, "resources": checked,
             "status": ModelStatus.AWAITING_UPLOAD, "errors": [],
@@ -205,9 +212,12 @@ class ModelRegistry:
         try:
             stored = await self.catalog.insert(MODELS, key, record)
         except AlreadyExists:
-            stored = await self.catalog.update(MODELS, key, record, expect={"status": {"$in": [ModelStatus.REJECTED, ModelStatus.AWAITING_UPLOAD]}})
-            if stored is None:
+            replaced = await self.catalog.update(
+                MODELS, key, record, expect={"status": {"$in": [ModelStatus.REJECTED, ModelStatus.AWAITING_UPLOAD]}}
+            )
+            if replaced is None:
                 raise self._exists(namespace, model_id, name, version) from None
+            stored = replaced
         count = await self.occupied(namespace)
         if count > max_models:  # lost a race with a concurrent upload: back out
             await self.catalog.delete(MODELS, key)
@@ -303,6 +313,6 @@ def as_event_findings(errors: list[dict]) -> list[Finding]:
 
 
 __all__ = [
-    "ALIASES", "MODELS", "ModelRegistry", "REGISTERED", "REJECTED", "VALIDATING", "AWAITING_UPLOAD", "TERMINAL",
-    "archive_key", "check_alias", "check_name", "describe_finding", "handle", "model_id_for", "parse_version",
+    "ALIASES", "MODELS", "ModelRegistry", "archive_key", "check_alias", "check_name", "describe_finding", "model_id_for",
+    "parse_version",
 ]

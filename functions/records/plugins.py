@@ -94,7 +94,7 @@ class PluginCatalog:
                 )
         upload_id = "upl_" + secrets.token_hex(12)
         created = datetime.now(UTC)
-        record = {
+        record: dict[str, Any] = {
             "upload_id": upload_id, "namespace": namespace, "plugin_name": name, "version": version,
             "description": description, "strict": strict, "status": UploadStatus.AWAITING_UPLOAD,
             "archive": {"bucket": bucket, "key": upload_key(namespace, upload_id)},
@@ -176,8 +176,14 @@ class PluginCatalog:
                 except Exception:  # noqa: BLE001 - lost the race to create it: go round and update
                     continue
             changed = await self.catalog.update(
-                HEADS, key,
-                {"active_plugin_id": plugin_id, "revision": head["revision"] + 1, "history": (head.get("history") or [])[-99:] + [entry], "updated_at": now()},
+                HEADS,
+                key,
+                {
+                    "active_plugin_id": plugin_id,
+                    "revision": head["revision"] + 1,
+                    "history": (head.get("history") or [])[-99:] + [entry],
+                    "updated_at": now(),
+                },
                 expect={"revision": head["revision"]},
             )
             if changed is not None:

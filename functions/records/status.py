@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from events.payloads import DeploymentStatus
+
 
 class UploadStatus(StrEnum):
     """A plugin upload: AWAITING_UPLOAD → CONFIRMED → REGISTERED | FAILED (scan or register refused it)."""
@@ -28,18 +30,6 @@ class ModelStatus(StrEnum):
     REJECTED = "REJECTED"
 
 
-class DeploymentStatus(StrEnum):
-    """A plugin version's (or a model's) endpoint: QUEUED → PENDING → IN_PROGRESS → DEPLOYED | FAILED;
-    NOT_DEPLOYED when it never was, was undeployed, or is batch-only."""
-
-    QUEUED = "QUEUED"
-    PENDING = "PENDING"
-    IN_PROGRESS = "IN_PROGRESS"
-    DEPLOYED = "DEPLOYED"
-    FAILED = "FAILED"
-    NOT_DEPLOYED = "NOT_DEPLOYED"
-
-
 class TaskStatus(StrEnum):
     """An ingest task: QUEUED → RUNNING → COMPLETED | COMPLETED_WITH_ERRORS | FAILED."""
 
@@ -54,3 +44,6 @@ UPLOAD_TERMINAL = (UploadStatus.REGISTERED, UploadStatus.FAILED)
 MODEL_TERMINAL = (ModelStatus.REGISTERED, ModelStatus.REJECTED)
 DEPLOYMENT_IN_FLIGHT = frozenset({DeploymentStatus.QUEUED, DeploymentStatus.PENDING, DeploymentStatus.IN_PROGRESS})
 TASK_FINISHED = (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS, TaskStatus.FAILED)
+
+__all__ = ["DEPLOYMENT_IN_FLIGHT", "DeploymentStatus", "MODEL_TERMINAL", "ModelStatus", "TASK_FINISHED", "TaskStatus",
+           "UPLOAD_TERMINAL", "UploadStatus"]

@@ -16,7 +16,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -208,7 +208,7 @@ async def _receive_form(request: Request, dest: Path, limit: int) -> _Form:
             details={"field": "file", "content_length": int(declared), "limit_bytes": limit},
         )
     form = _Form(limit=limit)
-    parser = MultipartParser(params[b"boundary"], form.callbacks())
+    parser = MultipartParser(params[b"boundary"], cast(Any, form.callbacks()))
     with dest.open("wb") as out:
         async def flush(force: bool = False) -> None:
             if form.pending and (force or form.pending_bytes >= WRITE_BUFFER_BYTES):
@@ -237,7 +237,7 @@ def _spec_from_form(form: _Form) -> ModelSpec:
     if form.size == 0:
         raise InvalidInput(f"the uploaded file {form.filename!r} is empty", details={"field": "file"})
     try:
-        return ModelSpec(**{k: v for k, v in form.fields.items() if v != ""})
+        return ModelSpec.model_validate({k: v for k, v in form.fields.items() if v != ""})
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ".".join(str(p) for p in error["loc"])
@@ -421,7 +421,7 @@ def router() -> APIRouter:
     async def deploy(namespace: ScopedNamespace, model_id: str, request: Request) -> Any:
         """Put the weights into the Ray object store for this namespace's plugins (`cached: true`)."""
         p = _platform(request)
-        record = await deploy_model(p.catalog, p.store, p.settings, p.compute, p.bus, p.topics, namespace, model_id)
+        record = await deploy_model(p.catalog, p.store, p.settings, p.compute, p.publish, namespace, model_id)
         await _sync_aliases(request, namespace)
         return {**public(record, request), "deployment_status": record["deployment_status"], "cached": record.get("cached", False)}
 

@@ -218,7 +218,12 @@ def router() -> APIRouter:
         previous = head.get("active_plugin_id")
         await plugins.activate(namespace, name, target["plugin_id"], reason=f"rollback to {body.version}")
         prev_version = (await plugins.catalog.get(VERSIONS, previous) or {}).get("version") if previous else None
-        return {"plugin_name": name, "active_version": target["version"], "plugin_id": target["plugin_id"], "previous_version": prev_version}
+        return {
+            "plugin_name": name,
+            "active_version": target["version"],
+            "plugin_id": target["plugin_id"],
+            "previous_version": prev_version,
+        }
 
     @api.get("/by-name/{name}/diff")
     async def diff(

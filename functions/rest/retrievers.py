@@ -27,7 +27,9 @@ class FeatureSearch(BaseModel):
                                     examples=["sluice://text_embedding@1.0.0/text_embedding"])
     query: Query
     limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
-    filters: dict[str, Any] | None = Field(default=None, description="Payload equality or {'$in': [...]} on object_id, document_id, bucket, key, version.")
+    filters: dict[str, Any] | None = Field(
+        default=None, description="Payload equality or {'$in': [...]} on object_id, document_id, bucket, key, version."
+    )
 
 
 def router() -> APIRouter:

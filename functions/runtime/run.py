@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -39,7 +40,7 @@ async def _schedule_after_models(platform: Platform, scheduler: IngestScheduler,
     from functions.services.model_deploy import reconcile_models
 
     try:
-        await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute, platform.bus, platform.topics)
+        await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute, platform.publish)
     except Exception:  # noqa: BLE001 - ingest must still start; each model's record says what failed
         structlog.get_logger("sluice.models").exception("model.reconcile_failed")
     await scheduler.run(stop)
@@ -83,7 +84,8 @@ async def functions_running(platform: Platform, **options) -> AsyncIterator[Runn
     stop = asyncio.Event()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_functions(platform, stop, started=ready.set_result, **options))
-    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+    waiters: list[asyncio.Future[Any]] = [ready, task]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()  # failed to start: raise its error here
     try:

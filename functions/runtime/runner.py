@@ -235,7 +235,7 @@ class Runner:
             except PermanentError as exc:
                 await self._dead_letter(fn, message, exc, attempts=attempt)
                 return "dead_lettered"
-            except Exception as exc:  # noqa: BLE001 - unknown errors are retried, then dead-lettered
+            except Exception as exc:
                 transient = isinstance(exc, TransientError)
                 if attempt >= self.retry.max_attempts:
                     await self._dead_letter(fn, message, exc, attempts=attempt)

@@ -29,7 +29,7 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import structlog
@@ -47,14 +47,7 @@ from functions.records.status import TASK_FINISHED, TaskStatus
 from functions.records.tasks import TASKS
 from functions.runtime.runner import publish
 from functions.runtime.task_writer import Source, TaskWriter
-from functions.services.ingest import (
-    IngestRefused,
-    blob_type_for,
-    document_id_for,
-    looks_like_text,
-    object_id_for,
-    plugin_spec,
-)
+from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
 from infra.settings import Settings
@@ -172,11 +165,13 @@ class IngestScheduler:
             if not await self._acquire(collection_id, old_task or ""):
                 continue
             entries = await self.catalog.find(INGEST_QUEUE, {"claimed_by": old_task}) if old_task else []
-            if task is None or not entries:
+            if task is None or old_task is None or not entries:
                 await self.catalog.delete(JOB_LEASES, collection_id)
                 continue
             log.warning("ingest.task_resumed", task_id=old_task, collection_id=collection_id, previous_owner=lease["owner"])
-            await self.catalog.update(TASKS, old_task, {"status": TaskStatus.QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1})
+            await self.catalog.update(
+                TASKS, old_task, {"status": TaskStatus.QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1}
+            )
             self._start(collection_id, old_task, entries)
 
     # --- scheduling ------------------------------------------------------------------------
@@ -256,7 +251,7 @@ class IngestScheduler:
         except asyncio.CancelledError:
             log.warning("ingest.task_interrupted", task_id=task_id)  # the lease runs out; a scheduler resumes it
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure ends as IngestFailed with its reason
+        except Exception as exc:
             reason = str(exc) if isinstance(exc, IngestRefused) else f"the job failed: {type(exc).__name__}: {exc}"
             if not isinstance(exc, IngestRefused):
                 log.error("ingest.job_error", task_id=task_id, exc_info=exc)
@@ -302,7 +297,7 @@ class IngestScheduler:
         spec = await plugin_spec(self.catalog, self.store, self.settings, collection, plugin, gpus=int(gpus))
         try:
             steps = await asyncio.to_thread(plan_steps, spec)
-        except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported as the reason
+        except Exception as exc:
             cause = getattr(exc, "cause", None) or exc
             raise IngestRefused(f"building the steps of {plugin['plugin_name']} {plugin['version']} failed: "
                                 f"{type(cause).__name__}: {cause}") from exc
@@ -400,7 +395,8 @@ class IngestScheduler:
             await self._fail(task, entries, reason, writer, warnings=warnings)
             return
         await self._record_objects(collection, entries, writer, task_id)
-        status = TaskStatus.COMPLETED_WITH_ERRORS if writer.rows_failed else TaskStatus.COMPLETED
+        outcome: Literal["COMPLETED", "COMPLETED_WITH_ERRORS"] = "COMPLETED_WITH_ERRORS" if writer.rows_failed else "COMPLETED"
+        status = TaskStatus(outcome)
         facts = {
             "status": status, "finished_at": now(), "documents_written": writer.documents_written,
             "vectors_upserted": writer.vectors_upserted, "rows_failed": writer.rows_failed, "rows_skipped": writer.rows_skipped,
@@ -412,7 +408,7 @@ class IngestScheduler:
         log.info("ingest.completed", task_id=task_id, status=status, documents=writer.documents_written,
                  vectors=writer.vectors_upserted, rows_failed=writer.rows_failed)
         await self._publish(task, IngestCompleted(
-            task_id=task_id, collection_id=collection["collection_id"], status=status, objects=len(entries),
+            task_id=task_id, collection_id=collection["collection_id"], status=outcome, objects=len(entries),
             documents_written=writer.documents_written, vectors_upserted=writer.vectors_upserted,
             rows_failed=writer.rows_failed, failures=writer.failures,
         ))

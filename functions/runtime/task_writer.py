@@ -79,7 +79,11 @@ class TaskWriter:
         for row in batch.to_dict("records"):
             source = self.sources.get(str(row.get("object_id") or ""))
             if source is None:
-                self.fail(str(row.get("object_id") or ""), "output", "output row names no object of this task (the plugin changed or dropped object_id)")
+                self.fail(
+                    str(row.get("object_id") or ""),
+                    "output",
+                    "output row names no object of this task (the plugin changed or dropped object_id)",
+                )
                 continue
             self.objects_seen.add(source.object_id)
             if row.get(SKIPPED_COLUMN) is True:
@@ -122,7 +126,7 @@ class TaskWriter:
                 },
                 "written_at": written_at,
             }))
-        if points:
+        if points and index:
             acknowledged = await self.vectors.upsert(index, points)
             if acknowledged != len(points):
                 raise RuntimeError(f"vector index {index!r} acknowledged {acknowledged} of {len(points)} points")

@@ -68,7 +68,9 @@ async def plugin_spec(
     except NotFound as exc:
         raise IngestRefused(f"the archive of plugin {plugin['plugin_name']} {plugin['version']} is missing from the object store") from exc
     if hashlib.sha256(data).hexdigest() != plugin["sha256"]:
-        raise IngestRefused(f"the archive of plugin {plugin['plugin_name']} {plugin['version']} changed after registration; refusing to run it")
+        raise IngestRefused(
+            f"the archive of plugin {plugin['plugin_name']} {plugin['version']} changed after registration; refusing to run it"
+        )
     manifest = plugin.get("manifest") or {}
     return PluginSpec(
         plugin_id=plugin["plugin_id"], namespace=collection["namespace"], name=plugin["plugin_name"], version=plugin["version"],

@@ -15,7 +15,6 @@ seconds for the model sizes the registry takes, and the caller wants `cached` in
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,9 +25,14 @@ import structlog
 from events.envelope import make
 from events.errors import Conflict
 from events.payloads import ModelDeployed
+from events.publisher import Publisher
 from functions.records.models import MODELS, ModelRegistry, model_key
 from functions.records.plugins import now
-from functions.runtime.runner import publish
+from functions.runtime.scratch import sha256_file
+from infra.catalog.base import Catalog
+from infra.compute import Compute
+from infra.objectstore.base import ObjectStore
+from infra.settings import Settings
 
 log = structlog.get_logger("sluice.models")
 
@@ -40,18 +44,14 @@ def _build(archive: Path, work: Path, record: dict) -> dict[str, Any]:
     from engine.models.registry import build_payload
     from engine.models.validate import validate_model_archive
 
-    digest = hashlib.sha256()
-    with open(archive, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if record.get("sha256") and digest.hexdigest() != record["sha256"]:
+    if record.get("sha256") and sha256_file(archive) != record["sha256"]:
         raise Conflict(f"the archive of model {record['model_id']} changed after validation; refusing to deploy it",
                        details={"model_id": record["model_id"]})
     validated = validate_model_archive(archive, work / "model", record["model_format"])
     return build_payload(validated.root, record["model_format"], validated.files)
 
 
-async def deploy_model(catalog: Any, store: Any, settings: Any, compute: Any, bus: Any, topics: Any,
+async def deploy_model(catalog: Catalog, store: ObjectStore, settings: Settings, compute: Compute, publish: Publisher,
                        namespace: str, ref: str) -> dict:
     """Deploy (or confirm deployed) the model `ref`; answers the updated record."""
     from engine.models import registry
@@ -81,7 +81,7 @@ async def deploy_model(catalog: Any, store: Any, settings: Any, compute: Any, bu
     finally:
         shutil.rmtree(work, ignore_errors=True)
     updated = await _mark(catalog, record, "DEPLOYED", cached=True, bytes=held.get("bytes"), error=None, deployed_at=now())
-    await publish(bus, topics, make(ModelDeployed(model_id=record["model_id"], cached=True, deployment_status="DEPLOYED"),
+    await publish(make(ModelDeployed(model_id=record["model_id"], cached=True, deployment_status="DEPLOYED"),
                                     namespace=namespace))
     log.info("model.deployed", namespace=namespace, model_id=record["model_id"], bytes=held.get("bytes"))
     return updated
@@ -115,7 +115,8 @@ async def sync_aliases(catalog: Any, compute: Any, namespace: str) -> None:
     await asyncio.to_thread(registry.set_aliases, namespace, aliases)
 
 
-async def reconcile_models(catalog: Any, store: Any, settings: Any, compute: Any, bus: Any, topics: Any) -> dict[str, list[str]]:
+async def reconcile_models(catalog: Catalog, store: ObjectStore, settings: Settings, compute: Compute,
+                           publish: Publisher) -> dict[str, list[str]]:
     """Deploy again every model whose record says it is in the object store but whose holder has
     lost it: a local Ray does not outlive the process that started it, and a cluster restart
     empties every holder. A model that no longer deploys is marked FAILED with the reason.
@@ -133,7 +134,7 @@ async def reconcile_models(catalog: Any, store: Any, settings: Any, compute: Any
             if entry is not None and entry.get("sha256") == record.get("sha256"):
                 continue
             try:
-                await deploy_model(catalog, store, settings, compute, bus, topics, namespace, record["model_id"])
+                await deploy_model(catalog, store, settings, compute, publish, namespace, record["model_id"])
             except Exception as exc:  # noqa: BLE001 - recorded on the model, and the others go on
                 log.warning("model.redeploy_failed", namespace=namespace, model_id=record["model_id"], error=str(exc))
                 outcome["failed"].append(f"{namespace}/{record['model_id']}")

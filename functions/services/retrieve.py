@@ -68,7 +68,7 @@ async def call_deployment(record: dict, method: str, *args: Any, catalog: Catalo
             record_cache.forget(catalog, DEPLOYMENTS, record["plugin_id"])
         raise NotReady(f"the deployment of plugin {record['plugin_name']} {record['version']} is not reachable: {exc}",
                        details={"plugin_id": record["plugin_id"]}) from exc
-    except Exception as exc:  # noqa: BLE001 - a RayTaskError wrapping the plugin's exception
+    except Exception as exc:
         cause = getattr(exc, "cause", None) or exc
         raise PluginFailed(
             f"plugin {record['plugin_name']} {record['version']} failed: {type(cause).__name__}: {cause}",

@@ -81,6 +81,7 @@ class MemoryLogStorage(LogStorage):
             log = self._topics[topic][partition]
             drop = 0
             for message in log.messages:
+                assert message.timestamp_ms is not None  # append() stores every message with its timestamp
                 if message.offset >= floor or message.timestamp_ms >= older_than_ms:
                     break
                 drop += 1

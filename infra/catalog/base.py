@@ -199,16 +199,8 @@ class Catalog(Lifecycle, abc.ABC):
         """Remove every matching record; returns how many."""
 
     @abc.abstractmethod
-    async def find(
-        self,
-        kind: str,
-        where: Where | None = None,
-        *,
-        order_by: str | None = None,
-        descending: bool = False,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Doc]:
+    async def find(self, kind: str, where: Where | None = None, *, order_by: str | None = None, descending: bool = False,
+                   limit: int | None = None, offset: int = 0) -> list[Doc]:
         """Matching records ordered by `order_by` (then key), or by key when it is None."""
 
     @abc.abstractmethod

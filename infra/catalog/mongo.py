@@ -18,17 +18,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, overload
 
 from bson.errors import InvalidDocument
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ReplaceOne, ReturnDocument
-from pymongo.errors import (
-    ConnectionFailure,
-    DuplicateKeyError,
-    ExecutionTimeout,
-    WTimeoutError,
-)
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WTimeoutError
 
 from events.errors import AlreadyExists, InvalidInput, TransientError
 from events.lifecycle import Health
@@ -160,16 +155,8 @@ class MongoCatalog(Catalog):
             result = await self._db[kind].delete_many(query)
         return result.deleted_count
 
-    async def find(
-        self,
-        kind: str,
-        where: Where | None = None,
-        *,
-        order_by: str | None = None,
-        descending: bool = False,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Doc]:
+    async def find(self, kind: str, where: Where | None = None, *, order_by: str | None = None, descending: bool = False,
+                   limit: int | None = None, offset: int = 0) -> list[Doc]:
         self._require_connected()
         check_kind(kind)
         check_page(limit, offset)
@@ -212,6 +199,10 @@ def _record(key: str, doc: Doc) -> Doc:
     return json.loads(encode_record(key, doc))
 
 
+@overload
+def _strip(found: Mapping[str, Any]) -> Doc: ...
+@overload
+def _strip(found: Mapping[str, Any] | None) -> Doc | None: ...
 def _strip(found: Mapping[str, Any] | None) -> Doc | None:
     if found is None:
         return None
@@ -252,7 +243,7 @@ def _equals_any(field: str, values: Sequence[Any]) -> dict[str, Any]:
     plain = [v for v in values if v is None or isinstance(v, str)]
     numbers = [v for v in values if is_number(v)]
     bools = [v for v in values if isinstance(v, bool)]
-    groups = [{field: {"$in": plain}}] if plain else []
+    groups: list[dict[str, Any]] = [{field: {"$in": plain}}] if plain else []
     for bson_type, group in (("number", numbers), ("bool", bools)):
         if group:
             groups.append({field: {"$in": group, "$type": bson_type}})

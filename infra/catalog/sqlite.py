@@ -96,6 +96,7 @@ class SqliteCatalog(Catalog):
         try:
             await self._call(self._shut)
         finally:
+            assert self._executor is not None  # close() calls _close only after a successful _connect
             self._executor.shutdown(wait=True)  # the close above was its last job: returns at once
             self._executor = None
 
@@ -147,16 +148,8 @@ class SqliteCatalog(Catalog):
         sql, params = _compile_where(where)
         return await self._call(self._delete, kind, sql, params)
 
-    async def find(
-        self,
-        kind: str,
-        where: Where | None = None,
-        *,
-        order_by: str | None = None,
-        descending: bool = False,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Doc]:
+    async def find(self, kind: str, where: Where | None = None, *, order_by: str | None = None, descending: bool = False,
+                   limit: int | None = None, offset: int = 0) -> list[Doc]:
         self._require_connected()
         check_kind(kind)
         check_page(limit, offset)
@@ -191,20 +184,25 @@ class SqliteCatalog(Catalog):
         self._conn = conn
         self._tables.clear()
 
+    def _db(self) -> sqlite3.Connection:
+        """The open connection: the methods below run on the worker thread between _open and _shut."""
+        assert self._conn is not None
+        return self._conn
+
     def _shut(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
     def _journal_mode(self) -> str:
-        return self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        return self._db().execute("PRAGMA journal_mode").fetchone()[0]
 
     def _table(self, kind: str) -> str:
         """The quoted table of `kind`, created on first use outside any transaction, so a rolled
         back write never undoes it. `check_kind` allows only [a-z0-9_]: the name is safe to quote."""
         table = f'"kind_{kind}"'
         if table not in self._tables:
-            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+            self._db().execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
             self._tables.add(table)
         return table
 
@@ -212,7 +210,7 @@ class SqliteCatalog(Catalog):
         text = encode_record(key, doc)
         table = self._table(kind)
         try:
-            with immediate(self._conn) as conn:
+            with immediate(self._db()) as conn:
                 conn.execute(f"INSERT INTO {table} (key, doc) VALUES (?, ?)", (key, text))
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"{kind} {key!r} already exists", details={"kind": kind, "key": key}) from exc
@@ -221,21 +219,21 @@ class SqliteCatalog(Catalog):
     def _upsert(self, kind: str, docs: list[tuple[str, Doc]]) -> list[str]:
         rows = [(key, encode_record(key, doc)) for key, doc in docs]
         table = self._table(kind)
-        with immediate(self._conn) as conn:
+        with immediate(self._db()) as conn:
             conn.executemany(
                 f"INSERT INTO {table} (key, doc) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc", rows
             )
         return [text for _, text in rows]
 
     def _get(self, kind: str, key: str) -> Doc | None:
-        row = self._conn.execute(f"SELECT doc FROM {self._table(kind)} WHERE key = ?", (key,)).fetchone()
+        row = self._db().execute(f"SELECT doc FROM {self._table(kind)} WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def _update(self, kind: str, key: str, changes: Doc, expect: Sql) -> Doc | None:
         encode_record(key, changes)  # rejects a value that is not JSON before taking the lock
         table = self._table(kind)
         expect_sql, expect_params = expect
-        with immediate(self._conn) as conn:
+        with immediate(self._db()) as conn:
             row = conn.execute(f"SELECT doc FROM {table} WHERE key = ? AND {expect_sql}", (key, *expect_params)).fetchone()
             if row is None:
                 return None
@@ -245,15 +243,15 @@ class SqliteCatalog(Catalog):
 
     def _delete(self, kind: str, where_sql: str, params: list[Any]) -> int:
         table = self._table(kind)
-        with immediate(self._conn) as conn:
+        with immediate(self._db()) as conn:
             return conn.execute(f"DELETE FROM {table} WHERE {where_sql}", params).rowcount
 
     def _find(self, kind: str, clauses: str, params: list[Any]) -> list[Doc]:
-        rows = self._conn.execute(f"SELECT doc FROM {self._table(kind)} {clauses}", params).fetchall()
+        rows = self._db().execute(f"SELECT doc FROM {self._table(kind)} {clauses}", params).fetchall()
         return [json.loads(doc) for (doc,) in rows]
 
     def _count(self, kind: str, where_sql: str, params: list[Any]) -> int:
-        return self._conn.execute(f"SELECT count(*) FROM {self._table(kind)} WHERE {where_sql}", params).fetchone()[0]
+        return self._db().execute(f"SELECT count(*) FROM {self._table(kind)} WHERE {where_sql}", params).fetchone()[0]
 
 
 # -- filters ---------------------------------------------------------------------------------------

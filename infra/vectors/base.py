@@ -83,15 +83,8 @@ class VectorIndex(Lifecycle, abc.ABC):
         writing anything of the batch."""
 
     @abc.abstractmethod
-    async def search(
-        self,
-        name: str,
-        vector_name: str,
-        vector: Sequence[float],
-        *,
-        limit: int = 10,
-        where: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
+    async def search(self, name: str, vector_name: str, vector: Sequence[float], *, limit: int = 10,
+                     where: Mapping[str, Any] | None = None) -> list[Hit]:
         """Nearest points, best first. `score` is the engine's: similarity for cosine and dot
         (higher is better), distance for euclid (lower is better)."""
 

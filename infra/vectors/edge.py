@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -138,15 +138,8 @@ class EdgeVectorIndex(VectorIndex):
             collection = await self._collection(name)
             return await _run(_upsert, name, collection, points)
 
-    async def search(
-        self,
-        name: str,
-        vector_name: str,
-        vector: Sequence[float],
-        *,
-        limit: int = 10,
-        where: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
+    async def search(self, name: str, vector_name: str, vector: Sequence[float], *, limit: int = 10,
+                     where: Mapping[str, Any] | None = None) -> list[Hit]:
         self._require_connected()
         check_collection_name(name)
         conditions = parse_where(where)
@@ -186,7 +179,8 @@ class EdgeVectorIndex(VectorIndex):
         wanted = check_ids(ids)
         async with self._lock(name):
             collection = await self._collection(name)
-            await _run(_write, name, collection.shard, qe.UpdateOperation.delete_points(wanted))
+            # a list[str] is a list of PointId; the stub's List[PointId] only rejects it by invariance
+            await _run(_write, name, collection.shard, qe.UpdateOperation.delete_points(cast("list[qe.PointId]", wanted)))
         return len(wanted)
 
     # -- files and shards (called in worker threads, under the collection's lock) ----------------
@@ -322,15 +316,15 @@ def _shut(name: str, shard: qe.EdgeShard) -> None:
 def _filter(conditions: list[Condition]) -> qe.Filter | None:
     if not conditions:
         return None
-    must = []
+    must: list[qe.ConditionType] = []
     for c in conditions:
         if isinstance(c, Equals):
             # The binding reads a Python bool as the integer 0 or 1 (bool is an int); numpy's bool
-            # is not an int, so it reaches the engine as a boolean.
+            # is not an int, so it reaches the engine as a boolean. The stub leaves numpy's bool out.
             value = np.bool_(c.value) if isinstance(c.value, bool) else c.value
-            must.append(qe.FieldCondition(key=c.key, match=qe.MatchValue(value)))
+            must.append(qe.FieldCondition(key=c.key, match=qe.MatchValue(cast("str | int | bool", value))))
         else:
-            must.append(qe.FieldCondition(key=c.key, match=qe.MatchAny(list(c.values))))
+            must.append(qe.FieldCondition(key=c.key, match=qe.MatchAny(cast("list[str] | list[int]", list(c.values)))))
     return qe.Filter(must=must)
 
 

@@ -13,21 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from events.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    SluiceError,
-    TransientError,
-    Unauthorized,
-)
+from events.errors import Conflict, Forbidden, InvalidInput, NotFound, SluiceError, TransientError, Unauthorized
 from events.lifecycle import Health
 from infra.vectors._validate import (
     Condition,
@@ -40,9 +32,11 @@ from infra.vectors._validate import (
     check_spec,
     parse_where,
 )
-from infra.vectors.base import Hit, Point, VectorIndex, VectorSpec
+from infra.vectors.base import Distance, Hit, Point, VectorIndex, VectorSpec
 
-_TO_QDRANT = {"cosine": models.Distance.COSINE, "euclid": models.Distance.EUCLID, "dot": models.Distance.DOT}
+_TO_QDRANT: dict[Distance, models.Distance] = {
+    "cosine": models.Distance.COSINE, "euclid": models.Distance.EUCLID, "dot": models.Distance.DOT
+}
 _FROM_QDRANT = {v: k for k, v in _TO_QDRANT.items()}
 
 Spec = dict[str, VectorSpec]
@@ -157,15 +151,8 @@ class QdrantVectorIndex(VectorIndex):
             )
         return len(points)
 
-    async def search(
-        self,
-        name: str,
-        vector_name: str,
-        vector: Sequence[float],
-        *,
-        limit: int = 10,
-        where: Mapping[str, Any] | None = None,
-    ) -> list[Hit]:
+    async def search(self, name: str, vector_name: str, vector: Sequence[float], *, limit: int = 10,
+                     where: Mapping[str, Any] | None = None) -> list[Hit]:
         self._require_connected()
         check_collection_name(name)
         query_filter = _filter(parse_where(where))
@@ -216,7 +203,9 @@ class QdrantVectorIndex(VectorIndex):
         check_collection_name(name)
         wanted = check_ids(ids)
         with self._errors(name):
-            await self._qdrant.delete(name, points_selector=models.PointIdsList(points=wanted), wait=True)
+            # a list[str] is a list of ExtendedPointId; the stub's List[...] only rejects it by invariance
+            selector = models.PointIdsList(points=cast("list[models.ExtendedPointId]", wanted))
+            await self._qdrant.delete(name, points_selector=selector, wait=True)
         return len(wanted)
 
     # -- specs and errors ------------------------------------------------------------------------
@@ -308,5 +297,5 @@ def _filter(conditions: list[Condition]) -> models.Filter | None:
         if isinstance(c, Equals):
             must.append(models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value)))
         else:
-            must.append(models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values))))
+            must.append(models.FieldCondition(key=c.key, match=models.MatchAny(any=cast("list[str] | list[int]", list(c.values)))))
     return models.Filter(must=must)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from events import Topics
 from events.payloads import IngestStarted
-from functions.idempotency import IdempotencyStore
-from functions.runner import Function, Runner
+from functions.runtime.idempotency import IdempotencyStore
+from functions.runtime.runner import Function, Runner
 from infra.catalog.sqlite import SqliteCatalog
 
 CRASH_EXIT = 17

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from events import decode
-from functions.idempotency import IdempotencyStore
 from functions.rest.app import create_app
-from functions.runner import Runner
+from functions.runtime.idempotency import IdempotencyStore
+from functions.runtime.runner import Runner
 from functions.table import FUNCTIONS
 from infra.bootstrap import bootstrap
 from infra.bus.kafka import KafkaBus

@@ -13,7 +13,7 @@ import pytest
 
 from events import ObjectCreated, Topics, decode, make
 from events.payloads import IngestStarted
-from functions.runner import Function, RetryPolicy, Runner, publish
+from functions.runtime.runner import Function, RetryPolicy, Runner, publish
 from infra.bus.kafka import KafkaBus
 from infra.catalog.sqlite import SqliteCatalog
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from events import decode
-from functions.dropfolder import DropFolder
-from functions.tenancy import Tenancy
+from functions.records.tenancy import Tenancy
+from functions.runtime.dropfolder import DropFolder
 from infra.bootstrap import bootstrap
 from infra.settings import Settings
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from events import codec
-from functions.ingest import IngestScheduler
 from functions.rest.app import create_app
+from functions.runtime.scheduler import IngestScheduler
 from infra.bootstrap import bootstrap
 from infra.settings import Settings
 from infra.vectors.base import VectorSpec
@@ -325,7 +325,9 @@ async def test_a_task_whose_process_died_is_run_again_and_overwrites(stack):
     entries = []
     for i in range(3):
         info = await store.put_bytes("resume-bucket", f"r{i}.txt", f"text number {i}".encode(), content_type="text/plain")
-        obj = ObjectCreated(bucket="resume-bucket", key=f"r{i}.txt", size=info.size, etag=info.etag, content_type="text/plain", source="upload")
+        obj = ObjectCreated(
+            bucket="resume-bucket", key=f"r{i}.txt", size=info.size, etag=info.etag, content_type="text/plain", source="upload"
+        )
         entries.append((f"{collection_id}|{obj.dedup_key}", {"namespace": "acme", "collection_id": collection_id,
                         "object": obj.model_dump(mode="json"), "correlation_id": "c", "queued_at": time.time(), "claimed_by": "tsk_dead"}))
     await catalog.upsert_many("ingest_queue", entries)

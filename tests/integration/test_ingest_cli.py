@@ -112,7 +112,7 @@ EXPECTED = {
     "in/nested/blob": ("application/octet-stream", b"\x00\x01binary\xff"),
     "in/README": ("text/plain", "plain words, ünïcode too\n".encode()),
     "in/nested/big.bin": ("application/octet-stream", BIG),
-    "in/Grüße 日本 ✓.txt": ("text/plain", "non-ASCII name".encode()),
+    "in/Grüße 日本 ✓.txt": ("text/plain", b"non-ASCII name"),
     "in/empty.txt": ("text/plain", b""),
 }
 

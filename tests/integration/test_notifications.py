@@ -13,9 +13,9 @@ import pytest
 from events import decode
 from events.errors import PoisonMessage
 from events.s3 import decode_notification
-from functions import notifications
-from functions.collections import BUCKET_BINDINGS
-from functions.runner import Runner
+from functions.handlers import notifications
+from functions.records.collection import BUCKET_BINDINGS
+from functions.runtime.runner import Runner
 from functions.table import FUNCTIONS
 from infra.bus.kafka import KafkaBus
 from infra.catalog.sqlite import SqliteCatalog

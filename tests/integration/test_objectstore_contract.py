@@ -40,13 +40,7 @@ from botocore.exceptions import EndpointConnectionError
 from fastapi import FastAPI
 
 from events.errors import Conflict, InvalidInput, NotConnected, NotFound, TransientError
-from infra.objectstore import (
-    LocalObjectStore,
-    MemoryObjectStore,
-    ObjectStore,
-    S3ObjectStore,
-    presigned_router,
-)
+from infra.objectstore import LocalObjectStore, MemoryObjectStore, ObjectStore, S3ObjectStore, presigned_router
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
 
 pytestmark = pytest.mark.integration

@@ -3,16 +3,12 @@ upload → presigned PUT → confirm → outcome; versions, source, rollback, di
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import httpx
 import pytest
 
-from functions.idempotency import IdempotencyStore
+from engine.plugins.archive import write_zip
 from functions.rest.app import create_app
-from functions.runner import Runner
-from functions.table import FUNCTIONS
+from functions.runtime.run import functions_running
 from infra.bootstrap import bootstrap
 from infra.settings import Settings
 from tests.fixtures.plugins import HASH_EMBEDDER, SEED_MY_EXTRACTOR, zip_folder
@@ -29,20 +25,13 @@ def auth(key: str) -> dict:
 async def client(tmp_path):
     settings = Settings(data_dir=tmp_path, bus="memory", compute="none", admin_key=ADMIN)
     async with bootstrap(settings) as platform:
-        runner = Runner(
-            bus=platform.bus, topics=platform.topics, functions=FUNCTIONS, deps=platform.deps(),
-            idempotency=IdempotencyStore(platform.catalog),
-        )
-        await runner.start()
-        transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
-        try:
+        async with functions_running(platform, reconcile=False):
+            transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=120) as client:
                 for ns in ("acme", "globex"):
                     r = await client.post("/v1/namespaces", json={"namespace_name": ns}, headers=auth(ADMIN))
                     assert r.status_code == 201, r.text
                 yield client
-        finally:
-            await runner.stop()
 
 
 async def key_for(client, namespace: str) -> str:
@@ -91,7 +80,12 @@ async def test_a_manifest_with_the_intuitive_feature_keys_is_refused_at_confirm_
     outcome = r.json()
     assert outcome["validation_status"] == "FAILED" and outcome["plugin_id"] is None
     messages = " | ".join(e["message"] for e in outcome["validation_errors"] if e["rule_id"] == "SLU811")
-    for wrong, right in (("type", "feature_type"), ("name", "feature_name"), ("dimensions", "embedding_dim"), ("distance", "distance_metric")):
+    for wrong, right in (
+        ("type", "feature_type"),
+        ("name", "feature_name"),
+        ("dimensions", "embedding_dim"),
+        ("distance", "distance_metric"),
+    ):
         assert f"unknown key {wrong!r}; use {right!r}" in messages
     assert all(e["file"] == "manifest.py" and e["hint"] for e in outcome["validation_errors"])
     assert (await client.get("/v1/namespaces/acme/plugins", headers=auth(ADMIN))).json()["plugins"] == []
@@ -106,12 +100,10 @@ async def test_a_scanner_violation_is_refused_with_rule_file_line_and_hint(clien
 
 
 async def test_a_zip_slip_archive_is_refused_by_name_at_confirm(client):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("manifest.py", "x = 1\n")
-        zf.writestr("pipeline.py", "x = 1\n")
-        zf.writestr("../../evil.py", "print('escaped')\n")
-    r = await push(client, "acme", buffer.getvalue(), "hash_embedder")
+    archive = write_zip([
+        ("manifest.py", b"x = 1\n"), ("pipeline.py", b"x = 1\n"), ("../../evil.py", b"print('escaped')\n"),
+    ])
+    r = await push(client, "acme", archive, "hash_embedder")
     assert r.status_code == 422, r.text
     assert any("../../evil.py" in e["message"] or e["file"] == "../../evil.py" for e in r.json()["validation_errors"])
 
@@ -144,9 +136,16 @@ async def test_versions_history_rollback_diff_source_and_delete(client):
 
     versions = (await client.get("/v1/namespaces/acme/plugins/by-name/hash_embedder/versions", headers=auth(ADMIN))).json()
     assert versions["active_version"] == "1.0.1"
-    assert [(v["version"], v["message"], v["active"]) for v in versions["versions"]] == [("1.0.1", "casefold", True), ("1.0.0", "first", False)]
+    assert [(v["version"], v["message"], v["active"]) for v in versions["versions"]] == [
+        ("1.0.1", "casefold", True),
+        ("1.0.0", "first", False),
+    ]
 
-    diff = (await client.get("/v1/namespaces/acme/plugins/by-name/hash_embedder/diff", params={"v1": "1.0.0", "v2": "1.0.1"}, headers=auth(ADMIN))).json()
+    diff = (
+        await client.get(
+            "/v1/namespaces/acme/plugins/by-name/hash_embedder/diff", params={"v1": "1.0.0", "v2": "1.0.1"}, headers=auth(ADMIN)
+        )
+    ).json()
     [changed_file] = diff["files"]
     assert changed_file["path"] == "processors/hashing.py" and "-" in changed_file["diff"] and "+" in changed_file["diff"]
     assert "casefold" in changed_file["diff"]

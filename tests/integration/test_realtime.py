@@ -84,7 +84,7 @@ def deployment_events(stack, plugin_id: str) -> list[str]:
 
 
 @pytest.fixture
-async def events(stack):  # noqa: F811
+async def events(stack):
     """Collect the plugin topic too (the stack collects ingest events)."""
     consumer = await stack.platform.bus.subscribe([stack.platform.topics.deployments], group_id="realtime-test", from_beginning=True)
     from events import codec

@@ -11,7 +11,7 @@ import pytest
 
 from engine.plugins.validate import validate_isolated
 from engine.sandbox.client import SandboxOptions
-from functions.register import network_declaration
+from functions.handlers.register import network_declaration
 from tests.fixtures.plugins import PLUGINS
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]

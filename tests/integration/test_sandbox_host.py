@@ -170,7 +170,7 @@ def test_platform_modules_and_ray_cannot_be_imported(host_factory):
         host_factory(),
         "import ray\nreturn ray.__version__",
         "import infra.settings\nreturn 1",
-        "import functions.secrets\nreturn 1",
+        "import functions.records.secret_store\nreturn 1",
         "from engine.models import registry\nreturn registry",
         "import boto3\nreturn 1",
     )
@@ -181,7 +181,7 @@ def test_sdk_classes_and_modules_cannot_be_monkeypatched(host_factory):
     host = host_factory()
     outcomes = probe(
         host,
-        "from engine.secrets import SecretsAccessor\nSecretsAccessor.get = None\nreturn 1",
+        "from engine.namespace_secrets import SecretsAccessor\nSecretsAccessor.get = None\nreturn 1",
         "import engine.assets\nengine.assets.download_asset = None\nreturn 1",
         "import shared.plugins\nshared.plugins.open_asset = None\nreturn 1",
     )
@@ -206,7 +206,7 @@ def test_there_is_no_network_without_a_declaration(host_factory):
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b"hello from the api"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -246,8 +246,10 @@ def test_assets_of_another_namespace_are_refused(host_factory, tmp_path):
     host = host_factory()
     outcomes = probe(
         host,
-        "from shared.plugins import open_asset\nwith open_asset('s3://acme-bucket/doc.txt') as p:\n    import pandas as pd\n    return pd.read_csv(p).to_dict()",
-        "from shared.plugins import open_asset\nwith open_asset('s3://globex-bucket/doc.txt') as p:\n    import pandas as pd\n    return pd.read_csv(p).to_dict()",
+        "from shared.plugins import open_asset\nwith open_asset('s3://acme-bucket/doc.txt') as p:\n"
+        "    import pandas as pd\n    return pd.read_csv(p).to_dict()",
+        "from shared.plugins import open_asset\nwith open_asset('s3://globex-bucket/doc.txt') as p:\n"
+        "    import pandas as pd\n    return pd.read_csv(p).to_dict()",
         f"from shared.plugins import open_asset\nwith open_asset({(objects / 'globex-bucket' / 'doc.txt').as_uri()!r}) as p:\n"
         "    return open(p).read()",
         f"from shared.plugins import open_asset\nwith open_asset({(tmp_path / 'cache').as_uri()!r}) as p:\n    return 1",
@@ -275,16 +277,18 @@ def test_a_host_past_its_time_limit_is_stopped(host_factory):
 
 def test_hosts_of_two_namespaces_cannot_see_each_others_scratch(host_factory):
     acme, globex = host_factory("acme"), host_factory("globex")
-    [acme_home] = probe(acme, "import os\nopen(os.path.join(os.environ['HOME'], 'acme.txt'), 'w').write('private')\nreturn os.environ['HOME']")
+    [acme_home] = probe(
+        acme, "import os\nopen(os.path.join(os.environ['HOME'], 'acme.txt'), 'w').write('private')\nreturn os.environ['HOME']"
+    )
     home = acme_home.removeprefix("LEAKED: ").strip("'")
     [outcome] = probe(globex, f"return open({os.path.join(home, 'acme.txt')!r}).read()")
     assert outcome.startswith("blocked"), outcome
 
 
 def test_the_owner_reads_a_hosts_answer_only_as_plain_arrow(host_factory):
-    from engine.sandbox.protocol import ProtocolError, trusted_table
-
     import pyarrow as pa
+
+    from engine.sandbox.protocol import ProtocolError, trusted_table
 
     class Pickled(pa.ExtensionType):
         def __init__(self) -> None:
@@ -294,7 +298,7 @@ def test_the_owner_reads_a_hosts_answer_only_as_plain_arrow(host_factory):
             return b""
 
         @classmethod
-        def __arrow_ext_deserialize__(cls, storage_type, serialized):  # noqa: ANN001
+        def __arrow_ext_deserialize__(cls, storage_type, serialized):
             return cls()
 
     pa.register_extension_type(Pickled())

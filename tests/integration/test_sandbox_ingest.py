@@ -150,7 +150,7 @@ class HashEmbedder:
 class _EmbeddingApi(http.server.BaseHTTPRequestHandler):
     calls = 0
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         _EmbeddingApi.calls += 1
         text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"]
         vector = [0.0] * 32

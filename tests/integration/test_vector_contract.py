@@ -57,7 +57,7 @@ def pid(label: str) -> str:
 
 
 def close_to(actual: list[float], expected: list[float]) -> bool:
-    return len(actual) == len(expected) and all(math.isclose(a, e, abs_tol=1e-5) for a, e in zip(actual, expected))
+    return len(actual) == len(expected) and all(math.isclose(a, e, abs_tol=1e-5) for a, e in zip(actual, expected, strict=False))
 
 
 def unit(*xs: float) -> list[float]:

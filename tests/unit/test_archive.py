@@ -20,15 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine.plugins import archive
-from engine.plugins.archive import (
-    RULES,
-    ArchiveLimits,
-    ArchiveRejected,
-    ExtractedPlugin,
-    extract_plugin,
-    inspect_zip,
-    write_zip,
-)
+from engine.plugins.archive import RULES, ArchiveLimits, ArchiveRejected, ExtractedPlugin, extract_plugin, inspect_zip, write_zip
 
 pytestmark = pytest.mark.unit
 

@@ -112,12 +112,12 @@ def test_a_word_longer_than_a_chunk_is_cut_hard():
 def test_overlap_repeats_the_end_of_the_chunk_before():
     text = " ".join(f"word{i}" for i in range(600))
     spans = split_text(text, 200, 50)
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
         assert s1 < s2 < e1 < e2  # overlapping, moving forward
         assert e1 - s2 <= 50
         assert text[s2:e1] == text[s2:e1].strip()  # starts on a word
     no_overlap = split_text(text, 200, 0)
-    for (_, e1), (s2, _) in zip(no_overlap, no_overlap[1:]):
+    for (_, e1), (s2, _) in zip(no_overlap, no_overlap[1:], strict=False):
         assert s2 > e1
 
 
@@ -273,7 +273,7 @@ def test_export_cache_is_reused(encoder, fp32_encoder, onnx_cache):
     before = {path: path.stat().st_mtime_ns for path in files}
     stats = dict(EXPORT_STATS)
     again = MiniLMEncoder(precision="auto", device="cpu", cache_dir=onnx_cache)
-    assert EXPORT_STATS == stats  # no export, no quantisation, no calibration
+    assert stats == EXPORT_STATS  # no export, no quantisation, no calibration
     assert {path: path.stat().st_mtime_ns for path in files} == before
     assert again.quality["decision_cached"] is True
     assert again.quality["min_cosine"] == encoder.quality["min_cosine"]

@@ -8,13 +8,7 @@ import socket
 import pytest
 
 from engine.plugins.manifest import RULES, read_network_declaration
-from engine.sandbox.egress import (
-    EgressPolicy,
-    EgressRefused,
-    check_destination,
-    parse_allow_entry,
-    proxy_env,
-)
+from engine.sandbox.egress import EgressPolicy, EgressRefused, check_destination, parse_allow_entry, proxy_env
 
 pytestmark = pytest.mark.unit
 

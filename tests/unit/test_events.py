@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from events import (
     PAYLOAD_TYPES,
@@ -66,7 +67,10 @@ def test_a_child_event_keeps_the_correlation_and_names_its_cause():
         (b'{"payload": {"type": "NoSuchEvent"}}', "NoSuchEvent"),
         (b'{"payload": {"type": "ObjectCreated", "bucket": "b", "key": "k", "size": -1, "source": "s3"}}', "payload.ObjectCreated.size"),
         (b'{"payload": {"type": "ObjectCreated", "bucket": "b", "key": "k", "size": 1, "source": "s3", "extra": 1}}', "extra"),
-        (b'{"type": "IngestFailed", "payload": {"type": "ObjectCreated", "bucket": "b", "key": "k", "size": 1, "source": "s3"}}', "does not match"),
+        (
+            b'{"type": "IngestFailed", "payload": {"type": "ObjectCreated", "bucket": "b", "key": "k", "size": 1, "source": "s3"}}',
+            "does not match",
+        ),
     ],
 )
 def test_undecodable_bytes_raise_poison_naming_the_problem(raw, fragment):
@@ -139,7 +143,10 @@ def test_redelivered_notification_has_the_same_dedup_key():
         (b"[]", "JSON object"),
         (b'{"Records": 3}', "Records"),
         (b'{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {}}}]}', "Records[0]"),
-        (b'{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "k", "size": "big"}}}]}', "Records[0]"),
+        (
+            b'{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "k", "size": "big"}}}]}',
+            "Records[0]",
+        ),
     ],
 )
 def test_malformed_notifications_are_poison_naming_the_record(document, fragment):
@@ -149,6 +156,6 @@ def test_malformed_notifications_are_poison_naming_the_record(document, fragment
 
 def test_envelope_is_immutable():
     event = make(ObjectCreated(bucket="b", key="k", size=1, source="cli"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         event.namespace = "other"  # type: ignore[misc]
     assert isinstance(event, Envelope)

@@ -6,8 +6,6 @@ and Ray in tests/integration and tests/e2e."""
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +35,7 @@ from infra.catalog.memory import MemoryCatalog
 from infra.objectstore.memory import MemoryObjectStore
 from infra.serving.memory import MemoryServeControl
 from infra.settings import Settings
+from tests.fixtures.archives import tar_gz
 from tests.fixtures.plugins import HASH_EMBEDDER, zip_folder
 
 pytestmark = pytest.mark.unit
@@ -292,16 +291,6 @@ async def test_ingest_queues_each_object_version_once_per_matching_collection_of
 
 # --- models: validate_model -------------------------------------------------------------------
 
-def _targz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 async def _model_upload(ports: Ports, data: bytes, model_format: str) -> Envelope[ModelUploadConfirmed]:
     record = await ModelRegistry(ports.catalog).create(
         NS, name="tiny", version="1.0.0", model_format=model_format, framework=None, task_type=None, resources={},
@@ -313,7 +302,7 @@ async def _model_upload(ports: Ports, data: bytes, model_format: str) -> Envelop
 
 
 async def test_validate_model_rejects_an_archive_that_is_not_a_model_and_keeps_nothing(ports: Ports) -> None:
-    event = await _model_upload(ports, _targz({"README.txt": b"not weights"}), "safetensors")
+    event = await _model_upload(ports, tar_gz({"README.txt": b"not weights"}), "safetensors")
     [out] = await validate_model.handle(event, catalog=ports.catalog, store=ports.store, settings=ports.settings)
     assert out.type == "ModelRejected" and out.payload.errors
     record = await ModelRegistry(ports.catalog).get(NS, event.payload.model_id)
@@ -326,7 +315,7 @@ async def test_validate_model_registers_safetensors_weights_at_the_final_key(por
     from safetensors.numpy import save
 
     weights = save({"layer.weight": np.ones((4, 4), dtype=np.float32)})
-    data = _targz({"model.safetensors": weights})
+    data = tar_gz({"model.safetensors": weights})
     event = await _model_upload(ports, data, "safetensors")
     [out] = await validate_model.handle(event, catalog=ports.catalog, store=ports.store, settings=ports.settings)
     assert out.type == "ModelRegistered" and out.payload.sha256 == hashlib.sha256(data).hexdigest()

@@ -23,7 +23,7 @@ from engine.ingest.worker import (
     to_records,
 )
 from engine.plugins.extractors.pipeline import PipelineStep, StepRunner
-from functions.ingest import blob_type_for, document_id_for, looks_like_text, object_id_for
+from functions.services.ingest import blob_type_for, document_id_for, looks_like_text, object_id_for
 from tests.fixtures.plugins import HASH_EMBEDDER, zip_folder
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from functions import record_cache
+from functions.records import cache as record_cache
 
 pytestmark = pytest.mark.unit
 

@@ -45,7 +45,8 @@ def write_plugin(root: Path, files: dict[str, str | bytes]) -> Path:
 
 CLEAN = {
     "manifest.py": "metadata = {'feature_extractor_name': 'x', 'version': '1.0.0'}\n",
-    "pipeline.py": "from .manifest import metadata\n\ndef build_steps(extractor_request, container=None, base_steps=None, **kwargs):\n    return {'steps': []}\n",
+    "pipeline.py": "from .manifest import metadata\n\n"
+    "def build_steps(extractor_request, container=None, base_steps=None, **kwargs):\n    return {'steps': []}\n",
 }
 
 

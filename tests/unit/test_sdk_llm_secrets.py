@@ -1,4 +1,4 @@
-"""`container.llm` (`engine.llm`) with a fake provider, and `container.secrets` (`engine.secrets`):
+"""`container.llm` (`engine.llm`) with a fake provider, and `container.secrets` (`engine.namespace_secrets`):
 sealing, per-namespace keys, tamper detection and the accessor plugins use."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import base64
 import pytest
 
 from engine.llm import LLMOutputInvalid, LLMProvider, LLMRequest, LLMResult, LLMService, LLMUnavailable
+from engine.namespace_secrets import SecretBox, SecretNotFound, SecretsAccessor, SecretUnreadable
 from engine.plugins.container import PluginContainer
-from engine.secrets import SecretBox, SecretNotFound, SecretsAccessor, SecretUnreadable
 from events.errors import NotFound, PermanentError
 
 pytestmark = pytest.mark.unit
@@ -22,7 +22,9 @@ class FakeProvider:
 
     def __init__(self, reply=None):
         self.requests: list[LLMRequest] = []
-        self.reply = reply or (lambda request: LLMResult(data={"summary": request.text}, text=None, provider=request.provider, model=request.model))
+        self.reply = reply or (
+            lambda request: LLMResult(data={"summary": request.text}, text=None, provider=request.provider, model=request.model)
+        )
 
     async def complete(self, request: LLMRequest) -> LLMResult:
         self.requests.append(request)
@@ -219,7 +221,7 @@ async def test_the_plugin_container_carries_the_namespaces_ports(accessor):
 
 
 async def test_a_plugin_process_reads_its_namespace_secrets_with_the_namespace_key_alone():
-    from engine.secrets import SecretBox, SecretsAccessor, SecretUnreadable
+    from engine.namespace_secrets import SecretBox, SecretsAccessor, SecretUnreadable
 
     box = SecretBox(b"m" * 32)
     sealed = {"API_TOKEN": box.encrypt("acme", "API_TOKEN", "s3cret")}

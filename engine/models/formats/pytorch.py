@@ -100,7 +100,7 @@ def _scan_torch_zip(path: Path) -> list[Problem]:
         return problems
     try:
         zf = zipfile.ZipFile(path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted input: any parser error is a finding, never a crash
         return [("MDL310", f"starts like a zip but is not a readable one ({type(exc).__name__}: {show(str(exc))})")]
     with zf:
         infos = zf.infolist()
@@ -128,7 +128,7 @@ def _scan_zip_pickle(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[Problem
         return [("MDL307", f"{subject} is {info.file_size} bytes, above the {MAX_PICKLE_BYTES // MiB} MiB limit")]
     try:
         data = zf.read(info)
-    except Exception as exc:  # corrupt zip entry (bad local header, CRC, compression)
+    except Exception as exc:  # noqa: BLE001 - corrupt zip entry (bad local header, CRC, compression)
         return [("MDL310", f"{subject} cannot be read from the zip ({type(exc).__name__}: {show(str(exc))})")]
     return scan_pickle(io.BytesIO(data), subject).problems
 
@@ -141,7 +141,7 @@ def _scan_torch_legacy(path: Path) -> list[Problem]:
             pass
         message = "is in the pre-1.0 tar-based torch format, which is not accepted; re-save it with torch.save"
         return [("MDL310", message)]
-    except Exception:
+    except Exception:  # noqa: BLE001 - untrusted input: any parser error is a finding, never a crash
         pass  # not a tar: good
     with open(path, "rb") as fh:
         if not first_pickle_is_int(fh, LEGACY_TORCH_MAGIC):
@@ -153,7 +153,7 @@ def _scan_torch_legacy(path: Path) -> list[Problem]:
                 "save it with torch.save(model.state_dict(), path)",
             )]
         fh.seek(0)
-        problems: list[Problem] = []
+        problems = []
         for _ in range(5):
             report = scan_pickle(fh, "pickle")
             problems += report.problems
@@ -206,7 +206,7 @@ def _load_state_dict(path: Path, mmap: bool) -> tuple[list[Problem], dict[str, A
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted input: any parser error is a finding, never a crash
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         message = f"torch could not load it with weights_only=True ({type(exc).__name__}: {show(first_line)})"
         return [("MDL312", message)], {}

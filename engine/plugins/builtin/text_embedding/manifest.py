@@ -21,7 +21,9 @@ class TextEmbeddingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chunk_size: int = Field(default=1000, ge=50, description="Most characters in one chunk.")
-    chunk_overlap: int = Field(default=100, ge=0, description="Characters a chunk repeats from the end of the one before; less than chunk_size.")
+    chunk_overlap: int = Field(
+        default=100, ge=0, description="Characters a chunk repeats from the end of the one before; less than chunk_size."
+    )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Chunks per inference batch.")
     precision: Literal["auto", "fp32", "int8"] = Field(
         default="auto",

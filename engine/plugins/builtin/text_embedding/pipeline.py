@@ -2,13 +2,7 @@
 driver sees one)."""
 
 from engine.models import select_device
-from engine.plugins.extractors.pipeline import (
-    PipelineDefinition,
-    ResourceType,
-    RowCondition,
-    StepDefinition,
-    build_pipeline_steps,
-)
+from engine.plugins.extractors.pipeline import PipelineDefinition, ResourceType, RowCondition, StepDefinition, build_pipeline_steps
 
 from .manifest import TextEmbeddingParams, metadata
 from .processors import ChunkerConfig, EmbedderConfig, OnnxEmbedder, TextChunker

@@ -8,6 +8,8 @@ one request give both answers.
 import asyncio
 from typing import Any
 
+import numpy as np
+
 from engine.encoders.minilm import MiniLMEncoder, shared_encoder
 from engine.shared.plugins.inference.serve import BaseInferenceService
 from events.errors import InvalidInput
@@ -43,7 +45,7 @@ class TextEmbeddingService(BaseInferenceService):
                 raise InvalidInput(f"'texts' holds {len(texts)} texts; at most {MAX_TEXTS} per request", details={"field": "texts"})
         batch = ([text] if text is not None else []) + list(texts or [])
         encoder = self.encoder()
-        vectors = await asyncio.to_thread(encoder.encode, batch) if batch else []
+        vectors: np.ndarray | list[np.ndarray] = await asyncio.to_thread(encoder.encode, batch) if batch else []
         result: dict[str, Any] = {}
         if text is not None:
             result["embedding"] = vectors[0].tolist()

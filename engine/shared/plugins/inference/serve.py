@@ -8,6 +8,7 @@ subclassing styles: overriding `__call__` outright, or overriding `run_inference
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable
 from typing import Any
 
 from events.errors import InvalidInput
@@ -29,7 +30,7 @@ class BaseInferenceService:
                 f"{type(self).__name__} takes a dict of inputs, got {type(inputs).__name__}",
                 details={"service": type(self).__name__, "inputs_type": type(inputs).__name__},
             )
-        result = self.run_inference(inputs, parameters or {})
+        result: dict[str, Any] | Awaitable[dict[str, Any]] = self.run_inference(inputs, parameters or {})
         if inspect.isawaitable(result):  # a subclass may write run_inference as a plain method
             result = await result
         return result

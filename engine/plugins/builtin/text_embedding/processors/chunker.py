@@ -76,9 +76,11 @@ def split_text(text: str, chunk_size: int = 1000, chunk_overlap: int = 100) -> l
             # Each cut lies past the overlap and takes at least one new character, so every chunk
             # starts and ends after the one before.
             lowest = max(pos + overlap, fresh)
-            cut = _last_break(text, max(lowest, pos + size // 2), limit)
-            if cut is None:
+            brk = _last_break(text, max(lowest, pos + size // 2), limit)
+            if brk is None:
                 cut = _last_space(text, lowest, limit) or limit
+            else:
+                cut = brk
         end = cut
         while end > pos and text[end - 1].isspace():
             end -= 1
