@@ -3,7 +3,7 @@
 It passes the same contract suite as the SQLite and MongoDB catalogs, so a test on it exercises
 the semantics production relies on:
 
-- records go through the same checks and the same JSON round trip (`encode_record`): `id` is the
+- records go through the same checks and the same JSON round trip (`encode_record` of the port): `id` is the
   key, tuples become lists, dates, bytes, NaN and `_id` are refused with `InvalidInput`;
 - every record handed out is a deep copy, so a caller never changes what is stored;
 - filters keep MongoDB's meaning, as the SQLite catalog compiles them: a value matches only values
@@ -30,19 +30,8 @@ from typing import Any
 
 from events.errors import AlreadyExists
 from events.lifecycle import Health
-from infra.catalog.base import (
-    Catalog,
-    Condition,
-    Doc,
-    Where,
-    check_changes,
-    check_kind,
-    check_order_by,
-    check_page,
-    encode_record,
-    is_number,
-    parse_where,
-)
+from infra.catalog import base as port
+from infra.catalog.base import Catalog, Condition, Doc, Where
 
 _MISSING = object()
 _RANGES = {"$lt": operator.lt, "$lte": operator.le, "$gt": operator.gt, "$gte": operator.ge}
@@ -64,7 +53,7 @@ class MemoryCatalog(Catalog):
 
     async def insert(self, kind: str, key: str, doc: Doc) -> Doc:
         self._require_connected()
-        check_kind(kind)
+        port.check_kind(kind)
         record = _record(key, doc)
         table = self._kinds.setdefault(kind, {})
         if key in table:
@@ -74,14 +63,14 @@ class MemoryCatalog(Catalog):
 
     async def upsert(self, kind: str, key: str, doc: Doc) -> Doc:
         self._require_connected()
-        check_kind(kind)
+        port.check_kind(kind)
         record = _record(key, doc)
         self._kinds.setdefault(kind, {})[key] = record
         return copy.deepcopy(record)
 
     async def upsert_many(self, kind: str, docs: Sequence[tuple[str, Doc]]) -> int:
         self._require_connected()
-        check_kind(kind)
+        port.check_kind(kind)
         records = [(key, _record(key, doc)) for key, doc in docs]  # all checked before any is written
         if records:
             self._kinds.setdefault(kind, {}).update(records)
@@ -89,16 +78,16 @@ class MemoryCatalog(Catalog):
 
     async def get(self, kind: str, key: str) -> Doc | None:
         self._require_connected()
-        check_kind(kind)
+        port.check_kind(kind)
         record = self._kinds.get(kind, {}).get(key)
         return None if record is None else copy.deepcopy(record)
 
     async def update(self, kind: str, key: str, changes: Doc, *, expect: Where | None = None) -> Doc | None:
         self._require_connected()
-        check_kind(kind)
-        check_changes(changes)
-        conditions = parse_where(expect)
-        encode_record(key, changes)  # refuses a value that is not plain JSON, whether or not the record exists
+        port.check_kind(kind)
+        port.check_changes(changes)
+        conditions = port.parse_where(expect)
+        port.encode_record(key, changes)  # refuses a value that is not plain JSON, whether or not the record exists
         table = self._kinds.get(kind, {})
         current = table.get(key)
         if current is None or not _matches(current, conditions):
@@ -108,13 +97,13 @@ class MemoryCatalog(Catalog):
 
     async def delete(self, kind: str, key: str) -> bool:
         self._require_connected()
-        check_kind(kind)
+        port.check_kind(kind)
         return self._kinds.get(kind, {}).pop(key, None) is not None
 
     async def delete_many(self, kind: str, where: Where) -> int:
         self._require_connected()
-        check_kind(kind)
-        conditions = parse_where(where)
+        port.check_kind(kind)
+        conditions = port.parse_where(where)
         table = self._kinds.get(kind, {})
         doomed = [key for key, record in table.items() if _matches(record, conditions)]
         for key in doomed:
@@ -124,10 +113,10 @@ class MemoryCatalog(Catalog):
     async def find(self, kind: str, where: Where | None = None, *, order_by: str | None = None,
                    descending: bool = False, limit: int | None = None, offset: int = 0) -> list[Doc]:
         self._require_connected()
-        check_kind(kind)
-        check_page(limit, offset)
-        conditions = parse_where(where)
-        check_order_by(order_by)
+        port.check_kind(kind)
+        port.check_page(limit, offset)
+        conditions = port.parse_where(where)
+        port.check_order_by(order_by)
         found = [(key, record) for key, record in self._kinds.get(kind, {}).items() if _matches(record, conditions)]
         found.sort(key=lambda item: (*_sort_value(_lookup(item[1], order_by)), item[0]) if order_by else item[0],
                    reverse=descending)
@@ -136,14 +125,14 @@ class MemoryCatalog(Catalog):
 
     async def count(self, kind: str, where: Where | None = None) -> int:
         self._require_connected()
-        check_kind(kind)
-        conditions = parse_where(where)
+        port.check_kind(kind)
+        conditions = port.parse_where(where)
         return sum(1 for record in self._kinds.get(kind, {}).values() if _matches(record, conditions))
 
 
 def _record(key: str, doc: Doc) -> Doc:
     """The record as stored: `doc` checked and round-tripped through JSON, with `id` set to `key`."""
-    return json.loads(encode_record(key, doc))
+    return json.loads(port.encode_record(key, doc))
 
 
 # -- filters ---------------------------------------------------------------------------------------
@@ -183,8 +172,8 @@ def _elements(value: Any) -> list[Any]:
 
 def _same(element: Any, operand: Any) -> bool:
     """JSON equality: numbers by value (1 == 1.0), every other type only with itself."""
-    if is_number(operand):
-        return is_number(element) and element == operand
+    if port.is_number(operand):
+        return port.is_number(element) and element == operand
     if isinstance(operand, (bool, str)) or operand is None:
         return type(element) is type(operand) and element == operand
     return False
@@ -198,7 +187,7 @@ def _equals_any(value: Any, operands: Sequence[Any]) -> bool:
 
 def _in_range(element: Any, op: str, bound: Any) -> bool:
     """Numbers compare with numbers, strings with strings (by code point), nothing else."""
-    comparable = isinstance(element, str) if isinstance(bound, str) else is_number(element)
+    comparable = isinstance(element, str) if isinstance(bound, str) else port.is_number(element)
     return comparable and _RANGES[op](element, bound)
 
 
@@ -209,7 +198,7 @@ def _sort_value(value: Any) -> tuple[int, Any]:
         return 0, 0
     if isinstance(value, bool):
         return 5, int(value)
-    if is_number(value):
+    if port.is_number(value):
         return 1, value
     if isinstance(value, str):
         return 2, value

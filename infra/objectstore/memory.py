@@ -26,16 +26,8 @@ from urllib.parse import quote, urlencode
 
 from events.errors import InvalidInput
 from events.lifecycle import Health
+from infra.objectstore import rules
 from infra.objectstore.base import ObjectInfo, ObjectStore
-from infra.objectstore.rules import (
-    PARAM_CONTENT_TYPE,
-    PARAM_EXPIRES,
-    PARAM_OP,
-    bucket_not_found,
-    check_bucket,
-    check_expires,
-    object_not_found,
-)
 
 MAX_KEY_BYTES = 1024
 
@@ -74,18 +66,18 @@ class MemoryObjectStore(ObjectStore):
 
     def _bucket(self, bucket: str, key: str | None = None) -> dict[str, StoredObject]:
         """The bucket's objects, after checking the names; NotFound when the bucket does not exist."""
-        check_bucket(bucket)
+        rules.check_bucket(bucket)
         if key is not None:
             check_key(key)
         objects = self._buckets.get(bucket)
         if objects is None:
-            raise bucket_not_found(bucket)
+            raise rules.bucket_not_found(bucket)
         return objects
 
     def _object(self, bucket: str, key: str) -> StoredObject:
         stored = self._bucket(bucket, key).get(key)
         if stored is None:
-            raise object_not_found(bucket, key)
+            raise rules.object_not_found(bucket, key)
         return stored
 
     def _put(self, bucket: str, key: str, data: bytes, content_type: str | None) -> ObjectInfo:
@@ -99,7 +91,7 @@ class MemoryObjectStore(ObjectStore):
 
     async def ensure_bucket(self, bucket: str) -> None:
         self._require_connected()
-        check_bucket(bucket)
+        rules.check_bucket(bucket)
         self._buckets.setdefault(bucket, {})
 
     async def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
@@ -124,7 +116,7 @@ class MemoryObjectStore(ObjectStore):
 
     async def head(self, bucket: str, key: str) -> ObjectInfo | None:
         self._require_connected()
-        check_bucket(bucket)
+        rules.check_bucket(bucket)
         check_key(key)
         stored = self._buckets.get(bucket, {}).get(key)  # as S3: a missing bucket is a missing object
         return None if stored is None else _info(bucket, key, stored)
@@ -157,7 +149,7 @@ class MemoryObjectStore(ObjectStore):
 
     def url(self, bucket: str, key: str) -> str:
         self._require_connected()
-        check_bucket(bucket)
+        rules.check_bucket(bucket)
         check_key(key)
         return f"memory://{bucket}/{key}"
 
@@ -174,10 +166,10 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def _presign(op: str, bucket: str, key: str, expires_in: int, content_type: str | None) -> str:
     """A URL that names what it would allow (unsigned: nothing serves it)."""
-    check_bucket(bucket)
+    rules.check_bucket(bucket)
     check_key(key)
-    check_expires(expires_in)
-    params = {PARAM_OP: op, PARAM_EXPIRES: str(math.ceil(time.time()) + expires_in)}
+    rules.check_expires(expires_in)
+    params = {rules.PARAM_OP: op, rules.PARAM_EXPIRES: str(math.ceil(time.time()) + expires_in)}
     if content_type:
-        params[PARAM_CONTENT_TYPE] = content_type
+        params[rules.PARAM_CONTENT_TYPE] = content_type
     return f"memory://{bucket}/{quote(key, safe='/')}?{urlencode(params)}"
