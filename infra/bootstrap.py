@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,38 @@ log = structlog.get_logger("sluice.bootstrap")
 
 
 def read_or_create_secret(path: Path, *, prefix: str = "", nbytes: int = 32) -> str:
-    """A secret kept in a 0600 file; created on first use."""
+    """A secret kept in a 0600 file; created on first use, atomically: written and fsynced under a
+    temporary name, then linked into place (a crash leaves the old state or the whole file, never an
+    empty one; of two processes creating it at once, both end with the one that was linked first)."""
     if path.exists():
-        return path.read_text().strip()
+        return _read_secret(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     value = prefix + secrets.token_urlsafe(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return _read_secret(path)  # another process created it first: use theirs
+    finally:
+        os.unlink(temporary)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return value
+
+
+def _read_secret(path: Path) -> str:
+    value = path.read_text().strip()
+    if not value:
+        raise RuntimeError(f"the key file {path} is empty (cut short by a crash of an older Sluice): restore it from a backup; "
+                           "deleting it makes a new key, and whatever the old one protected is lost")
     return value
 
 

@@ -3,6 +3,7 @@ transactions that take the lock up front. Shared by the catalog and the log bus.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -12,8 +13,11 @@ from pathlib import Path
 
 def open_durable(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     """A connection in WAL mode with `synchronous=FULL` (a write survives power loss once it
-    returns) and a busy timeout; autocommit, so transactions are explicit (`immediate`)."""
+    returns) and a busy timeout; autocommit, so transactions are explicit (`immediate`). A new file
+    is created 0600 (SQLite gives its -wal and -shm files the same mode): it holds every tenant's
+    records."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")

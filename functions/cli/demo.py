@@ -37,7 +37,7 @@ def _files(folder: Path, limit: int | None) -> list[Path]:
 
 
 async def _check(client: httpx.AsyncClient, admin: dict) -> bool:
-    health = (await client.get("/v1/health")).json()
+    health = (await client.get("/v1/health", headers=admin)).json()
     ports = ", ".join(f"{k}={v['adapter']}:{v['status']}" for k, v in health["ports"].items())
     print(f"demo: health {health['status']}: {ports}")
     keyless = await client.get("/v1/namespaces")

@@ -233,9 +233,9 @@ async def ingest(items: list[Item], *, url: str, key: str, namespace: str, bucke
 # --- sluice ingest ------------------------------------------------------------------------------
 
 def _check_usage(bucket: str, prefix: str) -> None:
-    from functions.records.collection import BUCKET_RE
+    from infra.objectstore.rules import BUCKET_RE
 
-    if not BUCKET_RE.match(bucket) or ".." in bucket:
+    if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise fail(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, '.' and '-', "
                    "starting and ending with a letter or digit", 2)
     problem = prefix and _key_problem(prefix + "x")

@@ -131,7 +131,7 @@ def init(
     namespace: Namespace = None,
     as_json: Json = False,
 ) -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise fail(f"invalid plugin name {name!r}: 3-64 characters, letters, digits and _, starting with a letter", 2)
     dest = parent / name
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):

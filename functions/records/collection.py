@@ -20,6 +20,7 @@ from functions.records import cache as record_cache
 from functions.services.builtin_plugins import version_or_builtin
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
+from infra.objectstore.rules import BUCKET_RE
 from infra.vectors.base import VectorIndex, VectorSpec
 
 COLLECTIONS = "collections"
@@ -30,7 +31,7 @@ INGEST_QUEUE = "ingest_queue"
 INGESTED = "ingested_objects"
 
 COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
 
 
 def name_key(namespace: str, name: str) -> str:
@@ -82,12 +83,12 @@ class Collections:
         self, namespace: str, *, name: str, bucket: str, prefix: str, extractor: str, version: str | None,
         parameters: dict[str, Any], description: str | None = None,
     ) -> dict:
-        if not COLLECTION_NAME_RE.match(name or ""):
+        if not COLLECTION_NAME_RE.fullmatch(name or ""):
             raise InvalidInput(
                 f"invalid collection name {name!r}: 1-63 letters, digits, '_' or '-', starting with a letter",
                 details={"field": "collection_name"},
             )
-        if not BUCKET_RE.match(bucket or "") or ".." in bucket:
+        if not BUCKET_RE.fullmatch(bucket or "") or ".." in bucket:
             raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "source.bucket"})
         plugin = await version_or_builtin(self.catalog, self.store, self.plugins_bucket, namespace, extractor, version)
         manifest = plugin.get("manifest") or {}

@@ -56,7 +56,7 @@ def now() -> str:
 # --- names and ids ----------------------------------------------------------------------------
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid model name {name!r}: 3-64 characters, letters, digits, _ and -, starting with a letter",
             details={"field": "name", "value": name, "pattern": NAME_RE.pattern},
@@ -64,7 +64,7 @@ def check_name(name: str) -> None:
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
-    match = VERSION_RE.match(version or "") if isinstance(version, str) else None
+    match = VERSION_RE.fullmatch(version or "") if isinstance(version, str) else None
     if not match:
         raise InvalidInput(f"invalid model version {version!r}: expected X.Y.Z, e.g. 1.0.0",
                            details={"field": "version", "value": version})
@@ -72,7 +72,7 @@ def parse_version(version: str) -> tuple[int, int, int]:
 
 
 def check_alias(alias: str) -> None:
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
         raise InvalidInput(
             f"invalid alias {alias!r}: 1-32 lowercase letters, digits, _ and -, starting with a letter",
             details={"field": "alias", "value": alias, "pattern": ALIAS_RE.pattern},
@@ -240,7 +240,7 @@ class ModelRegistry:
         if "@" not in ref:
             return await self.get(namespace, ref)
         name, _, tag = ref.partition("@")
-        if VERSION_RE.match(tag) and NAME_RE.match(name):
+        if VERSION_RE.fullmatch(tag) and NAME_RE.fullmatch(name):
             return await self.get(namespace, model_id_for(name, tag))
         entry = await self.catalog.get(ALIASES, alias_key(namespace, name, tag))
         if entry is None or entry.get("namespace") != namespace:

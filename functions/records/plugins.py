@@ -32,7 +32,7 @@ def now() -> str:
 
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid plugin name {name!r}: 3-64 characters, letters, digits and _, starting with a letter",
             details={"field": "name", "value": name, "pattern": NAME_RE.pattern},
@@ -40,7 +40,7 @@ def check_name(name: str) -> None:
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
-    match = VERSION_RE.match(version or "")
+    match = VERSION_RE.fullmatch(version or "")
     if not match:
         raise InvalidInput(f"invalid version {version!r}: expected X.Y.Z, e.g. 1.0.0", details={"field": "version", "value": version})
     return int(match[1]), int(match[2]), int(match[3])

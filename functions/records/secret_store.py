@@ -46,7 +46,7 @@ class SecretsStore:
         return f"{namespace}/{name}"
 
     async def put(self, namespace: str, name: str, value: str) -> dict:
-        if not SECRET_NAME_RE.match(name or ""):
+        if not SECRET_NAME_RE.fullmatch(name or ""):
             raise InvalidInput(
                 f"invalid secret name {name!r}: letters, digits, '_', '.', '-', starting with a letter or '_'",
                 details={"field": "name", "value": name},

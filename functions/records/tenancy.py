@@ -48,7 +48,7 @@ def _now() -> str:
 
 
 def check_namespace_name(name: str) -> None:
-    if not NAMESPACE_RE.match(name or ""):
+    if not NAMESPACE_RE.fullmatch(name or ""):
         raise InvalidInput(
             f"invalid namespace name {name!r}: 3-63 characters, lowercase letters, digits, '-' or '_', starting with a letter",
             details={"field": "namespace_name", "value": name},

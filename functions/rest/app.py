@@ -53,7 +53,9 @@ class SecretValue(BaseModel):
 
 class HealthReport(BaseModel):
     status: str = Field(description="`ok`, `degraded` (some port degraded) or `down` (some port down).")
-    ports: dict[str, Health]
+    ports: dict[str, Health] | None = Field(
+        default=None, description="With the admin key only: each port's adapter, status and detail (which names "
+        "the platform's stores and addresses, so anonymous callers get the status alone).")
     sandbox: dict[str, dict[str, Any]] | None = Field(
         default=None, description="With the admin key only: each confinement layer of plugin hosts on this machine "
         "(`available`, `detail`), and `mode` (on, degraded allowed, or off).")
@@ -67,17 +69,17 @@ def _secrets(request: Request) -> SecretsStore:
     return request.app.state.secrets
 
 
-async def _sandbox_detail(request: Request) -> dict[str, dict[str, Any]] | None:
-    """The sandbox's layers, for an admin caller only (None otherwise)."""
+async def _is_admin(request: Request) -> bool:
+    """Whether the caller holds the admin key (health's details are for the operator only)."""
     authorization = request.headers.get("authorization") or ""
     if not authorization.lower().startswith("bearer "):
-        return None
+        return False
     try:
         principal = await _tenancy(request).authenticate(authorization[7:].strip())
         principal.require_admin()
     except Exception:  # noqa: BLE001 - a wrong key on health is just the short answer
-        return None
-    return await asyncio.to_thread(sandbox_report, request.app.state.platform.settings)
+        return False
+    return True
 
 
 def sandbox_report(settings: Any) -> dict[str, dict[str, Any]]:
@@ -98,7 +100,12 @@ def _routes() -> APIRouter:
         ports = await request.app.state.platform.health()
         states = {h.status for h in ports.values()}
         status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
-        body = HealthReport(status=status, ports=ports, sandbox=await _sandbox_detail(request)).model_dump(mode="json")
+        if await _is_admin(request):
+            sandbox = await asyncio.to_thread(sandbox_report, request.app.state.platform.settings)
+            report = HealthReport(status=status, ports=ports, sandbox=sandbox)
+        else:
+            report = HealthReport(status=status)
+        body = report.model_dump(mode="json", exclude_none=True)
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
     @router.post("/namespaces", status_code=201, response_model=Namespace, tags=["namespaces"])

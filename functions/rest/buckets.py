@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, NotFound
 from events.payloads import ObjectCreated
-from functions.records.collection import BUCKET_RE, Collections
+from functions.records.collection import Collections
 from functions.rest.deps import ScopedNamespace
 from functions.runtime.runner import publish
 from infra.objectstore.local import key_problem
+from infra.objectstore.rules import BUCKET_RE
 
 OBJECT_UPLOADS = "object_uploads"
 
@@ -50,7 +51,7 @@ def router() -> APIRouter:
     @api.post("", status_code=201)
     async def request_upload(namespace: ScopedNamespace, bucket: str, body: ObjectUploadRequest, request: Request) -> Any:
         platform = request.app.state.platform
-        if not BUCKET_RE.match(bucket) or ".." in bucket:
+        if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
             raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "bucket"})
         _check_key(body.key)
         await Collections(platform.catalog, platform.vectors).bind_bucket(namespace, bucket)

@@ -26,11 +26,12 @@ from events.envelope import make
 from events.errors import SluiceError
 from events.payloads import ObjectCreated
 from events.topics import Topics
-from functions.records.collection import BUCKET_RE, Collections
+from functions.records.collection import Collections
 from functions.records.tenancy import NAMESPACES
 from functions.runtime.runner import publish
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
+from infra.objectstore.rules import BUCKET_RE
 from infra.vectors.base import VectorIndex
 
 log = structlog.get_logger("sluice.drop")
@@ -92,7 +93,7 @@ class DropFolder:
         if await self.catalog.get(NAMESPACES, namespace) is None:
             self._reject(path, rel, f"namespace {namespace!r} does not exist")
             return False
-        if not BUCKET_RE.match(bucket):
+        if not BUCKET_RE.fullmatch(bucket):
             self._reject(path, rel, f"invalid bucket name {bucket!r}")
             return False
         try:

@@ -40,7 +40,7 @@ class Condition(NamedTuple):
 
 
 def check_kind(kind: str) -> None:
-    if not KIND_RE.match(kind):
+    if not KIND_RE.fullmatch(kind):
         raise InvalidInput(f"invalid catalog kind {kind!r}: use lowercase letters, digits and _", details={"kind": kind})
 
 
@@ -56,7 +56,7 @@ def parse_where(where: Where | None) -> list[Condition]:
     Numbers must be finite, and integers fit 64 bits (as in SQLite and BSON)."""
     conditions: list[Condition] = []
     for field, condition in (where or {}).items():
-        if not FIELD_RE.match(field):
+        if not FIELD_RE.fullmatch(field):
             raise InvalidInput(f"invalid field path {field!r} in filter", details={"field": field})
         if isinstance(condition, Mapping):
             if len(condition) != 1 or next(iter(condition)) not in OPERATORS:
@@ -118,7 +118,7 @@ def _storable(number: int | float) -> bool:
 
 
 def check_order_by(order_by: str | None) -> None:
-    if order_by is not None and (not isinstance(order_by, str) or not FIELD_RE.match(order_by)):
+    if order_by is not None and (not isinstance(order_by, str) or not FIELD_RE.fullmatch(order_by)):
         raise InvalidInput(f"invalid field path {order_by!r} in order_by", details={"order_by": str(order_by)})
 
 

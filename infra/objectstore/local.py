@@ -48,6 +48,7 @@ from infra.objectstore.rules import (
     bucket_not_found,
     check_bucket,
     check_expires,
+    hidden_character,
     object_not_found,
 )
 
@@ -69,6 +70,9 @@ def key_problem(key: str) -> str | None:
         return "the key is longer than 1024 bytes"
     if "\x00" in key or "\\" in key:
         return "the key contains NUL or a backslash"
+    hidden = hidden_character(key)
+    if hidden:
+        return f"the key contains {hidden}, which would show one name and be another"
     if key.startswith("/"):
         return "the key is absolute"
     segments = key.split("/")

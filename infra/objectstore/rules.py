@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from events.errors import InvalidInput, NotFound
 
@@ -15,7 +16,7 @@ PARAM_CONTENT_TYPE = "X-Sluice-Content-Type"
 
 
 def check_bucket(bucket: str) -> None:
-    if not BUCKET_RE.match(bucket) or ".." in bucket:
+    if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise InvalidInput(
             f"invalid bucket name {bucket!r}: use 3-63 lowercase letters, digits, `.` and `-`",
             details={"bucket": bucket},
@@ -36,3 +37,17 @@ def object_not_found(bucket: str, key: str) -> NotFound:
 
 def bucket_not_found(bucket: str) -> NotFound:
     return NotFound(f"bucket {bucket!r} does not exist", details={"bucket": bucket})
+
+
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def hidden_character(text: str) -> str | None:
+    """The first control or bidirectional-text character in `text`, described (`U+202E, a
+    bidirectional-text control`), or None. Such characters make a name print as another name."""
+    for ch in text:
+        if ch in BIDI_CONTROLS:
+            return f"U+{ord(ch):04X}, a bidirectional-text control"
+        if unicodedata.category(ch) == "Cc":
+            return f"U+{ord(ch):04X}, a control character"
+    return None

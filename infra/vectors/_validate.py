@@ -31,7 +31,7 @@ COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
 
 def check_collection_name(name: str) -> None:
-    if not isinstance(name, str) or not COLLECTION_RE.match(name):
+    if not isinstance(name, str) or not COLLECTION_RE.fullmatch(name):
         raise InvalidInput(
             f"collection name {name!r} is not allowed: use 1-255 letters, digits, `_`, `-` or `.`, "
             "starting with a letter or digit",

@@ -76,7 +76,8 @@ def test_sluice_up_serves_health_refuses_keyless_requests_stops_cleanly_and_keep
         key_line = up.wait_for("admin key in")
         up.wait_for("serving")
         assert str(data_dir / "admin.key") in key_line
-        health = httpx.get(f"{up.url}/v1/health", timeout=30)
+        admin = {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
+        health = httpx.get(f"{up.url}/v1/health", headers=admin, timeout=30)
         assert health.status_code == 200, health.text
         ports = health.json()["ports"]
         assert {p: ports[p]["status"] for p in ports} == dict.fromkeys(ports, "ok")

@@ -53,8 +53,14 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> dict
     return body["error"]
 
 
-async def test_health_reports_every_port_without_a_key(client):
-    r = await client.get("/v1/health")
+async def test_health_says_only_up_or_down_without_the_admin_key(client):
+    for headers in ({}, auth("sk_not_a_key")):
+        r = await client.get("/v1/health", headers=headers)
+        assert r.status_code == 200 and r.json() == {"status": "degraded"}  # compute=none; nothing names a store
+
+
+async def test_health_reports_every_port_to_the_admin(client):
+    r = await client.get("/v1/health", headers=auth(ADMIN))
     assert r.status_code == 200
     body = r.json()
     assert set(body["ports"]) == {"catalog", "object_store", "vectors", "bus", "compute"}
