@@ -89,7 +89,8 @@ async def end_to_end(
     from infra.bootstrap import bootstrap
     from infra.settings import Settings
 
-    settings = Settings(data_dir=data_dir, admin_key=SecretStr("sk_admin_bench"), log_level="WARNING", log_json=True, sandbox=sandbox)
+    settings = Settings(data_dir=data_dir, admin_key=SecretStr("sk_admin_bench-0123456789abcdef012"), log_level="WARNING",
+                        log_json=True, sandbox=sandbox)
     from infra.logging import configure_logging
 
     configure_logging("WARNING", json=True)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-ADMIN = "sk_bench_query"
+ADMIN = "sk_bench_query-0123456789abcdef01"
 NAMESPACE, BUCKET, COLLECTION = "bench", "bench-docs", "bench"
 LICENSES = Path("/usr/share/common-licenses")
 

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+MIN_ADMIN_KEY_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -18,7 +20,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="REST bind address.")
     port: int = Field(default=8080, ge=0, le=65535, description="REST port.")
     public_url: str | None = Field(default=None, description="Base URL clients use (presigned URLs); default http://host:port.")
-    admin_key: SecretStr | None = Field(default=None, description="Admin API key; generated into the data dir when unset.")
+    admin_key: SecretStr | None = Field(
+        default=None, description="Admin API key, at least 32 characters; generated into the data dir when unset.")
     topic_prefix: str = Field(default="sluice", pattern=r"^[a-zA-Z0-9._-]+$", description="Prefix of every topic.")
     log_level: str = Field(default="INFO")
     log_json: bool | None = Field(default=None, description="JSON logs; default: JSON when stderr is not a terminal.")
@@ -124,6 +127,14 @@ class Settings(BaseSettings):
     @property
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(f"SLUICE_ADMIN_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters (a shorter key can be "
+                             "guessed); leave it unset and Sluice generates one into the data dir")
+        return value
 
     @property
     def admin_key_file(self) -> Path:

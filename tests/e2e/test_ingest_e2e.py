@@ -13,7 +13,7 @@ from engine.plugins.builtin.text_embedding.processors.chunker import split_text
 from tests.fixtures.e2e import next_completion, notification, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.torch]
-ADMIN = "sk_admin_e2e_ingest"
+ADMIN = "sk_admin_e2e_ingest-0123456789abc"
 
 TEXTS = {
     "manuals/gates.txt": ("A sluice gate is a movable barrier that controls the flow of water. " * 9).strip(),

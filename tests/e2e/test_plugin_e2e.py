@@ -21,7 +21,7 @@ from infra.settings import Settings
 from tests.fixtures.plugins import HASH_EMBEDDER, zip_folder
 
 pytestmark = pytest.mark.e2e
-ADMIN = "sk_admin_e2e_plugins"
+ADMIN = "sk_admin_e2e_plugins-0123456789ab"
 
 
 async def test_rest_upload_through_s3_and_the_broker_ends_in_plugin_registered_for_a_subscriber(

@@ -15,7 +15,7 @@ from tests.fixtures.e2e import next_completion, notification, running_stack
 from tests.fixtures.plugins import PLUGINS, zip_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
-ADMIN = "sk_admin_e2e_realtime"
+ADMIN = "sk_admin_e2e_realtime-0123456789a"
 
 DOCS = {
     "fish.txt": "salmon swim upstream through the fish ladder beside the dam",

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def drop(tmp_path):
-    settings = Settings(data_dir=tmp_path / "data", bus="memory", compute="none", admin_key="sk_admin_x")
+    settings = Settings(data_dir=tmp_path / "data", bus="memory", compute="none", admin_key="sk_admin_x-0123456789abcdef012345")
     async with bootstrap(settings) as platform:
         await Tenancy(platform.catalog, "k").create_namespace("acme")
         await Tenancy(platform.catalog, "k").create_namespace("globex")

@@ -22,7 +22,7 @@ from functions.cli.output import Progress
 from tests.fixtures.rest_server import RestServer, clear_cli_env, free_port, point_cli_at
 
 pytestmark = pytest.mark.integration
-ADMIN = "sk_admin_ingest_cli_test"
+ADMIN = "sk_admin_ingest_cli_test-01234567"
 
 
 class IngestServer(RestServer):

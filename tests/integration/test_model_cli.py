@@ -21,7 +21,7 @@ from functions.cli import main
 from tests.fixtures.rest_server import RestServer, clear_cli_env, point_cli_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
-ADMIN = "sk_admin_model_cli_test"
+ADMIN = "sk_admin_model_cli_test-012345678"
 
 
 class ModelCliServer(RestServer):

@@ -24,7 +24,7 @@ from infra.settings import Settings
 from tests.fixtures.archives import tar_gz
 
 pytestmark = [pytest.mark.integration, pytest.mark.torch]
-ADMIN = "sk_admin_models_test"
+ADMIN = "sk_admin_models_test-0123456789ab"
 BUCKET = "sluice-models"
 
 

@@ -16,7 +16,7 @@ from tests.fixtures.plugins import HASH_EMBEDDER
 from tests.fixtures.rest_server import RestServer, clear_cli_env, point_cli_at
 
 pytestmark = pytest.mark.integration
-ADMIN = "sk_admin_plugin_cli_test"
+ADMIN = "sk_admin_plugin_cli_test-01234567"
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def platform(tmp_path):
-    settings = Settings(data_dir=tmp_path, bus="memory", compute="none", admin_key="sk_admin_x")
+    settings = Settings(data_dir=tmp_path, bus="memory", compute="none", admin_key="sk_admin_x-0123456789abcdef012345")
     async with bootstrap(settings) as platform:
         await platform.store.ensure_bucket(settings.plugins_bucket)
         yield platform

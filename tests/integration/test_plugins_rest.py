@@ -14,7 +14,7 @@ from infra.settings import Settings
 from tests.fixtures.plugins import HASH_EMBEDDER, SEED_MY_EXTRACTOR, zip_folder
 
 pytestmark = pytest.mark.integration
-ADMIN = "sk_admin_plugins_test"
+ADMIN = "sk_admin_plugins_test-0123456789a"
 
 
 def auth(key: str) -> dict:

@@ -10,7 +10,7 @@ from infra.bootstrap import bootstrap
 from infra.settings import Settings
 
 pytestmark = pytest.mark.integration
-ADMIN = "sk_admin_test_key"
+ADMIN = "sk_admin_test_key-0123456789abcde"
 
 
 @pytest.fixture

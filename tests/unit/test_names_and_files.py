@@ -95,3 +95,14 @@ def test_sqlite_files_of_the_platform_are_private(tmp_path: Path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     conn.close()
     assert modes and set(modes.values()) == {0o600}, modes
+
+
+def test_an_admin_key_shorter_than_32_characters_is_refused_at_start(tmp_path: Path):
+    from pydantic import ValidationError
+
+    from infra.settings import Settings
+
+    with pytest.raises(ValidationError, match="SLUICE_ADMIN_KEY must be at least 32 characters"):
+        Settings(data_dir=tmp_path, admin_key="sk_admin_short")
+    assert Settings(data_dir=tmp_path, admin_key="k" * 32).admin_key is not None
+    assert Settings(data_dir=tmp_path).admin_key is None  # unset: generated into the data dir
