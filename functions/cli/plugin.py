@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -409,6 +410,10 @@ def pull(
         entry = _entry(api, base, name, version)
         archive = Path(tmp) / "source.zip"
         api.download(f"{_plugin_path(base, entry)}/source", archive)
+        expected = entry.get("sha256")
+        if expected and hashlib.sha256(archive.read_bytes()).hexdigest() != expected:
+            raise fail(f"the downloaded archive of {name} {entry['version']} does not have the digest recorded at "
+                       f"registration ({expected[:12]}...); nothing was written")
         src = Path(tmp) / "src"
         src.mkdir()
         try:

@@ -12,10 +12,11 @@ import builtins
 import difflib
 import re
 import secrets
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from events.errors import AlreadyExists, Conflict, Forbidden, InvalidInput, NotFound
 from functions.records import cache as record_cache
 from functions.services.builtin_plugins import version_or_builtin
 from infra.catalog.base import Catalog
@@ -29,6 +30,7 @@ BUCKET_BINDINGS = "bucket_bindings"
 DOCUMENTS = "documents"
 INGEST_QUEUE = "ingest_queue"
 INGESTED = "ingested_objects"
+RESERVED_PREFIX = "sluice-"
 
 COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
 
@@ -73,9 +75,10 @@ def check_parameters(parameters: dict[str, Any], schema: dict[str, Any] | None, 
 
 class Collections:
     def __init__(self, catalog: Catalog, vectors: VectorIndex, store: ObjectStore | None = None,
-                 plugins_bucket: str = "sluice-plugins") -> None:
+                 plugins_bucket: str = "sluice-plugins", *, reserved: Collection[str] = ()) -> None:
         self.catalog = catalog
         self.vectors = vectors
+        self.reserved = frozenset(reserved) | {plugins_bucket}
         self.store = store  # where a builtin plugin's archive goes when a collection installs it
         self.plugins_bucket = plugins_bucket
 
@@ -93,7 +96,7 @@ class Collections:
         plugin = await version_or_builtin(self.catalog, self.store, self.plugins_bucket, namespace, extractor, version)
         manifest = plugin.get("manifest") or {}
         check_parameters(parameters, manifest.get("parameter_schema"), extractor)
-        await self.bind_bucket(namespace, bucket)
+        await self.bind_bucket(namespace, bucket, reserved=self.reserved)
 
         collection_id = "col_" + secrets.token_hex(10)
         try:
@@ -134,8 +137,13 @@ class Collections:
                 await self.vectors.delete_collection(index)
             raise
 
-    async def bind_bucket(self, namespace: str, bucket: str) -> None:
-        """Claim `bucket` for `namespace` (idempotent); Conflict when another namespace holds it."""
+    async def bind_bucket(self, namespace: str, bucket: str, *, reserved: Collection[str] = ()) -> None:
+        """Claim `bucket` for `namespace` (idempotent); Conflict when another namespace holds it.
+        Platform buckets (`reserved`, and every name under the `sluice-` prefix) are never a tenant's:
+        they hold every namespace's plugin and model archives."""
+        if bucket in reserved or bucket.startswith(RESERVED_PREFIX):
+            raise Forbidden(f"bucket {bucket!r} is reserved for the platform (names starting {RESERVED_PREFIX!r} and the "
+                            "plugin and model buckets); choose another name", details={"field": "bucket", "bucket": bucket})
         binding = await self.catalog.get(BUCKET_BINDINGS, bucket)
         if binding is None:
             try:

@@ -54,7 +54,8 @@ def router() -> APIRouter:
         if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
             raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "bucket"})
         _check_key(body.key)
-        await Collections(platform.catalog, platform.vectors).bind_bucket(namespace, bucket)
+        await Collections(platform.catalog, platform.vectors).bind_bucket(
+            namespace, bucket, reserved=(platform.settings.plugins_bucket, platform.settings.models_bucket))
         await platform.store.ensure_bucket(bucket)
         expires = platform.settings.upload_url_expires_s
         upload_id = "obj_" + secrets.token_hex(12)

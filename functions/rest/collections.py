@@ -47,7 +47,8 @@ class CreateCollection(BaseModel):
 
 def _collections(request: Request) -> Collections:
     platform = request.app.state.platform
-    return Collections(platform.catalog, platform.vectors, platform.store, platform.settings.plugins_bucket)
+    return Collections(platform.catalog, platform.vectors, platform.store, platform.settings.plugins_bucket,
+                       reserved=(platform.settings.models_bucket,))
 
 
 def _public(record: dict) -> dict:

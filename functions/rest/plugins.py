@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,10 +32,13 @@ from functions.records.plugins import VERSIONS, PluginCatalog, now
 from functions.records.status import UPLOAD_TERMINAL, UploadStatus
 from functions.rest.deps import ScopedNamespace
 from functions.runtime.runner import publish
+from functions.runtime.scratch import sha256_file
 from functions.services.deploy import forget as forget_deployment
 from functions.services.deploy import request_deploy, request_undeploy
 from functions.services.retrieve import call_deployment, ready_deployment
 from infra.bootstrap import Platform
+
+log = structlog.get_logger("sluice.rest.plugins")
 
 LIMITS = ArchiveLimits()
 
@@ -255,6 +259,12 @@ def router() -> APIRouter:
         tmp = Path(tempfile.mkdtemp(prefix="sluice-source-"))
         path = tmp / f"{record['plugin_name']}-{record['version']}.zip"
         await _platform(request).store.download_file(record["archive"]["bucket"], record["archive"]["key"], path)
+        if record.get("sha256") and sha256_file(path) != record["sha256"]:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.error("plugin.archive_changed", plugin_id=plugin_id, key=record["archive"]["key"])
+            raise Conflict(f"the stored archive of {record['plugin_name']} {record['version']} no longer matches the digest "
+                           "recorded at registration; it is not served (an operator should restore it or delete the version)",
+                           details={"plugin_id": plugin_id, "sha256": record["sha256"]})
         return FileResponse(path, media_type="application/zip", filename=path.name,
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 

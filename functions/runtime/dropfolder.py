@@ -53,6 +53,8 @@ class DropFolder:
     bus: EventBus
     topics: Topics
     interval_s: float = 1.0
+    reserved: tuple[str, ...] = ()
+    """Platform buckets (plugin and model archives): never a tenant's, even through the drop folder."""
 
     def __post_init__(self) -> None:
         self._seen: dict[Path, tuple[int, int]] = {}
@@ -97,7 +99,7 @@ class DropFolder:
             self._reject(path, rel, f"invalid bucket name {bucket!r}")
             return False
         try:
-            await Collections(self.catalog, self.vectors).bind_bucket(namespace, bucket)
+            await Collections(self.catalog, self.vectors).bind_bucket(namespace, bucket, reserved=self.reserved)
         except SluiceError as exc:
             self._reject(path, rel, exc.message)
             return False
