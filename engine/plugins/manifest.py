@@ -162,7 +162,7 @@ def check_features(features: Any) -> tuple[list[FeatureSpec], list[Finding]]:
         ftype, fname, dim, metric = (entry[k] for k in FEATURE_KEYS)
         if ftype not in FEATURE_TYPES:
             entry_findings.append(finding("SLU813", f"{where}.feature_type is {ftype!r}, expected 'embedding'"))
-        if not isinstance(fname, str) or not FEATURE_NAME_RE.match(fname):
+        if not isinstance(fname, str) or not FEATURE_NAME_RE.fullmatch(fname):
             entry_findings.append(finding("SLU814", f"{where}.feature_name {fname!r} is not a valid index name"))
         elif fname in seen:
             entry_findings.append(finding("SLU814", f"{where}.feature_name {fname!r} is declared twice"))
