@@ -138,30 +138,12 @@ def test_input_schema_text_fields_alias_data_on_text_rows():
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        (
-            {"type": "embedding", "feature_name": "v", "embedding_dim": 3, "distance_metric": "cosine"},
-            "unknown key 'type'; use 'feature_type'",
-        ),
-        (
-            {"feature_type": "embedding", "name": "v", "embedding_dim": 3, "distance_metric": "cosine"},
-            "unknown key 'name'; use 'feature_name'",
-        ),
-        (
-            {"feature_type": "embedding", "feature_name": "v", "dimensions": 3, "distance_metric": "cosine"},
-            "unknown key 'dimensions'; use 'embedding_dim'",
-        ),
-        (
-            {"feature_type": "embedding", "feature_name": "v", "embedding_dim": 3, "distance": "cosine"},
-            "unknown key 'distance'; use 'distance_metric'",
-        ),
-        (
-            {"feature_type": "embedding", "feature_name": "v", "embeding_dim": 3, "distance_metric": "cosine"},
-            "unknown key 'embeding_dim'; use 'embedding_dim'",
-        ),
-        (
-            {"feature_type": "embedding", "feature_name": "v", "embedding_dim": 3, "distance_metric": "euclidean"},
-            "distance_metric is 'euclidean'; use 'euclid'",
-        ),
+        ({"type": "embedding", "feature_name": "v", "embedding_dim": 3, "distance_metric": "cosine"}, "unknown key 'type'; use 'feature_type'"),  # noqa: E501 - one case per line
+        ({"feature_type": "embedding", "name": "v", "embedding_dim": 3, "distance_metric": "cosine"}, "unknown key 'name'; use 'feature_name'"),  # noqa: E501 - one case per line
+        ({"feature_type": "embedding", "feature_name": "v", "dimensions": 3, "distance_metric": "cosine"}, "unknown key 'dimensions'; use 'embedding_dim'"),  # noqa: E501 - one case per line
+        ({"feature_type": "embedding", "feature_name": "v", "embedding_dim": 3, "distance": "cosine"}, "unknown key 'distance'; use 'distance_metric'"),  # noqa: E501 - one case per line
+        ({"feature_type": "embedding", "feature_name": "v", "embeding_dim": 3, "distance_metric": "cosine"}, "unknown key 'embeding_dim'; use 'embedding_dim'"),  # noqa: E501 - one case per line
+        ({"feature_type": "embedding", "feature_name": "v", "embedding_dim": 3, "distance_metric": "euclidean"}, "distance_metric is 'euclidean'; use 'euclid'"),  # noqa: E501 - one case per line
         ({"feature_type": "embedding", "feature_name": "v", "embedding_dim": "384", "distance_metric": "cosine"}, "embedding_dim is '384'"),
         ({"feature_type": "vector", "feature_name": "v", "embedding_dim": 3, "distance_metric": "cosine"}, "feature_type is 'vector'"),
     ],
