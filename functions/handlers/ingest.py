@@ -1,7 +1,9 @@
 """ingest: `ObjectCreated` -> one entry in the durable queue of every collection it matches.
 
 The handler only records; the `IngestScheduler` (functions/runtime/scheduler.py) turns a
-collection's queue into a task and runs it."""
+collection's queue into a task and runs it. An event whose namespace is not the one its bucket is
+bound to is refused (dead-lettered): the namespace is the platform's decision, never the event's.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import time
 import structlog
 
 from events.envelope import AnyEnvelope, Envelope
-from events.errors import AlreadyExists
+from events.errors import AlreadyExists, PermanentError
 from events.payloads import ObjectCreated
-from functions.records.collection import INGEST_QUEUE, INGESTED, Collections, ingested_key, queue_key
+from functions.records.collection import BUCKET_BINDINGS, INGEST_QUEUE, INGESTED, Collections, ingested_key, queue_key
 from functions.runtime.scheduler import IngestScheduler
 from infra.catalog.base import Catalog
 from infra.vectors.base import VectorIndex
@@ -24,6 +26,11 @@ async def handle(
     event: Envelope[ObjectCreated], *, catalog: Catalog, vectors: VectorIndex, ingest: IngestScheduler | None = None,
 ) -> list[AnyEnvelope]:
     obj = event.payload
+    binding = await catalog.get(BUCKET_BINDINGS, obj.bucket)
+    if binding is not None and binding["namespace"] != event.namespace:
+        raise PermanentError(
+            f"ObjectCreated for s3://{obj.bucket}/{obj.key} names namespace {event.namespace!r}, but the bucket is bound to "
+            "another namespace: refused", details={"bucket": obj.bucket, "key": obj.key, "namespace": event.namespace})
     queued = 0
     for collection in await Collections(catalog, vectors).for_object(obj.bucket, obj.key):
         if collection["namespace"] != event.namespace:

@@ -13,6 +13,7 @@ import pytest
 from engine.plugins.manifest import ManifestSummary
 from engine.plugins.validate import ValidationReport
 from events.envelope import Envelope, make
+from events.errors import PermanentError
 from events.payloads import (
     BucketNotification,
     DeployPlugin,
@@ -287,6 +288,16 @@ async def test_ingest_queues_each_object_version_once_per_matching_collection_of
     newer = make(_object("docs", "reports/q1.txt", etag="e2"), namespace=NS)
     await ingest.handle(newer, catalog=ports.catalog, vectors=None, ingest=scheduler)
     assert await ports.catalog.count(INGEST_QUEUE, {}) == 2 and scheduler.pokes == 2
+
+
+async def test_ingest_refuses_an_event_whose_namespace_is_not_its_buckets(ports: Ports) -> None:
+    await ports.catalog.insert(BUCKET_BINDINGS, "docs", {"bucket": "docs", "namespace": "globex"})
+    await ports.catalog.insert(COLLECTIONS, "col_g", {"collection_id": "col_g", "namespace": "globex",
+                                                      "source": {"bucket": "docs", "prefix": ""}})
+    forged = make(_object("docs", "q1.txt"), namespace=NS)
+    with pytest.raises(PermanentError, match="bound to another namespace"):
+        await ingest.handle(forged, catalog=ports.catalog, vectors=None, ingest=Scheduler())
+    assert await ports.catalog.count(INGEST_QUEUE, {}) == 0
 
 
 # --- models: validate_model -------------------------------------------------------------------
