@@ -96,7 +96,7 @@ def test_a_smaller_local_mode_run_is_announced_and_compared_per_point(
     assert list(scratch.iterdir()) == []
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # loading the benchmark script imports every vector engine
 def test_the_server_adapter_needs_a_url(bench: ModuleType, scratch: Path) -> None:
     with pytest.raises(SystemExit):
         bench.main([*TINY, "--adapters", "edge,qdrant-server"])
