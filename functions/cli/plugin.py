@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import hashlib
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from tenacity import wait_fixed
 
 from functions.cli.client import Api, Namespace, body, call_and_show, error, poll, require_namespace, wait_option
 from functions.cli.output import Json, count, fail, print_diff, print_findings, print_json, print_table, show, size
+from functions.runtime.scratch import sha256_file
 
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{2,63}$")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "plugin"
@@ -411,7 +411,7 @@ def pull(
         archive = Path(tmp) / "source.zip"
         api.download(f"{_plugin_path(base, entry)}/source", archive)
         expected = entry.get("sha256")
-        if expected and hashlib.sha256(archive.read_bytes()).hexdigest() != expected:
+        if expected and sha256_file(archive) != expected:
             raise fail(f"the downloaded archive of {name} {entry['version']} does not have the digest recorded at "
                        f"registration ({expected[:12]}...); nothing was written")
         src = Path(tmp) / "src"

@@ -28,15 +28,20 @@ async def stack(tmp_path, ray_cluster, monkeypatch):
         yield stack
 
 
-async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(stack, tmp_path):
-    data_dir = tmp_path / "data"
-    # the victim: globex, with its own plugin, bucket and a secret object
+async def _victim(stack) -> None:
+    """globex, with its own plugin, bucket and a secret object, ingested."""
     r = await push(stack.client, "globex", hash_plugin(), "hash_embedder", version="1.0.0")
     assert r.status_code == 200, r.text
     victim = await stack.collection("vault", "globex-vault", "hash_embedder", namespace="globex")
     await stack.put("globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n", namespace="globex")
     done = await stack.finished(victim["collection_id"])
     assert done.type == "IngestCompleted" and done.payload.documents_written == 1, done.payload
+
+
+async def test_a_hostile_plugin_is_contained_and_the_other_tenant_is_untouched(stack, tmp_path):
+    data_dir = tmp_path / "data"
+    # the victim: globex, with its own plugin, bucket and a secret object
+    await _victim(stack)
 
     # the attacker: acme; its plugin passes the scanner (documented APIs only) and the dry run
     r = await push(stack.client, "acme", zip_folder(ATTACKER, top="attacker"), "attacker", version="1.0.0")
@@ -89,11 +94,7 @@ async def test_a_hostile_realtime_service_on_serve_is_contained(stack, tmp_path)
     from tests.integration.test_realtime import deploy
 
     data_dir = tmp_path / "data"
-    r = await push(stack.client, "globex", hash_plugin(), "hash_embedder", version="1.0.0")
-    assert r.status_code == 200, r.text
-    victim = await stack.collection("vault", "globex-vault", "hash_embedder", namespace="globex")
-    await stack.put("globex-vault", "secret.csv", b"secret,value\nGLOBEX-CROWN-JEWELS,1\n", namespace="globex")
-    assert (await stack.finished(victim["collection_id"])).type == "IngestCompleted"
+    await _victim(stack)
     targets = {"read": {"catalog": str(data_dir / "catalog.sqlite3"), "master key": str(data_dir / "secrets.key"),
                         "victim object": str(data_dir / "objects" / "globex-vault" / "secret.csv")},
                "assets": {"victim s3": "s3://globex-vault/secret.csv"}}
