@@ -23,6 +23,7 @@ from events.topics import Topics
 from infra.catalog.base import Catalog
 from infra.compute import ComputeAdapter
 from infra.objectstore.base import ObjectStore
+from infra.objectstore.tenant import NamespaceStore
 from infra.serving.base import ServeControl
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
@@ -97,6 +98,10 @@ class Platform:
             "compute": self.compute, "topics": self.topics, "settings": self.settings, "serve": self.serve,
             "publish": self.publish,
         }
+
+    def objects(self, namespace: str) -> NamespaceStore:
+        """One namespace's buckets: folders of the data bucket (`infra/objectstore/tenant.py`)."""
+        return NamespaceStore(self.store, self.settings.data_bucket, namespace)
 
     @property
     def publish(self) -> Publisher:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
 
     plugins_bucket: str = Field(default="sluice-plugins", description="Bucket holding plugin archives.")
     models_bucket: str = Field(default="sluice-models", description="Bucket holding model archives.")
+    data_bucket: str = Field(
+        default="sluice-data",
+        description="Bucket holding every namespace's objects: a tenant's bucket B of namespace N is the folder `N/B/` in it.",
+    )
     models_max_per_namespace: int = Field(default=50, ge=1, description="Model versions one namespace may hold.")
     models_max_archive_bytes: int = Field(default=10 * 1024**3, ge=1, description="Largest model archive (10 GB).")
     upload_url_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Lifetime of presigned upload URLs.")

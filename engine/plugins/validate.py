@@ -342,7 +342,7 @@ def _validate_in_host(root: Path, *, name: str, version: str, namespace: str, pl
     from engine.sandbox.services import HostServices
 
     options = options or SandboxOptions()
-    services = HostServices(namespace, asset_access={"kind": "none", "buckets": []}, secrets_context=context,
+    services = HostServices(namespace, asset_access={"kind": "none"}, secrets_context=context,
                             models_dir=models_dir(options.root(), namespace))
     run = {"plugin_id": plugin_id, "name": name, "version": version, "parameters": {}}
     host = None

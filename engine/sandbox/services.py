@@ -44,7 +44,7 @@ class HostServices:
                  max_asset_bytes: int = MAX_ASSET_COPIES_BYTES) -> None:
         self.namespace = namespace
         self.asset_access = dict(asset_access)
-        self.buckets = frozenset(self.asset_access.get("buckets") or ())
+        self.data_bucket = str(self.asset_access.get("data_bucket") or "")
         self.secrets_context = dict(secrets_context)
         self.models_dir = Path(models_dir)
         self.model_source = model_source
@@ -76,7 +76,7 @@ class HostServices:
         dest = self._dest(suffix)
         if scheme == "s3":
             bucket, _, key = url[5:].partition("/")
-            self._check_bucket(bucket, url)
+            self._check_object(bucket, key, url)
             self._fetch_s3(bucket, key, dest, url)
         elif scheme == "file" and self.asset_access.get("kind") == "local":
             source = self._local_object(url)
@@ -107,9 +107,12 @@ class HostServices:
             raise TooLarge(f"asset {url!r} ({size} bytes) does not fit: this plugin's open asset copies hold {held} of "
                            f"{self.max_asset_bytes} bytes; close the assets you are done with (open_asset deletes on exit)")
 
-    def _check_bucket(self, bucket: str, url: str) -> None:
-        if bucket not in self.buckets:
-            raise Forbidden(f"asset {url!r}: bucket {bucket!r} does not belong to namespace {self.namespace!r}")
+    def _check_object(self, bucket: str, key: str, url: str) -> None:
+        """Only the namespace's own folder of the data bucket (`infra/objectstore/tenant.py`)."""
+        parts = key.split("/")
+        if not self.data_bucket or bucket != self.data_bucket or len(parts) < 3 or parts[0] != self.namespace \
+                or any(p in ("", ".", "..") for p in parts):
+            raise Forbidden(f"asset {url!r} is not an object of namespace {self.namespace!r}")
 
     def _local_object(self, url: str) -> Path:
         parts = urlsplit(url)
@@ -117,8 +120,8 @@ class HostServices:
         path = Path(url2pathname(unquote(parts.path))).resolve()
         if parts.netloc not in ("", "localhost") or not path.is_relative_to(root):
             raise Forbidden(f"asset {url!r} is outside the object store; plugins read their namespace's objects")
-        bucket = path.relative_to(root).parts[0] if path != root else ""
-        self._check_bucket(bucket, url)
+        segments = path.relative_to(root).parts if path != root else ("",)
+        self._check_object(segments[0], "/".join(segments[1:]), url)
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             raise Forbidden(f"asset {url!r} names the store's internal files")
         if not path.is_file():
@@ -128,7 +131,6 @@ class HostServices:
     def _fetch_s3(self, bucket: str, key: str, dest: Path, url: str) -> None:
         if self.asset_access.get("kind") == "local":
             root = Path(self.asset_access["root"])
-            self._check_bucket(bucket, url)
             source = self._local_object((root / bucket / key).as_uri())
             self._check_room(source.stat().st_size, url)
             shutil.copyfile(source, dest)

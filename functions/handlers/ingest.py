@@ -14,7 +14,7 @@ import structlog
 from events.envelope import AnyEnvelope, Envelope
 from events.errors import AlreadyExists, PermanentError
 from events.payloads import ObjectCreated
-from functions.records.collection import BUCKET_BINDINGS, INGEST_QUEUE, INGESTED, Collections, ingested_key, queue_key
+from functions.records.collection import INGEST_QUEUE, INGESTED, Collections, has_bucket, ingested_key, queue_key
 from functions.runtime.scheduler import IngestScheduler
 from infra.catalog.base import Catalog
 from infra.vectors.base import VectorIndex
@@ -25,16 +25,13 @@ log = structlog.get_logger("sluice.ingest")
 async def handle(
     event: Envelope[ObjectCreated], *, catalog: Catalog, vectors: VectorIndex, ingest: IngestScheduler | None = None,
 ) -> list[AnyEnvelope]:
-    obj = event.payload
-    binding = await catalog.get(BUCKET_BINDINGS, obj.bucket)
-    if binding is not None and binding["namespace"] != event.namespace:
+    obj, namespace = event.payload, event.namespace or ""
+    if not namespace or not await has_bucket(catalog, namespace, obj.bucket):
         raise PermanentError(
-            f"ObjectCreated for s3://{obj.bucket}/{obj.key} names namespace {event.namespace!r}, but the bucket is bound to "
-            "another namespace: refused", details={"bucket": obj.bucket, "key": obj.key, "namespace": event.namespace})
+            f"ObjectCreated for {obj.bucket}/{obj.key} in namespace {event.namespace!r}: the namespace has no bucket "
+            f"{obj.bucket!r}; refused", details={"bucket": obj.bucket, "key": obj.key, "namespace": event.namespace})
     queued = 0
-    for collection in await Collections(catalog, vectors).for_object(obj.bucket, obj.key):
-        if collection["namespace"] != event.namespace:
-            continue  # buckets are bound to one namespace; an event of another never reaches its collections
+    for collection in await Collections(catalog, vectors).for_object(namespace, obj.bucket, obj.key):
         collection_id = collection["collection_id"]
         done = await catalog.get(INGESTED, ingested_key(collection_id, obj.bucket, obj.key))
         if done is not None and done.get("marker") == obj.version_marker and done.get("status") == "written":

@@ -1,8 +1,9 @@
 """notifications: raw S3 / MinIO bucket notifications (their own topic) → `ObjectCreated`.
 
-A bucket belongs to the namespace whose collection first bound it (`functions.records.collection`), so
-each object becomes an event of that namespace. A notification for a bucket no collection uses is
-logged and dropped: nothing would ingest it.
+Tenants' objects live in the platform's data bucket under `{namespace}/{bucket}/`
+(`infra/objectstore/tenant.py`), so the namespace of each object is read from where it is, never
+from anything a tenant says. A notification for another bucket, or for a bucket its namespace
+does not use, is logged and dropped: nothing would ingest it.
 """
 
 from __future__ import annotations
@@ -11,23 +12,26 @@ import structlog
 
 from events.envelope import AnyEnvelope, Envelope
 from events.payloads import BucketNotification
-from functions.records.collection import BUCKET_BINDINGS
+from functions.records.collection import has_bucket
 from infra.catalog.base import Catalog
+from infra.objectstore.tenant import owner_of
+from infra.settings import Settings
 
 log = structlog.get_logger("sluice.notifications")
 
 
-async def handle(event: Envelope[BucketNotification], *, catalog: Catalog) -> list[AnyEnvelope]:
-    notification = event.payload
+async def handle(event: Envelope[BucketNotification], *, catalog: Catalog, settings: Settings) -> list[AnyEnvelope]:
     created = []
-    namespaces: dict[str, str | None] = {}
-    for obj in notification.objects:
-        if obj.bucket not in namespaces:
-            binding = await catalog.get(BUCKET_BINDINGS, obj.bucket)
-            namespaces[obj.bucket] = binding["namespace"] if binding else None
-        namespace = namespaces[obj.bucket]
-        if namespace is None:
-            log.warning("notification.unbound_bucket", bucket=obj.bucket, key=obj.key)
+    known: dict[tuple[str, str], bool] = {}
+    for obj in event.payload.objects:
+        where = owner_of(settings.data_bucket, obj.bucket, obj.key)
+        if where is None:
+            log.warning("notification.not_tenant_data", bucket=obj.bucket, key=obj.key, data_bucket=settings.data_bucket)
             continue
-        created.append(event.child(obj, namespace=namespace))
+        if (where.namespace, where.bucket) not in known:
+            known[(where.namespace, where.bucket)] = await has_bucket(catalog, where.namespace, where.bucket)
+        if not known[(where.namespace, where.bucket)]:
+            log.warning("notification.unknown_bucket", namespace=where.namespace, bucket=where.bucket, key=where.key)
+            continue
+        created.append(event.child(obj.model_copy(update={"bucket": where.bucket, "key": where.key}), namespace=where.namespace))
     return created

@@ -2,8 +2,9 @@
 
 The vector index is created with the collection, named after it, with one named vector per
 feature the plugin version declares — so each collection carries its own schema and a new plugin
-version never forces a destructive reconfigure of anything shared. A bucket belongs to one
-namespace: the first collection over it binds it, and no other tenant can attach to it.
+version never forces a destructive reconfigure of anything shared. Buckets are the namespace's
+own (`infra/objectstore/tenant.py`): the same name in two namespaces is two folders, so there is
+nothing to claim or release; kind `buckets` records which names a namespace uses.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import builtins
 import difflib
 import re
 import secrets
-from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from events.errors import AlreadyExists, Conflict, Forbidden, InvalidInput, NotFound
+from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from functions.records import cache as record_cache
 from functions.services.builtin_plugins import version_or_builtin
 from infra.catalog.base import Catalog
@@ -26,14 +26,37 @@ from infra.vectors.base import VectorIndex, VectorSpec
 
 COLLECTIONS = "collections"
 COLLECTION_NAMES = "collection_names"
-BUCKET_BINDINGS = "bucket_bindings"
+BUCKETS = "buckets"
 DOCUMENTS = "documents"
 INGEST_QUEUE = "ingest_queue"
 INGESTED = "ingested_objects"
-RESERVED_PREFIX = "sluice-"
 
 COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
 
+
+
+def bucket_key(namespace: str, bucket: str) -> str:
+    """Key of a namespace's bucket (kind `buckets`)."""
+    return f"{namespace}/{bucket}"
+
+
+def check_bucket_name(bucket: str, field: str = "bucket") -> None:
+    if not BUCKET_RE.fullmatch(bucket or "") or ".." in bucket:
+        raise InvalidInput(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, '.' or '-'", details={"field": field})
+
+
+async def ensure_bucket(catalog: Catalog, namespace: str, bucket: str) -> None:
+    """Record that `namespace` uses `bucket` (idempotent); the name is checked first."""
+    check_bucket_name(bucket)
+    if await catalog.get(BUCKETS, bucket_key(namespace, bucket)) is None:
+        try:
+            await catalog.insert(BUCKETS, bucket_key(namespace, bucket), {"namespace": namespace, "bucket": bucket, "created_at": _now()})
+        except AlreadyExists:
+            pass  # a concurrent first use recorded it
+
+
+async def has_bucket(catalog: Catalog, namespace: str, bucket: str) -> bool:
+    return await catalog.get(BUCKETS, bucket_key(namespace, bucket)) is not None
 
 
 def name_key(namespace: str, name: str) -> str:
@@ -75,10 +98,9 @@ def check_parameters(parameters: dict[str, Any], schema: dict[str, Any] | None, 
 
 class Collections:
     def __init__(self, catalog: Catalog, vectors: VectorIndex, store: ObjectStore | None = None,
-                 plugins_bucket: str = "sluice-plugins", *, reserved: Collection[str] = ()) -> None:
+                 plugins_bucket: str = "sluice-plugins") -> None:
         self.catalog = catalog
         self.vectors = vectors
-        self.reserved = frozenset(reserved) | {plugins_bucket}
         self.store = store  # where a builtin plugin's archive goes when a collection installs it
         self.plugins_bucket = plugins_bucket
 
@@ -91,12 +113,11 @@ class Collections:
                 f"invalid collection name {name!r}: 1-63 letters, digits, '_' or '-', starting with a letter",
                 details={"field": "collection_name"},
             )
-        if not BUCKET_RE.fullmatch(bucket or "") or ".." in bucket:
-            raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "source.bucket"})
+        check_bucket_name(bucket, "source.bucket")
         plugin = await version_or_builtin(self.catalog, self.store, self.plugins_bucket, namespace, extractor, version)
         manifest = plugin.get("manifest") or {}
         check_parameters(parameters, manifest.get("parameter_schema"), extractor)
-        await self.bind_bucket(namespace, bucket, reserved=self.reserved)
+        await ensure_bucket(self.catalog, namespace, bucket)
 
         collection_id = "col_" + secrets.token_hex(10)
         try:
@@ -137,23 +158,6 @@ class Collections:
                 await self.vectors.delete_collection(index)
             raise
 
-    async def bind_bucket(self, namespace: str, bucket: str, *, reserved: Collection[str] = ()) -> None:
-        """Claim `bucket` for `namespace` (idempotent); Conflict when another namespace holds it.
-        Platform buckets (`reserved`, and every name under the `sluice-` prefix) are never a tenant's:
-        they hold every namespace's plugin and model archives."""
-        if bucket in reserved or bucket.startswith(RESERVED_PREFIX):
-            raise Forbidden(f"bucket {bucket!r} is reserved for the platform (names starting {RESERVED_PREFIX!r} and the "
-                            "plugin and model buckets); choose another name", details={"field": "bucket", "bucket": bucket})
-        binding = await self.catalog.get(BUCKET_BINDINGS, bucket)
-        if binding is None:
-            try:
-                await self.catalog.insert(BUCKET_BINDINGS, bucket, {"bucket": bucket, "namespace": namespace, "bound_at": _now()})
-                return
-            except AlreadyExists:  # lost a race: read who won
-                binding = await self.catalog.get(BUCKET_BINDINGS, bucket)
-        if binding is None or binding["namespace"] != namespace:
-            raise Conflict(f"bucket {bucket!r} belongs to another namespace", details={"bucket": bucket})
-
     async def get(self, namespace: str, collection_id: str) -> dict:
         record = await self.catalog.get(COLLECTIONS, collection_id)
         if record is None or record.get("namespace") != namespace:
@@ -165,9 +169,10 @@ class Collections:
     async def list(self, namespace: str) -> list[dict]:
         return await self.catalog.find(COLLECTIONS, {"namespace": namespace}, order_by="collection_name")
 
-    async def for_object(self, bucket: str, key: str) -> builtins.list[dict]:
-        """Collections whose source matches an object (bucket, and key under the prefix)."""
-        return [c for c in await self.catalog.find(COLLECTIONS, {"source.bucket": bucket}) if key.startswith(c["source"]["prefix"])]
+    async def for_object(self, namespace: str, bucket: str, key: str) -> builtins.list[dict]:
+        """The namespace's collections whose source matches an object (bucket, and key under the prefix)."""
+        found = await self.catalog.find(COLLECTIONS, {"namespace": namespace, "source.bucket": bucket})
+        return [c for c in found if key.startswith(c["source"]["prefix"])]
 
     async def with_counts(self, record: dict) -> dict:
         """The record plus `document_count` and each index's `vector_count`, as the stores report them."""
@@ -188,6 +193,4 @@ class Collections:
         await self.catalog.delete(COLLECTIONS, collection_id)
         record_cache.forget(self.catalog, COLLECTIONS, collection_id)
         await self.catalog.delete(COLLECTION_NAMES, name_key(namespace, record['collection_name']))
-        if not await self.catalog.count(COLLECTIONS, {"source.bucket": record["source"]["bucket"]}):
-            await self.catalog.delete(BUCKET_BINDINGS, record["source"]["bucket"])
         return {"deleted": True, "collection_id": collection_id, "documents_deleted": documents}

@@ -1,8 +1,8 @@
 """Object uploads into a namespace's bucket: presigned PUT, then confirm → `ObjectCreated`.
 
-A bucket belongs to one namespace (`functions.records.collection.BUCKET_BINDINGS`): the first upload or
-collection binds it; another namespace gets 409. Confirm publishes `ObjectCreated` once; the ingest
-function takes it from there.
+A bucket is the namespace's own folder of the data bucket (`infra/objectstore/tenant.py`): any
+valid name works, and the same name in another namespace is another folder. Confirm publishes
+`ObjectCreated` once; the ingest function takes it from there.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, NotFound
 from events.payloads import ObjectCreated
-from functions.records.collection import Collections
+from functions.records.collection import check_bucket_name, ensure_bucket
 from functions.rest.deps import ScopedNamespace
 from functions.runtime.runner import publish
 from infra.objectstore.local import key_problem
-from infra.objectstore.rules import BUCKET_RE
 
 OBJECT_UPLOADS = "object_uploads"
 
@@ -51,17 +50,18 @@ def router() -> APIRouter:
     @api.post("", status_code=201)
     async def request_upload(namespace: ScopedNamespace, bucket: str, body: ObjectUploadRequest, request: Request) -> Any:
         platform = request.app.state.platform
-        if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-            raise InvalidInput(f"invalid bucket name {bucket!r}", details={"field": "bucket"})
+        check_bucket_name(bucket)
         _check_key(body.key)
-        await Collections(platform.catalog, platform.vectors).bind_bucket(
-            namespace, bucket, reserved=(platform.settings.plugins_bucket, platform.settings.models_bucket))
-        await platform.store.ensure_bucket(bucket)
+        await ensure_bucket(platform.catalog, namespace, bucket)
+        objects = platform.objects(namespace)
+        await objects.ensure_bucket(bucket)
         expires = platform.settings.upload_url_expires_s
         upload_id = "obj_" + secrets.token_hex(12)
-        url = await platform.store.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type)
+        url = await objects.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type)
+        physical_bucket, physical_key = objects.locate(bucket, body.key)
         await platform.catalog.insert(OBJECT_UPLOADS, upload_id, {
             "upload_id": upload_id, "namespace": namespace, "bucket": bucket, "key": body.key,
+            "location": {"bucket": physical_bucket, "key": physical_key},
             "content_type": body.content_type, "status": "AWAITING_UPLOAD", "created_at": _now(),
         })
         base = str(request.base_url).rstrip("/")
@@ -77,7 +77,7 @@ def router() -> APIRouter:
         upload = await platform.catalog.get(OBJECT_UPLOADS, upload_id)
         if upload is None or upload["namespace"] != namespace or upload["bucket"] != bucket:
             raise NotFound(f"upload {upload_id!r} does not exist in bucket {bucket!r} of namespace {namespace!r}")
-        info = await platform.store.head(bucket, upload["key"])
+        info = await platform.objects(namespace).head(bucket, upload["key"])
         if info is None:
             raise Conflict(f"nothing was uploaded for {upload_id} yet: PUT the object to the presigned URL first",
                            details={"upload_id": upload_id})

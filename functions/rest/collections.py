@@ -47,8 +47,7 @@ class CreateCollection(BaseModel):
 
 def _collections(request: Request) -> Collections:
     platform = request.app.state.platform
-    return Collections(platform.catalog, platform.vectors, platform.store, platform.settings.plugins_bucket,
-                       reserved=(platform.settings.models_bucket,))
+    return Collections(platform.catalog, platform.vectors, platform.store, platform.settings.plugins_bucket)
 
 
 def _public(record: dict) -> dict:

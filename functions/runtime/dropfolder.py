@@ -26,13 +26,12 @@ from events.envelope import make
 from events.errors import SluiceError
 from events.payloads import ObjectCreated
 from events.topics import Topics
-from functions.records.collection import Collections
+from functions.records.collection import ensure_bucket
 from functions.records.tenancy import NAMESPACES
 from functions.runtime.runner import publish
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
-from infra.objectstore.rules import BUCKET_RE
-from infra.vectors.base import VectorIndex
+from infra.objectstore.tenant import NamespaceStore
 
 log = structlog.get_logger("sluice.drop")
 
@@ -49,12 +48,11 @@ class DropFolder:
     root: Path
     store: ObjectStore
     catalog: Catalog
-    vectors: VectorIndex
     bus: EventBus
     topics: Topics
+    data_bucket: str = "sluice-data"
+    """Where tenants' buckets live (`infra/objectstore/tenant.py`)."""
     interval_s: float = 1.0
-    reserved: tuple[str, ...] = ()
-    """Platform buckets (plugin and model archives): never a tenant's, even through the drop folder."""
 
     def __post_init__(self) -> None:
         self._seen: dict[Path, tuple[int, int]] = {}
@@ -95,17 +93,15 @@ class DropFolder:
         if await self.catalog.get(NAMESPACES, namespace) is None:
             self._reject(path, rel, f"namespace {namespace!r} does not exist")
             return False
-        if not BUCKET_RE.fullmatch(bucket):
-            self._reject(path, rel, f"invalid bucket name {bucket!r}")
-            return False
         try:
-            await Collections(self.catalog, self.vectors).bind_bucket(namespace, bucket, reserved=self.reserved)
+            await ensure_bucket(self.catalog, namespace, bucket)
         except SluiceError as exc:
             self._reject(path, rel, exc.message)
             return False
         content_type = mimetypes.guess_type(path.name)[0]
-        await self.store.ensure_bucket(bucket)
-        info = await self.store.put_file(bucket, key, path, content_type=content_type)
+        objects = NamespaceStore(self.store, self.data_bucket, namespace)
+        await objects.ensure_bucket(bucket)
+        info = await objects.put_file(bucket, key, path, content_type=content_type)
         event = make(ObjectCreated(
             bucket=bucket, key=key, size=info.size, etag=info.etag, version_id=info.version_id,
             content_type=content_type, event_time=info.last_modified, source="drop",

@@ -68,8 +68,8 @@ async def run_functions(
         tasks.append(asyncio.create_task(_schedule_after_models(platform, scheduler, stop) if reconcile else scheduler.run(stop)))
         if drop_folder is not None:
             tasks.append(asyncio.create_task(DropFolder(
-                drop_folder, platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics,
-                reserved=(platform.settings.plugins_bucket, platform.settings.models_bucket)).run(stop)))
+                drop_folder, platform.store, platform.catalog, platform.bus, platform.topics,
+                data_bucket=platform.settings.data_bucket).run(stop)))
         if started is not None:
             started(Running(runner, scheduler))
         await stop.wait()

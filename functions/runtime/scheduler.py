@@ -50,6 +50,7 @@ from functions.runtime.task_writer import Source, TaskWriter
 from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
 from infra.catalog.base import Catalog
 from infra.objectstore.base import ObjectStore
+from infra.objectstore.tenant import NamespaceStore
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
 
@@ -315,6 +316,7 @@ class IngestScheduler:
     ) -> tuple[dict[str, Source], list[dict], list[tuple[str, str]]]:
         """One row per object: text inline in `data`, other files as the URL `open_asset` reads."""
         limit = asyncio.Semaphore(16)
+        objects = NamespaceStore(self.store, self.settings.data_bucket, collection["namespace"])
         sources: dict[str, Source] = {}
         failures: list[tuple[str, str]] = []
 
@@ -334,7 +336,7 @@ class IngestScheduler:
                             failures.append((object_id, f"text object of {obj.size} bytes is over the inline limit "
                                                         f"({self.settings.ingest_max_inline_bytes}, SLUICE_INGEST_MAX_INLINE_BYTES)"))
                             return None
-                        raw = await self.store.get_bytes(obj.bucket, obj.key)
+                        raw = await objects.get_bytes(obj.bucket, obj.key)
                         if kind == "text" or looks_like_text(raw[:8192]):
                             try:
                                 data = raw.decode("utf-8-sig")
@@ -343,7 +345,7 @@ class IngestScheduler:
                                 return None
                             kind, mime = "text", mime if mime.startswith("text/") or mime in TEXT_MIME_TYPES else "text/plain"
                     if data is None:
-                        data = self.store.url(obj.bucket, obj.key)
+                        data = objects.url(obj.bucket, obj.key)
                 except NotFound:
                     failures.append((object_id, f"object {obj.bucket}/{obj.key} no longer exists"))
                     return None

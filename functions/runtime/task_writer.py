@@ -12,6 +12,7 @@ from engine.ingest.worker import ERROR_COLUMN, FIELDS_COLUMN, SKIPPED_COLUMN, ST
 from events.payloads import IngestFailure, ObjectCreated
 from functions.records.collection import DOCUMENTS
 from functions.records.plugins import now
+from functions.services.ingest import scoped_document_id
 from infra.catalog.base import Catalog
 from infra.vectors.base import Point, VectorIndex, point_id
 
@@ -48,7 +49,7 @@ class TaskWriter:
     failed_objects: set[str] = field(default_factory=set)
     objects_seen: set[str] = field(default_factory=set)
     skip_reasons: dict[str, int] = field(default_factory=dict)
-    _ids: set[str] = field(default_factory=set)
+    _ids: set[tuple[str, str]] = field(default_factory=set)
 
     def fail(self, object_id: str, step: str, error: str) -> None:
         self.rows_failed += 1
@@ -91,12 +92,14 @@ class TaskWriter:
                 reason = f"no step produced a vector for {source.obj.content_type or 'this object'}"
                 self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
                 continue
-            document_id = str(row.get("document_id") or "") or source.document_id
-            if document_id in self._ids:
-                self.fail(source.object_id, "output", f"document_id {document_id!r} repeats: each output row needs its own document_id")
+            local_id = str(row.get("document_id") or "") or source.document_id
+            if (source.object_id, local_id) in self._ids:
+                self.fail(source.object_id, "output", f"document_id {local_id!r} repeats: each output row needs its own document_id")
                 continue
-            self._ids.add(document_id)
+            self._ids.add((source.object_id, local_id))
+            document_id = self._stored_id(source, local_id)
             fields = json.loads(row[FIELDS_COLUMN]) if isinstance(row.get(FIELDS_COLUMN), str) else {}
+            parent = str(fields.get("parent_document_id") or "")
             data = fields.pop("data", None)
             vectors = {name: row[VECTOR_PREFIX + name] for name in self.features if _is_vector(row.get(VECTOR_PREFIX + name))}
             pid = point_id(self.collection["collection_id"], document_id)
@@ -112,7 +115,7 @@ class TaskWriter:
                     per_vector[name] = per_vector.get(name, 0) + 1
             plugin = self.plugin
             documents.append((document_id, {
-                "document_id": document_id, "namespace": self.collection["namespace"],
+                "document_id": document_id, "plugin_document_id": local_id, "namespace": self.collection["namespace"],
                 "collection_id": self.collection["collection_id"], "object_id": source.object_id,
                 "point_id": pid if vectors and index else None,
                 "source": {"bucket": obj.bucket, "key": obj.key, "version": obj.version_marker, "etag": obj.etag,
@@ -122,7 +125,8 @@ class TaskWriter:
                 "fields": fields,
                 "lineage": {
                     "task_id": self.task_id, "plugin_id": plugin["plugin_id"], "plugin_name": plugin["plugin_name"],
-                    "plugin_version": plugin["version"], "parent_document_id": fields.get("parent_document_id") or source.document_id,
+                    "plugin_version": plugin["version"],
+                    "parent_document_id": self._stored_id(source, parent) if parent else source.document_id,
                 },
                 "written_at": written_at,
             }))
@@ -136,6 +140,13 @@ class TaskWriter:
             self.documents_written += await self.catalog.upsert_many(DOCUMENTS, documents)
         if self.on_progress is not None:
             await self.on_progress(len(self.objects_seen))
+
+
+    def _stored_id(self, source: Source, local_id: str) -> str:
+        """The platform's own id for the input row; any other id a plugin emits is scoped."""
+        if local_id == source.document_id:
+            return local_id
+        return scoped_document_id(self.collection["collection_id"], source.object_id, local_id)
 
 
 def _is_vector(value: Any) -> bool:

@@ -122,7 +122,7 @@ async def deploy_spec(catalog: Catalog, store: ObjectStore, settings: Settings, 
     """What a replica needs: the archive's URL (replicas fetch and check it themselves), the
     manifest's features and text fields, the namespace's secrets context, and asset access."""
     from engine.ingest.worker import PluginSpec
-    from functions.services.ingest import asset_access, namespace_buckets, sandbox_options
+    from functions.services.ingest import asset_access, sandbox_options
 
     manifest = version.get("manifest") or {}
     return PluginSpec(
@@ -133,7 +133,7 @@ async def deploy_spec(catalog: Catalog, store: ObjectStore, settings: Settings, 
         input_fields=tuple(manifest.get("input_fields") or ()),
         features=tuple((f["feature_name"], int(f["embedding_dim"])) for f in manifest.get("features") or ()),
         context=await SecretsStore.from_settings(catalog, settings).context_for(version["namespace"]),
-        available_gpus=gpus, asset_access=asset_access(settings, await namespace_buckets(catalog, version["namespace"])),
+        available_gpus=gpus, asset_access=asset_access(settings),
         network_allow=tuple(version.get("network_allow") or ()), sandbox=sandbox_options(settings).as_dict(),
     )
 

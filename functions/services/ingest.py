@@ -31,6 +31,13 @@ def document_id_for(collection_id: str, bucket: str, key: str, marker: str) -> s
     return "doc_" + _digest(collection_id, bucket, key, marker)[:24]
 
 
+def scoped_document_id(collection_id: str, object_id: str, local_id: str) -> str:
+    """The stored id of a document a plugin named `local_id` (a chunk, a frame): derived inside the
+    platform from the collection and the object, so no plugin output can name, overwrite or
+    poison a document of another collection, namespace or object."""
+    return "doc_" + _digest(collection_id, object_id, local_id)[:24]
+
+
 def blob_type_for(mime: str) -> str:
     mime = mime.split(";", 1)[0].strip().lower()
     if mime.startswith("text/") or mime in TEXT_MIME_TYPES:
@@ -79,28 +86,22 @@ async def plugin_spec(
         collection_id=collection["collection_id"], input_fields=tuple(manifest.get("input_fields") or ()),
         features=tuple((v["name"], int(v["dimensions"])) for v in collection["vector_indexes"]),
         context=await SecretsStore.from_settings(catalog, settings).context_for(collection["namespace"]),
-        available_gpus=gpus, asset_access=asset_access(settings, await namespace_buckets(catalog, collection["namespace"])),
+        available_gpus=gpus, asset_access=asset_access(settings),
         model_resources=await model_resources(catalog, collection["namespace"]),
         network_allow=tuple(plugin.get("network_allow") or ()), sandbox=sandbox_options(settings).as_dict(),
     )
 
 
-def asset_access(settings: Settings, buckets: list[str]) -> dict[str, Any]:
+def asset_access(settings: Settings) -> dict[str, Any]:
     """How the trusted side of a plugin host fetches the objects its `open_asset` asks for: the
-    store's location and credentials (which never reach the host) and the only buckets it may
-    read, the namespace's own."""
+    store's location and credentials (which never reach the host) and the data bucket, of which
+    the host reads only its namespace's folder (`infra/objectstore/tenant.py`)."""
     if settings.effective_object_store == "s3":
         secret = settings.s3_secret_access_key
-        return {"kind": "s3", "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region, "buckets": buckets,
-                "access_key_id": settings.s3_access_key_id, "secret_access_key": secret.get_secret_value() if secret else None}
-    return {"kind": "local", "root": str(settings.data_dir / "objects"), "buckets": buckets}
-
-
-async def namespace_buckets(catalog: Catalog, namespace: str) -> list[str]:
-    """The buckets bound to `namespace`: what its plugins may read."""
-    from functions.records.collection import BUCKET_BINDINGS
-
-    return sorted(b["bucket"] for b in await catalog.find(BUCKET_BINDINGS, {"namespace": namespace}, limit=10_000))
+        return {"kind": "s3", "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region,
+                "data_bucket": settings.data_bucket, "access_key_id": settings.s3_access_key_id,
+                "secret_access_key": secret.get_secret_value() if secret else None}
+    return {"kind": "local", "root": str(settings.data_dir / "objects"), "data_bucket": settings.data_bucket}
 
 
 def sandbox_options(settings: Settings) -> Any:

@@ -163,7 +163,8 @@ async def feature_search(
     hits = await vectors.search(collection["index_name"], index["name"], vector, limit=limit, where=where)
     timings["search_ms"] = round((time.perf_counter() - search_started) * 1000, 3)
     ids = [h.payload.get("document_id") for h in hits if h.payload.get("document_id")]
-    documents = {d["id"]: d for d in await catalog.find(DOCUMENTS, {"id": {"$in": ids}})} if ids else {}
+    scope = {"namespace": collection["namespace"], "collection_id": collection_id}  # never another collection's documents
+    documents = {d["id"]: d for d in await catalog.find(DOCUMENTS, {"id": {"$in": ids}, **scope})} if ids else {}
     results = []
     for rank, hit in enumerate(hits, start=1):
         document = documents.get(hit.payload.get("document_id"), {})

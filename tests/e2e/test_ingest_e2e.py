@@ -35,12 +35,12 @@ async def test_s3_objects_and_their_notifications_on_the_broker_end_in_counted_c
         assert r.status_code == 201, r.text
         collection_id = r.json()["collection_id"]
 
-        await platform.store.ensure_bucket(bucket)
+        await platform.objects("acme").ensure_bucket(bucket)
         raw = []
         for key, text in TEXTS.items():
             content_type = "text/markdown" if key.endswith(".md") else "text/plain"
-            info = await platform.store.put_bytes(bucket, key, text.encode(), content_type=content_type)
-            raw.append(notification(bucket, key, info.size, info.etag))
+            info = await platform.objects("acme").put_bytes(bucket, key, text.encode(), content_type=content_type)
+            raw.append(notification(*platform.objects("acme").locate(bucket, key), info.size, info.etag))
         for body in raw:
             await platform.bus.publish(platform.topics.s3_notifications, body)
 

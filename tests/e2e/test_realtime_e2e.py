@@ -57,10 +57,11 @@ async def test_push_deploy_ingest_and_feature_search_through_kafka_and_s3(tmp_pa
             "feature_extractor": {"feature_extractor_name": "hash_realtime"}})
         assert r.status_code == 201, r.text
         collection_id = r.json()["collection_id"]
-        await platform.store.ensure_bucket(bucket)
+        await platform.objects("acme").ensure_bucket(bucket)
         for key, text in DOCS.items():
-            info = await platform.store.put_bytes(bucket, key, text.encode(), content_type="text/plain")
-            await platform.bus.publish(platform.topics.s3_notifications, notification(bucket, key, info.size, info.etag))
+            info = await platform.objects("acme").put_bytes(bucket, key, text.encode(), content_type="text/plain")
+            raw = notification(*platform.objects("acme").locate(bucket, key), info.size, info.etag)
+            await platform.bus.publish(platform.topics.s3_notifications, raw)
         done = await next_completion(stack.subscribers["ingest"])
         assert done.type == "IngestCompleted" and done.payload.documents_written == len(DOCS), done.payload
 

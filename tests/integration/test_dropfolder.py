@@ -21,7 +21,7 @@ async def drop(tmp_path):
         await Tenancy(platform.catalog, "k").create_namespace("acme")
         await Tenancy(platform.catalog, "k").create_namespace("globex")
         consumer = await platform.bus.subscribe([platform.topics.objects], group_id="t", from_beginning=True)
-        folder = DropFolder(tmp_path / "drop", platform.store, platform.catalog, platform.vectors, platform.bus, platform.topics)
+        folder = DropFolder(tmp_path / "drop", platform.store, platform.catalog, platform.bus, platform.topics)
         folder.root.mkdir()
         yield folder, platform, consumer
         await consumer.close()
@@ -35,7 +35,8 @@ async def test_a_complete_file_is_stored_announced_and_removed(drop):
     assert await folder.poll() == 0  # first sight: not yet known to be complete
     assert await folder.poll() == 1
     assert not path.exists()
-    assert await platform.store.get_bytes("docs", "reports/q1.txt") == b"quarterly numbers"
+    assert await platform.objects("acme").get_bytes("docs", "reports/q1.txt") == b"quarterly numbers"
+    assert await platform.store.get_bytes("sluice-data", "acme/docs/reports/q1.txt") == b"quarterly numbers"
     [event] = [decode(m.value) for m in await consumer.fetch(timeout_s=1.0)]
     assert event.namespace == "acme" and event.payload.source == "drop" and event.payload.content_type == "text/plain"
 
@@ -53,18 +54,25 @@ async def test_a_file_still_growing_and_temporary_names_wait(drop):
     assert (folder.root / "acme" / "docs" / "upload.txt.part").exists()
 
 
+async def test_the_same_bucket_name_in_two_namespaces_is_two_folders(drop):
+    folder, platform, _ = drop
+    for namespace in ("acme", "globex"):
+        path = folder.root / namespace / "docs" / "a.txt"
+        path.parent.mkdir(parents=True)
+        path.write_text(f"{namespace}'s")
+    await folder.poll(), await folder.poll()
+    assert await platform.objects("acme").get_bytes("docs", "a.txt") == b"acme's"
+    assert await platform.objects("globex").get_bytes("docs", "a.txt") == b"globex's"
+
+
 async def test_files_that_cannot_be_taken_are_set_aside_with_a_reason(drop):
     folder, platform, _ = drop
-    owned = folder.root / "acme" / "docs" / "a.txt"
-    owned.parent.mkdir(parents=True)
-    owned.write_text("acme's")
-    await folder.poll(), await folder.poll()
-    for rel in ("globex/docs/b.txt", "nobody/docs/c.txt", "acme/loose.txt"):
+    for rel in ("nobody/docs/c.txt", "acme/loose.txt", "acme/Bad_Bucket/d.txt"):
         (folder.root / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder.root / rel).write_text("x")
     await folder.poll(), await folder.poll()
     reasons = {p.name: p.read_text() for p in (folder.root / ".rejected").rglob("*.reason")}
-    assert "belongs to another namespace" in reasons["b.txt.reason"]
     assert "namespace 'nobody' does not exist" in reasons["c.txt.reason"]
     assert "drop/{namespace}/{bucket}/" in reasons["loose.txt.reason"]
-    assert await platform.store.head("docs", "b.txt") is None
+    assert "invalid bucket name 'Bad_Bucket'" in reasons["d.txt.reason"]
+    assert await platform.store.head("sluice-data", "nobody/docs/c.txt") is None

@@ -317,7 +317,7 @@ async def test_a_task_whose_process_died_is_run_again_and_overwrites(stack):
     assert r.status_code == 200, r.text
     collection = await stack.collection("resume", "resume-bucket", "hash_embedder")
     collection_id = collection["collection_id"]
-    catalog, store = stack.platform.catalog, stack.platform.store
+    catalog, store = stack.platform.catalog, stack.platform.objects("acme")
     await store.ensure_bucket("resume-bucket")
     dead = subprocess.Popen(["true"])  # a pid that no longer runs
     dead.wait()

@@ -50,11 +50,11 @@ class IngestServer(RestServer):
     def fail(self, method: str, path_part: str, status: int, times: int = 1) -> None:
         self.faults.append([method, path_part, status, times])
 
-    def head(self, bucket: str, key: str):
-        return self._run(self.platform.store.head(bucket, key))
+    def head(self, bucket: str, key: str, namespace: str = "acme"):
+        return self._run(self.platform.objects(namespace).head(bucket, key))
 
-    def get(self, bucket: str, key: str) -> bytes:
-        return self._run(self.platform.store.get_bytes(bucket, key))
+    def get(self, bucket: str, key: str, namespace: str = "acme") -> bytes:
+        return self._run(self.platform.objects(namespace).get_bytes(bucket, key))
 
     def events(self) -> list:
         return [decode(m.value) for m in self.platform.bus.published(self.platform.topics.objects)]

@@ -83,7 +83,7 @@ def host_factory(tmp_path, plugin):
              asset_access: dict | None = None) -> PluginHost:
         options = SandboxOptions(cache_root=str(tmp_path / "cache"), pinned_hosts=pinned or {}, call_timeout_s=60)
         services = HostServices(namespace, asset_access=asset_access or {"kind": "local", "root": str(tmp_path / "objects"),
-                                                                         "buckets": [f"{namespace}-bucket"]},
+                                                                         "data_bucket": "sluice-data"},
                                 secrets_context={}, models_dir=tmp_path / "cache" / namespace / "models")
         host = open_host(namespace=namespace, plugin="probe 1.0.0", plugin_root=plugin,
                          run={"plugin_id": "plg_probe", "name": "probe", "version": "1.0.0", "features": [["v", 2]]},
@@ -239,18 +239,18 @@ def test_an_api_plugin_reaches_exactly_its_declared_host(host_factory):
 
 
 def test_assets_of_another_namespace_are_refused(host_factory, tmp_path):
-    objects = tmp_path / "objects"
-    for bucket in ("acme-bucket", "globex-bucket"):
-        (objects / bucket).mkdir(parents=True)
-        (objects / bucket / "doc.txt").write_text(f"a,b\n1,{bucket}\n")
+    data = tmp_path / "objects" / "sluice-data"
+    for namespace in ("acme", "globex"):
+        (data / namespace / "bucket").mkdir(parents=True)
+        (data / namespace / "bucket" / "doc.txt").write_text(f"a,b\n1,{namespace}-bucket\n")
     host = host_factory()
     outcomes = probe(
         host,
-        "from shared.plugins import open_asset\nwith open_asset('s3://acme-bucket/doc.txt') as p:\n"
+        "from shared.plugins import open_asset\nwith open_asset('s3://sluice-data/acme/bucket/doc.txt') as p:\n"
         "    import pandas as pd\n    return pd.read_csv(p).to_dict()",
-        "from shared.plugins import open_asset\nwith open_asset('s3://globex-bucket/doc.txt') as p:\n"
+        "from shared.plugins import open_asset\nwith open_asset('s3://sluice-data/globex/bucket/doc.txt') as p:\n"
         "    import pandas as pd\n    return pd.read_csv(p).to_dict()",
-        f"from shared.plugins import open_asset\nwith open_asset({(objects / 'globex-bucket' / 'doc.txt').as_uri()!r}) as p:\n"
+        f"from shared.plugins import open_asset\nwith open_asset({(data / 'globex' / 'bucket' / 'doc.txt').as_uri()!r}) as p:\n"
         "    return open(p).read()",
         f"from shared.plugins import open_asset\nwith open_asset({(tmp_path / 'cache').as_uri()!r}) as p:\n    return 1",
     )

@@ -25,7 +25,7 @@ from events.payloads import (
     PluginUploadConfirmed,
 )
 from functions.handlers import deploy, ingest, notifications, register, scan, validate_model
-from functions.records.collection import BUCKET_BINDINGS, COLLECTIONS, INGEST_QUEUE
+from functions.records.collection import COLLECTIONS, INGEST_QUEUE, ensure_bucket
 from functions.records.deployments import Deployments
 from functions.records.models import ModelRegistry
 from functions.records.plugins import UPLOADS, VERSIONS, PluginCatalog, archive_key, plugin_id_for
@@ -261,11 +261,16 @@ def _object(bucket: str, key: str, *, etag: str = "e1") -> ObjectCreated:
     return ObjectCreated(bucket=bucket, key=key, size=5, etag=etag, source="s3")
 
 
-async def test_notifications_map_objects_to_their_buckets_namespace_and_drop_unbound_ones(ports: Ports) -> None:
-    await ports.catalog.insert(BUCKET_BINDINGS, "docs", {"bucket": "docs", "namespace": NS})
-    raw = make(BucketNotification(objects=[_object("docs", "a.txt"), _object("nobody", "b.txt")]))
-    out = await notifications.handle(raw, catalog=ports.catalog)
-    assert [(e.namespace, e.payload.key, e.causation_id) for e in out] == [(NS, "a.txt", raw.event_id)]
+async def test_notifications_read_the_namespace_from_where_the_object_is_and_drop_the_rest(ports: Ports) -> None:
+    await ensure_bucket(ports.catalog, NS, "docs")
+    data = ports.settings.data_bucket
+    raw = make(BucketNotification(objects=[
+        _object(data, f"{NS}/docs/reports/a.txt"), _object(data, f"{NS}/unused/b.txt"), _object(data, "globex/docs/c.txt"),
+        _object("docs", f"{NS}/docs/d.txt"), _object(data, f"{NS}/docs"),
+    ]))
+    out = await notifications.handle(raw, catalog=ports.catalog, settings=ports.settings)
+    assert [(e.namespace, e.payload.bucket, e.payload.key, e.causation_id) for e in out] == [
+        (NS, "docs", "reports/a.txt", raw.event_id)]
 
 
 class Scheduler:
@@ -276,6 +281,7 @@ class Scheduler:
 
 
 async def test_ingest_queues_each_object_version_once_per_matching_collection_of_its_namespace(ports: Ports) -> None:
+    await ensure_bucket(ports.catalog, NS, "docs")
     for cid, ns, prefix in (("col_a", NS, "reports/"), ("col_b", NS, "other/"), ("col_c", "globex", "")):
         await ports.catalog.insert(COLLECTIONS, cid, {"collection_id": cid, "namespace": ns,
                                                       "source": {"bucket": "docs", "prefix": prefix}})
@@ -290,12 +296,12 @@ async def test_ingest_queues_each_object_version_once_per_matching_collection_of
     assert await ports.catalog.count(INGEST_QUEUE, {}) == 2 and scheduler.pokes == 2
 
 
-async def test_ingest_refuses_an_event_whose_namespace_is_not_its_buckets(ports: Ports) -> None:
-    await ports.catalog.insert(BUCKET_BINDINGS, "docs", {"bucket": "docs", "namespace": "globex"})
+async def test_ingest_refuses_an_event_for_a_bucket_its_namespace_does_not_have(ports: Ports) -> None:
+    await ensure_bucket(ports.catalog, "globex", "docs")
     await ports.catalog.insert(COLLECTIONS, "col_g", {"collection_id": "col_g", "namespace": "globex",
                                                       "source": {"bucket": "docs", "prefix": ""}})
     forged = make(_object("docs", "q1.txt"), namespace=NS)
-    with pytest.raises(PermanentError, match="bound to another namespace"):
+    with pytest.raises(PermanentError, match="has no bucket 'docs'"):
         await ingest.handle(forged, catalog=ports.catalog, vectors=None, ingest=Scheduler())
     assert await ports.catalog.count(INGEST_QUEUE, {}) == 0
 
