@@ -152,8 +152,16 @@ async def _up(settings: Any, on_ready=None, keep_running: bool = False) -> int:
                                     lifespan="off"))
     stop = _stop_on_signals()
     exit_code = 0
-    functions = asyncio.create_task(run_functions(platform, stop, drop_folder=settings.data_dir / "drop"))
+    started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    functions = asyncio.create_task(run_functions(platform, stop, drop_folder=settings.data_dir / "drop",
+                                                  started=started.set_result))
     try:
+        await asyncio.wait([started, functions], return_when=asyncio.FIRST_COMPLETED)
+        if functions.done():  # never serve REST without the functions behind it
+            error = functions.exception() if not functions.cancelled() else None
+            print(f"sluice: the functions failed to start: {type(error).__name__}: {error}", flush=True)
+            return 1
+        functions.add_done_callback(lambda _: stop.set())  # functions that end stop the whole process
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
@@ -173,9 +181,13 @@ async def _up(settings: Any, on_ready=None, keep_running: bool = False) -> int:
         print("sluice: stopping", flush=True)
         server.should_exit = True
         await serving
+        if functions.done() and not functions.cancelled() and functions.exception() is not None:
+            print(f"sluice: the functions stopped: {functions.exception()!r}", flush=True)
+            exit_code = exit_code or 1
     finally:
         stop.set()
-        await functions
+        with contextlib.suppress(Exception):
+            await functions
         await platform.close()
     print("sluice: stopped", flush=True)
     return exit_code
