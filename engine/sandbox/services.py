@@ -76,6 +76,8 @@ class HostServices:
         dest = self._dest(suffix)
         if scheme == "s3":
             bucket, _, key = url[5:].partition("/")
+            if bucket != self.data_bucket:  # the tenant's own name: `s3://docs/a.pdf` is its bucket `docs`
+                bucket, key = self.data_bucket, f"{self.namespace}/{bucket}/{key}"
             self._check_object(bucket, key, url)
             self._fetch_s3(bucket, key, dest, url)
         elif scheme == "file" and self.asset_access.get("kind") == "local":

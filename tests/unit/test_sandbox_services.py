@@ -32,6 +32,9 @@ def test_an_object_of_the_namespace_is_copied_into_the_hosts_scratch(services, t
     assert answer["ok"], answer
     copy = Path(answer["value"])
     assert copy.is_relative_to(tmp_path / "scratch" / "assets") and copy.read_text() == "ours" * 100
+    by_tenant_name = services.answer("asset", {"url": "s3://docs/dir/a.txt"})
+    assert by_tenant_name["ok"] and Path(by_tenant_name["value"]).read_text() == "ours" * 100, by_tenant_name
+    copy.unlink(), Path(by_tenant_name["value"]).unlink()  # the copies count against the host's room
     by_path = services.answer("asset", {"url": (tmp_path / "objects" / "sluice-data" / "acme" / "docs" / "dir" / "a.txt").as_uri()})
     assert by_path["ok"], by_path
 
@@ -41,6 +44,8 @@ def test_an_object_of_the_namespace_is_copied_into_the_hosts_scratch(services, t
     "s3://sluice-data/acme/../globex/vault/dir/a.txt",
     "s3://sluice-plugins/acme/dir/a.txt",
     "s3://acme/docs/dir/a.txt",
+    "s3://vault/dir/a.txt",
+    "s3://docs/../../globex/vault/dir/a.txt",
     "file://{root}/objects/sluice-data/globex/vault/dir/a.txt",
     "file://{root}/objects/sluice-data/acme/docs/../../globex/vault/dir/a.txt",
     "file://{root}/objects/sluice-plugins/acme/dir/a.txt",
