@@ -15,8 +15,9 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import typer
@@ -24,7 +25,7 @@ from typer.core import TyperGroup
 
 from functions.cli import ingest, model, plugin
 from functions.cli.client import Api, Namespace, Target, call_and_show, require_namespace
-from functions.cli.output import fail, print_json
+from functions.cli.output import Json, fail, print_json, print_table
 
 ORDER = ("up", "events", "demo", "health", "namespace", "key", "search", "plugin", "model", "ingest")
 
@@ -307,10 +308,59 @@ def namespace_create(ctx: typer.Context, name: Annotated[str, typer.Argument(met
     _call(ctx, "POST", "/v1/namespaces", json={"namespace_name": name, "description": description})
 
 
-@keys.command("create", help="issue a key scoped to a namespace")
-def key_create(ctx: typer.Context, namespace: Annotated[str, typer.Argument(metavar="NAMESPACE")],
-               name: Annotated[str | None, typer.Option("--name")] = None) -> None:
-    _call(ctx, "POST", f"/v1/namespaces/{namespace}/api-keys", json={"name": name})
+KeyNamespace = Annotated[str, typer.Argument(metavar="NAMESPACE")]
+
+
+def _keys_path(namespace: str, *rest: str) -> str:
+    return "/".join([f"/v1/namespaces/{quote(namespace, safe='')}/api-keys", *(quote(part, safe="") for part in rest)])
+
+
+@keys.command("create", help="mint a key of a namespace, shown once (admin key, or an admin-role key of the namespace)")
+def key_create(
+    ctx: typer.Context,
+    namespace: KeyNamespace,
+    label: Annotated[str | None, typer.Option("--label", "--name", help="a label for the key")] = None,
+    role: Annotated[Literal["read", "write", "admin"], typer.Option(
+        "--role", help="read; write (read and change); admin (write, and the namespace's keys and secrets)")] = "write",
+    expires_in_days: Annotated[int | None, typer.Option("--expires-in-days", min=1, help="expire after this many days")]
+    = None,
+) -> None:
+    body = {"label": label, "role": role, "expires_in_days": expires_in_days}
+    _call(ctx, "POST", _keys_path(namespace), json={k: v for k, v in body.items() if v is not None})
+
+
+def _key_state(key: dict[str, Any]) -> str:
+    if key.get("revoked"):
+        return "revoked"
+    expires = key.get("expires_at")
+    if expires and datetime.fromisoformat(expires) <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def _print_keys(namespace: str, listed: list[dict[str, Any]]) -> None:
+    if not listed:
+        print(f"no API keys in namespace {namespace}")
+        return
+    print_table([(k["key_id"], k.get("label") or "-", k["role"], _key_state(k), k.get("created_at") or "-",
+                  k.get("expires_at") or "never") for k in listed],
+                header=("KEY_ID", "LABEL", "ROLE", "STATE", "CREATED", "EXPIRES"))
+
+
+@keys.command("list", help="a namespace's keys, never their secrets (admin key, or an admin-role key)")
+def key_list(ctx: typer.Context, namespace: KeyNamespace, as_json: Json = False) -> None:
+    call_and_show(ctx, "GET", _keys_path(namespace), as_json, lambda r: _print_keys(namespace, r.get("api_keys", [])))
+
+
+@keys.command("revoke", help="revoke a key at once: its next request answers 401")
+def key_revoke(ctx: typer.Context, namespace: KeyNamespace,
+               key_id: Annotated[str, typer.Argument(metavar="KEY_ID")], as_json: Json = False) -> None:
+    call_and_show(ctx, "DELETE", _keys_path(namespace, key_id), as_json, _print_revoked)
+
+
+def _print_revoked(key: dict[str, Any]) -> None:
+    label = f" ({key['label']})" if key.get("label") else ""
+    print(f"revoked {key['key_id']}{label} in namespace {key['namespace']} at {key.get('revoked_at')}")
 
 
 def _print_hits(results: list[dict[str, Any]]) -> None:

@@ -1,7 +1,9 @@
 """The REST adapter: a FastAPI app under /v1 over the same platform the functions use.
 
 Routes map a request onto a handler or a repository call and its result onto a response; every
-route that names a namespace first checks the caller's key is scoped to it.
+request under /v1 but health, presigned objects and docs needs a valid key before its body is read
+(functions/rest/auth.py), and every route that names a namespace first checks the caller's key is
+scoped to it with the role the route needs (functions/rest/deps.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pydantic import BaseModel, Field
 from events.lifecycle import Health
 from functions.records.secret_store import SecretsStore
 from functions.records.tenancy import Tenancy
-from functions.rest import buckets, collections, models, plugins, retrievers, tasks
+from functions.rest import buckets, collections, keys, models, plugins, retrievers, tasks
+from functions.rest.auth import AuthenticateFirst
 from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
 from infra.bootstrap import Platform
@@ -35,16 +38,6 @@ class Namespace(BaseModel):
 
 class NamespaceList(BaseModel):
     namespaces: list[Namespace]
-
-
-class CreateApiKey(BaseModel):
-    name: str | None = Field(default=None, description="A label for the key.", examples=["ci"])
-
-
-class ApiKeyIssued(BaseModel):
-    api_key: str = Field(description="The key; shown only this once.")
-    key_id: str = Field(description="Public id of the key.")
-    namespace: str = Field(description="The namespace the key is scoped to.")
 
 
 class SecretValue(BaseModel):
@@ -121,11 +114,6 @@ def _routes() -> APIRouter:
     async def get_namespace(namespace: ScopedNamespace, request: Request) -> Any:
         return await _tenancy(request).get_namespace(namespace)
 
-    @router.post("/namespaces/{namespace}/api-keys", status_code=201, response_model=ApiKeyIssued, tags=["namespaces"])
-    async def issue_key(namespace: ScopedNamespace, request: Request, body: CreateApiKey | None = None) -> Any:
-        token, record = await _tenancy(request).issue_key(namespace, name=body.name if body else None)
-        return {"api_key": token, "key_id": record["key_id"], "namespace": namespace}
-
     @router.put("/namespaces/{namespace}/secrets/{name}", tags=["secrets"])
     async def put_secret(namespace: ScopedNamespace, name: str, body: SecretValue, request: Request) -> Any:
         return await _secrets(request).put(namespace, name, body.value)
@@ -148,7 +136,9 @@ def create_app(platform: Platform) -> FastAPI:
     app.state.tenancy = Tenancy(platform.catalog, platform.admin_key)
     app.state.secrets = SecretsStore.from_settings(platform.catalog, platform.settings)
     install_error_handlers(app)
+    app.add_middleware(AuthenticateFirst)  # keys checked before any body byte is read
     app.include_router(_routes())
+    app.include_router(keys.router())
     app.include_router(plugins.router())
     app.include_router(collections.router())
     app.include_router(buckets.router())

@@ -134,7 +134,7 @@ def test_a_folder_is_uploaded_with_keys_bytes_content_types_and_one_event_per_fi
     assert {e.payload.key: e.payload.size for e in events}["in/empty.txt"] == 0
     assert {e.payload.key: e.payload.content_type for e in events}["in/nested/deeper/b.json"] == "application/json"
     # the API key goes to the REST API only: presigned PUTs carry none (asserted by the store URL shape)
-    assert all(path.startswith("/v1/objects/docs/in/") for method, path in stack.requests if method == "PUT")
+    assert all(path.startswith("/v1/objects/sluice-data/acme/docs/in/") for method, path in stack.requests if method == "PUT")
 
 
 def test_the_text_summary_names_empty_and_skipped_files_and_progress_goes_to_stderr(stack, docs, tmp_path, capsys):

@@ -104,10 +104,12 @@ async def test_a_namespace_key_sees_only_its_namespace_and_gets_403_elsewhere(cl
     assert_error(await client.post("/v1/namespaces", json={"namespace_name": "mine"}, headers=auth(key)), 403, "forbidden")
 
 
-async def test_a_namespace_key_may_issue_further_keys_for_its_namespace(client):
+async def test_a_namespace_admin_key_may_issue_further_keys_for_its_namespace_and_a_write_key_may_not(client):
     await new_namespace(client, "acme")
     key = await new_key(client, "acme")
-    r = await client.post("/v1/namespaces/acme/api-keys", headers=auth(key))
+    assert_error(await client.post("/v1/namespaces/acme/api-keys", headers=auth(key)), 403, "forbidden")
+    r = await client.post("/v1/namespaces/acme/api-keys", json={"role": "admin"}, headers=auth(ADMIN))
+    r = await client.post("/v1/namespaces/acme/api-keys", headers=auth(r.json()["api_key"]))
     assert r.status_code == 201
     assert (await client.get("/v1/namespaces/acme", headers=auth(r.json()["api_key"]))).status_code == 200
 
@@ -123,7 +125,7 @@ async def test_unknown_routes_and_crashes_answer_json_without_a_trace(app, clien
     async def boom():
         raise RuntimeError("secret internals")
 
-    err = assert_error(await client.get("/v1/boom"), 500, "internal_error")
+    err = assert_error(await client.get("/v1/boom", headers=auth(ADMIN)), 500, "internal_error")
     assert "secret" not in err["message"]
 
 
