@@ -56,14 +56,41 @@ class Settings(BaseSettings):
     )
     models_max_per_namespace: int = Field(default=50, ge=1, description="Model versions one namespace may hold.")
     models_max_archive_bytes: int = Field(default=10 * 1024**3, ge=1, description="Largest model archive (10 GB).")
-    upload_url_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Lifetime of presigned upload URLs.")
+    upload_url_expires_s: int = Field(
+        default=3600, ge=60, le=24 * 3600, description="Lifetime of presigned upload URLs (at most 24 h); an upload not "
+        "confirmed within it (and a few minutes' grace) is removed by the upload sweeper.")
+    upload_max_bytes: int = Field(
+        default=5 * 1024**3, ge=1, description="Largest object uploaded into a bucket with a presigned URL (5 GiB): the "
+        "local store refuses a larger PUT; on S3 the confirm step refuses (and deletes) it.")
+    plugins_max_archive_bytes: int = Field(
+        default=500 * 1024**2, ge=1, le=500 * 1024**2, description="Largest plugin archive (500 MiB, also the most the "
+        "archive scanner accepts): a larger presigned PUT is refused, and confirm refuses a larger stored archive.")
+    max_request_bytes: int = Field(
+        default=1024**2, ge=1024, description="Largest request body of the REST API (1 MiB), refused with 413 before it is "
+        "parsed. Uploads go elsewhere: presigned PUTs carry their own limit, and the multipart model upload takes up to "
+        "models_max_archive_bytes.")
+    upload_sweep_interval_s: float = Field(
+        default=300.0, gt=0, le=24 * 3600, description="How often the upload sweeper removes the objects of uploads never "
+        "confirmed before their URL expired (and of failed plugin uploads).")
+    function_concurrency: int = Field(
+        default=8, ge=1, le=1024, description="Messages one function handles at once; offsets are committed only up to the "
+        "lowest message not yet done.")
     confirm_wait_s: float = Field(default=60.0, ge=0, le=600, description="How long a confirm waits for scan and register.")
     plugin_validation_timeout_s: float = Field(default=300.0, gt=0, description="Limit on one plugin's validation and dry run.")
     ingest_max_delay_s: float = Field(default=2.0, ge=0, le=3600, description="How long a burst of drops may wait to join one job.")
     ingest_max_objects: int = Field(
         default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once."
     )
-    ingest_max_jobs: int = Field(default=1, ge=1, description="Ingest jobs running at once in this process.")
+    ingest_max_jobs: int = Field(
+        default=2, ge=1, description="Ingest jobs running at once in this process. Each job sizes its actors to the whole "
+        "cluster, so more jobs add little throughput on a busy cluster; a second slot keeps one slow or stuck job from "
+        "holding every tenant's ingest.")
+    ingest_max_jobs_per_namespace: int = Field(
+        default=1, ge=1, description="Ingest jobs of one namespace running at once in this process; the scheduler serves "
+        "namespaces in turn (least recently served first), so one tenant's backlog cannot starve another's.")
+    ingest_job_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Wall-clock limit of one ingest task, from its start to the end of its job; "
+        "past it the job is stopped and the task fails (IngestFailed), freeing its slot.")
     ingest_max_inline_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest text object passed inline in `data`.")
     deploy_timeout_s: float = Field(
         default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED."

@@ -116,9 +116,11 @@ def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, block
 
 def run_job(
     spec: PluginSpec, steps: Sequence[StepPlan], rows: Sequence[dict[str, Any]], sink: Callable[[pd.DataFrame], None],
+    *, on_dataset: Callable[[Any], None] | None = None,
 ) -> None:
     """Run `rows` (one per object, production columns) through the steps; hand every output
-    batch to `sink` as it arrives. Blocks: call it from a thread."""
+    batch to `sink` as it arrives. Blocks: call it from a thread. `on_dataset` gets the dataset
+    before it runs: `shut_down(dataset)` from another thread stops the job."""
     import ray
     import ray.data
 
@@ -156,8 +158,28 @@ def run_job(
             },
             **options,
         )
+    if on_dataset is not None:
+        on_dataset(dataset)
     for batch in dataset.iter_batches(batch_size=OUTPUT_BATCH_ROWS, batch_format="pandas", prefetch_batches=2):
         sink(batch)
+
+
+def shut_down(dataset: Any, reason: Exception) -> int:
+    """Stop a running `run_job` from another thread: shut down (force: kill the actors, and with
+    them the plugin hosts) the Ray Data executions of `dataset`; returns how many ran. The
+    iteration in `run_job` then ends with `reason`.
+
+    Ray Data has no public cancel: its executions are the `StreamingExecutor` threads named after
+    the dataset's id. If a Ray upgrade renames them this finds none (and says so by returning 0)."""
+    import threading
+
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    prefix = "StreamingExecutor-" + dataset.get_dataset_id().rsplit("_", 1)[0] + "_"
+    executions = [t for t in threading.enumerate() if isinstance(t, StreamingExecutor) and t.name.startswith(prefix)]
+    for execution in executions:
+        execution.shutdown(force=True, exception=reason)
+    return len(executions)
 
 
 __all__ = [

@@ -110,6 +110,10 @@ class AppState:
 
 
 _start_lock = threading.Lock()
+_deploy_lock = threading.Lock()
+"""Serve's deploy path is not thread-safe (two applications built and submitted at once can fail
+to pickle Serve's own modules), and functions handle messages concurrently: one at a time here.
+`serve._run(..., _blocking=False)` returns at once, so this serialises only the submission."""
 _started_for: str | None = None
 _handles: dict[str, Any] = {}
 
@@ -138,11 +142,12 @@ def deploy(name: str, spec: PluginSpec, plan: ServingPlan) -> None:
     from engine.realtime.service import PluginService
 
     ensure_serve()
-    # ray annotates serve.deployment as returning a decorator; given the class, it returns the Deployment
-    app = serve.deployment(PluginService).options(**deployment_options(plan)).bind(  # type: ignore[attr-defined]
-        spec, max_batch_size=plan.max_batch_size, batch_wait_timeout_s=plan.batch_wait_timeout_s)
-    serve._run(app, name=name, route_prefix=None, _blocking=False)
-    _handles.pop(name, None)
+    with _deploy_lock:
+        # ray annotates serve.deployment as returning a decorator; given the class, it returns the Deployment
+        app = serve.deployment(PluginService).options(**deployment_options(plan)).bind(  # type: ignore[attr-defined]
+            spec, max_batch_size=plan.max_batch_size, batch_wait_timeout_s=plan.batch_wait_timeout_s)
+        serve._run(app, name=name, route_prefix=None, _blocking=False)
+        _handles.pop(name, None)
 
 
 def state(name: str) -> AppState:

@@ -4,11 +4,24 @@ At least once: a message's offset is committed only after its handler succeeded 
 returned was published. Transient failures retry with exponential backoff; poison (cannot decode,
 fails validation, raises `PermanentError`) and messages that keep failing go to the dead-letter
 topic with the error and the original bytes, and the runner moves on.
+
+Concurrency: each function handles up to `concurrency` messages at once (`SLUICE_FUNCTION_CONCURRENCY`),
+so one slow message (a register, a deploy) does not hold up the messages behind it. Offsets are
+committed per partition only up to the lowest message not yet done: a message is acknowledged only
+once it and every message before it on its partition were handled (dead-lettered counts as handled).
+Messages of one partition (one namespace's, as events are keyed by namespace) may therefore finish
+out of order: handlers must be replay-safe and must not rely on that order (`Function(concurrency=1)`
+keeps a function strictly in order). On stop, handlers in flight get `drain_timeout_s` to finish;
+the rest are cancelled and stay uncommitted, so the group gets them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
+import contextlib
+import functools
 import inspect
 import os
 import random
@@ -35,6 +48,9 @@ log = structlog.get_logger("sluice.runner")
 Handler = Callable[..., Awaitable[Sequence[AnyEnvelope]]]
 Decoder = Callable[[bytes], AnyEnvelope]
 
+DEFAULT_CONCURRENCY = 8
+"""Messages one function handles at once when neither the runner nor the settings say."""
+
 
 @dataclass(frozen=True)
 class Function:
@@ -49,6 +65,8 @@ class Function:
     """Read this topic instead of the one the event types live on (raw notification topics)."""
     decode: Decoder = codec.decode
     """bytes → envelope; raise `PoisonMessage` for input that can never be handled."""
+    concurrency: int | None = None
+    """Messages of this function handled at once; None: the runner's `concurrency`."""
 
     @classmethod
     def of(cls, name: str, handler: Handler, **options: Any) -> Function:
@@ -112,7 +130,17 @@ class Runner:
     group_prefix: str | None = None
     fetch_timeout_s: float = 0.5
     on_processed: Callable[[Function, Message, str], None] | None = None
-    """Observer hook (tests, metrics): called with the outcome `ok|skipped|dead_lettered`."""
+    """Observer hook (tests, metrics): called with the outcome `ok|skipped|dead_lettered` as soon as
+    a message is handled; its offset is committed once every earlier message of its partition is."""
+    concurrency: int | None = None
+    """Messages one function handles at once; None: `function_concurrency` of the `settings`
+    dependency, else `DEFAULT_CONCURRENCY`."""
+    drain_timeout_s: float = 10.0
+    """On stop, how long handlers in flight may go on; those still running are then cancelled and
+    their messages left uncommitted for redelivery."""
+    max_uncommitted: int = 1000
+    """Handled messages that may wait behind one unfinished message before fetching pauses: bounds
+    what a crash redelivers when one handler runs long."""
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -121,6 +149,11 @@ class Runner:
         self._kwargs = {fn.name: self._resolve(fn) for fn in self.functions}
         if any(fn.once for fn in self.functions) and self.idempotency is None:
             raise ValueError("functions marked once=True need an IdempotencyStore")
+        if self.concurrency is None:
+            settings = self.deps.get("settings")
+            self.concurrency = int(getattr(settings, "function_concurrency", DEFAULT_CONCURRENCY))
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
 
     def _resolve(self, fn: Function) -> dict[str, Any]:
         params = list(inspect.signature(fn.handler).parameters.values())
@@ -152,7 +185,8 @@ class Runner:
         ]
 
     async def stop(self) -> None:
-        """Finish the message in hand, then leave the groups. Uncommitted work is redelivered."""
+        """Let the handlers in flight finish (for at most `drain_timeout_s`), commit what is done,
+        then leave the groups. Uncommitted work is redelivered."""
         self._stopping.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -167,23 +201,72 @@ class Runner:
     # --- consuming ------------------------------------------------------------------------
 
     async def _consume(self, fn: Function, consumer: Consumer) -> None:
+        """Fetch while fewer than `concurrency` messages are in flight; handle each in its own task;
+        commit each partition up to its lowest unfinished message."""
+        assert self.concurrency is not None
+        limit = fn.concurrency or self.concurrency
+        offsets = _Offsets()
+        in_flight: dict[asyncio.Task[str], Message] = {}
+        changed = asyncio.Event()
+
+        def finished(message: Message, task: asyncio.Task[str]) -> None:
+            in_flight.pop(task, None)
+            changed.set()
+            if task.cancelled() or task.exception() is not None:
+                return  # not handled (stopping): stays uncommitted, holds back later commits
+            offsets.done(message)
+            if self.on_processed is not None:
+                self.on_processed(fn, message, task.result())
+
         try:
             while not self._stopping.is_set():
+                await self._commit_done(fn, consumer, offsets)
+                room = min(limit - len(in_flight), self.max_uncommitted - offsets.waiting)
+                if room <= 0:
+                    changed.clear()
+                    await _first(changed.wait(), self._stopping.wait(), timeout=self.fetch_timeout_s)
+                    continue
                 try:
-                    messages = await consumer.fetch(timeout_s=self.fetch_timeout_s)
+                    messages = await consumer.fetch(max_records=room, timeout_s=self.fetch_timeout_s)
                 except TransientError as exc:
                     log.warning("bus.fetch_failed", function=fn.name, error=str(exc))
                     await asyncio.sleep(self.retry.base_delay_s)
                     continue
                 for message in messages:
-                    outcome = await self._process_until_done(fn, message)
-                    await self._commit(consumer, message)
-                    if self.on_processed is not None:
-                        self.on_processed(fn, message, outcome)
-                    if self._stopping.is_set():
-                        break
+                    offsets.start(message)
+                    task = asyncio.create_task(self._process_until_done(fn, message),
+                                               name=f"sluice-fn-{fn.name}-{message.partition}-{message.offset}")
+                    in_flight[task] = message
+                    task.add_done_callback(functools.partial(finished, message))
         finally:
-            await consumer.close()
+            try:
+                await self._drain(fn, in_flight)
+                await self._commit_done(fn, consumer, offsets)
+            finally:
+                await consumer.close()
+
+    async def _drain(self, fn: Function, in_flight: dict[asyncio.Task[str], Message]) -> None:
+        """Stopping: give the handlers in flight `drain_timeout_s`, then cancel the rest."""
+        if not in_flight:
+            return
+        _, pending = await asyncio.wait(list(in_flight), timeout=self.drain_timeout_s)
+        if pending:
+            left = [in_flight[t] for t in pending if t in in_flight]
+            log.warning("function.stop_cancels_handlers", function=fn.name, drain_timeout_s=self.drain_timeout_s,
+                        messages=[f"{m.topic}/{m.partition}@{m.offset}" for m in left])
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=self.drain_timeout_s)
+
+    async def _commit_done(self, fn: Function, consumer: Consumer, offsets: _Offsets) -> None:
+        for message in offsets.committable():
+            try:
+                await self._commit(consumer, message)
+            except TransientError as exc:
+                # Nothing is lost: later commits of the partition cover this one, and what stays
+                # uncommitted is delivered again.
+                log.warning("bus.commit_failed", function=fn.name, topic=message.topic, partition=message.partition,
+                            offset=message.offset, error=str(exc))
 
     async def _process_until_done(self, fn: Function, message: Message) -> str:
         """`process` never gives up on a message: if even dead-lettering fails (bus down), wait
@@ -291,6 +374,66 @@ class Runner:
             ("x-sluice-attempts", str(attempts).encode()),
         ]
         await self.bus.publish(self.topics.dead_letters, message.value, key=message.key, headers=headers)
+
+
+TopicPartition = tuple[str, int]
+
+
+class _Offsets:
+    """One consumer's messages in flight, per partition, and the handled ones not yet committed.
+
+    `committable()` gives, per partition, the highest handled message below every unfinished one
+    (and above the last commit): committing it acknowledges exactly the messages that are done.
+    A message fetched twice while in flight (a rebalance handed its partition back) is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[TopicPartition, collections.Counter[int]] = {}
+        self._done: dict[TopicPartition, list[Message]] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    @property
+    def waiting(self) -> int:
+        """Handled messages still waiting for their commit."""
+        return sum(len(done) for done in self._done.values())
+
+    def start(self, message: Message) -> None:
+        self._open.setdefault((message.topic, message.partition), collections.Counter())[message.offset] += 1
+
+    def done(self, message: Message) -> None:
+        tp = (message.topic, message.partition)
+        open_ = self._open[tp]
+        open_[message.offset] -= 1
+        if open_[message.offset] <= 0:
+            del open_[message.offset]
+        bisect.insort(self._done.setdefault(tp, []), message, key=lambda m: m.offset)
+
+    def committable(self) -> list[Message]:
+        out: list[Message] = []
+        for tp, done in self._done.items():
+            open_ = self._open.get(tp)
+            floor = min(open_) if open_ else None
+            cut = len(done) if floor is None else bisect.bisect_left(done, floor, key=lambda m: m.offset)
+            if not cut:
+                continue
+            last = done[cut - 1]
+            del done[:cut]
+            if last.offset > self._committed.get(tp, -1):
+                self._committed[tp] = last.offset
+                out.append(last)
+        return out
+
+
+async def _first(*waits: Awaitable[Any], timeout: float) -> None:
+    """Wait until the first of `waits` is done or `timeout` passes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def publish(bus: EventBus, topics: Topics, *events: AnyEnvelope) -> None:

@@ -8,6 +8,14 @@ into a task when the burst is over (`SLUICE_INGEST_MAX_DELAY_S` since its first 
 (`SLUICE_INGEST_MAX_OBJECTS`), checks before anything runs, and runs the job in a thread: Ray
 Data runs the plugin in workers and streams the output back here, where it is written in batches.
 
+Several jobs run at once (`SLUICE_INGEST_MAX_JOBS`), and tenants take turns: when a slot is free,
+the namespace served least recently (one never served first) whose running jobs are under
+`SLUICE_INGEST_MAX_JOBS_PER_NAMESPACE` gets it, for its collection with the oldest queued object;
+so one namespace's backlog over many collections cannot keep another's single object waiting for
+more than one of its jobs. Each task has a wall-clock limit (`SLUICE_INGEST_JOB_TIMEOUT_S`) from
+its start to the end of its job: past it the Ray Data job is shut down (its actors, and with them
+the plugin hosts, are killed), the task fails like any failed job and its slot is free.
+
 Exactly what was written is reported, never more: `documents_written` counts records the catalog
 acknowledged, `vectors_upserted` points the index acknowledged per vector name, and a job that
 wrote nothing for non-empty input is `IngestFailed`, never "completed".
@@ -22,13 +30,17 @@ written is skipped. A new version of an object replaces the old version's docume
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import mimetypes
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
@@ -63,6 +75,40 @@ LEASE_S = 60.0
 """A running task whose owner has not renewed its lease for this long is run again elsewhere."""
 HEARTBEAT_S = 10.0
 PROGRESS_EVERY_S = 1.0
+SCAN_PAGE = 20_000
+"""Queue entries read per query when looking for work. When more are queued, further queries skip
+the collections already seen, so every collection with queued objects is seen, however long the
+queue of others."""
+RESCAN_S = 2.0
+"""The queue is read again at least this often (other processes' leases end, bursts become due);
+sooner when this process queues objects or ends a job (`poke`)."""
+STOP_GRACE_S = 30.0
+"""How long a timed-out job's thread is given to end once its Ray Data execution is shut down."""
+
+
+@dataclass
+class PendingQueue:
+    """One collection's unclaimed queue entries, as the scheduler sees them."""
+
+    collection_id: str
+    namespace: str
+    oldest: float
+    entries: list[dict] = field(default_factory=list)
+
+
+def next_queue(ready: Sequence[PendingQueue], *, served: Mapping[str, int], running: Mapping[str, int],
+               per_namespace: int) -> PendingQueue | None:
+    """The queue whose task starts next: among namespaces running fewer than `per_namespace` jobs,
+    the one served least recently (never served first; ties: the oldest queued object), and of its
+    queues the one with the oldest object. `served` maps a namespace to the turn it was last served."""
+    open_ = [q for q in ready if running.get(q.namespace, 0) < per_namespace]
+    if not open_:
+        return None
+    return min(open_, key=lambda q: (served.get(q.namespace, 0), q.oldest, q.collection_id))
+
+
+class JobStopped(Exception):
+    """Raised into a stopped job's sink (its task ran past its time limit, or was interrupted)."""
 
 # --- the scheduler ---------------------------------------------------------------------------
 
@@ -78,10 +124,19 @@ class IngestScheduler:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task] = {}  # collection_id -> task
+        self._namespaces: dict[str, str] = {}  # collection_id -> namespace, of the running tasks
+        self._served: dict[str, int] = {}  # namespace -> turn in which it last got a job
+        self._turns = itertools.count(1)
+        self._dirty = True
+        self._next_scan = 0.0
         self._stopping = False
 
     def poke(self) -> None:
+        self._dirty = True
         self._wake.set()
+
+    def _running_per_namespace(self) -> Counter[str]:
+        return Counter(self._namespaces[c] for c in self._running if c in self._namespaces)
 
     @classmethod
     def for_platform(cls, platform: Any) -> IngestScheduler:
@@ -163,6 +218,8 @@ class IngestScheduler:
             if task is not None and task["status"] in TASK_FINISHED:
                 await self.catalog.delete(JOB_LEASES, collection_id)
                 continue
+            if task is not None and self._running_per_namespace()[task["namespace"]] >= self.settings.ingest_max_jobs_per_namespace:
+                continue  # its namespace's slots are taken here: resumed once one is free
             if not await self._acquire(collection_id, old_task or ""):
                 continue
             entries = await self.catalog.find(INGEST_QUEUE, {"claimed_by": old_task}) if old_task else []
@@ -173,49 +230,90 @@ class IngestScheduler:
             await self.catalog.update(
                 TASKS, old_task, {"status": TaskStatus.QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1}
             )
-            self._start(collection_id, old_task, entries)
+            self._start(collection_id, task["namespace"], old_task, entries)
 
     # --- scheduling ------------------------------------------------------------------------
 
     async def schedule(self, *, force: bool = False) -> None:
+        """Start tasks while slots are free: namespaces in turn (see `next_queue`), at most
+        `ingest_max_jobs_per_namespace` of one namespace, one per collection."""
         if len(self._running) >= self.settings.ingest_max_jobs:
             return
-        pending = await self.catalog.find(INGEST_QUEUE, {"claimed_by": None}, order_by="queued_at", limit=200_000)
-        by_collection: dict[str, list[dict]] = {}
-        for entry in pending:
-            by_collection.setdefault(entry["collection_id"], []).append(entry)
-        clock = time.time()
-        for collection_id, entries in sorted(by_collection.items(), key=lambda kv: kv[1][0]["queued_at"]):
-            if len(self._running) >= self.settings.ingest_max_jobs:
+        if not (force or self._dirty or time.monotonic() >= self._next_scan):
+            return  # nothing changed since the last look: reading the whole queue again would find the same
+        self._dirty = False
+        queues, complete = await self._pending()
+        clock, max_delay = time.time(), self.settings.ingest_max_delay_s
+        self._next_scan = time.monotonic() + RESCAN_S
+        ready: list[PendingQueue] = []
+        for queue in queues.values():
+            if queue.collection_id in self._running:
+                continue
+            if force or len(queue.entries) >= self.settings.ingest_max_objects or clock - queue.oldest >= max_delay:
+                ready.append(queue)
+            else:  # look again when its burst is due
+                self._next_scan = min(self._next_scan, time.monotonic() + queue.oldest + max_delay - clock)
+        while len(self._running) < self.settings.ingest_max_jobs:
+            pick = next_queue(ready, served=self._served, running=self._running_per_namespace(),
+                              per_namespace=self.settings.ingest_max_jobs_per_namespace)
+            if pick is None:
                 return
-            if collection_id in self._running:
-                continue
-            full = len(entries) >= self.settings.ingest_max_objects
-            due = clock - entries[0]["queued_at"] >= self.settings.ingest_max_delay_s
-            if not (force or full or due):
-                continue
-            task_id = "tsk_" + secrets.token_hex(10)
-            if not await self._acquire(collection_id, task_id):
-                continue
-            chosen = entries[: self.settings.ingest_max_objects]
-            await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": task_id}) for e in chosen])
-            first = chosen[0]
-            await self.catalog.insert(TASKS, task_id, {
-                "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": TaskStatus.QUEUED,
-                "objects": len(chosen), "correlation_id": first.get("correlation_id"), "owner": self.owner,
-                "created_at": now(), "started_at": None, "finished_at": None,
-                "documents_written": 0, "vectors_upserted": {}, "rows_failed": 0, "rows_skipped": 0, "failures": [],
-                "warnings": [], "reason": None, "rows_done": 0, "rows_total": len(chosen),
-            })
-            log.info("ingest.task_created", task_id=task_id, collection_id=collection_id, objects=len(chosen))
-            self._start(collection_id, task_id, chosen)
+            ready.remove(pick)
+            await self._claim(pick, complete=complete)
 
-    def _start(self, collection_id: str, task_id: str, entries: list[dict]) -> None:
+    async def _pending(self) -> tuple[dict[str, PendingQueue], bool]:
+        """Every collection's unclaimed entries, oldest first; False when some collections were read
+        only in part (more than `SCAN_PAGE` entries queued)."""
+        queues: dict[str, PendingQueue] = {}
+        where: dict[str, Any] = {"claimed_by": None}
+        complete = True
+        while True:
+            page = await self.catalog.find(INGEST_QUEUE, where, order_by="queued_at", limit=SCAN_PAGE)
+            for entry in page:
+                queue = queues.get(entry["collection_id"])
+                if queue is None:
+                    queue = queues[entry["collection_id"]] = PendingQueue(entry["collection_id"], entry["namespace"],
+                                                                          entry["queued_at"])
+                queue.entries.append(entry)
+            if len(page) < SCAN_PAGE:
+                return queues, complete
+            complete = False
+            where = {"claimed_by": None, "collection_id": {"$nin": sorted(queues)}}
+
+    async def _claim(self, queue: PendingQueue, *, complete: bool) -> None:
+        """Make `queue` a task and start it, unless another process holds the collection."""
+        collection_id = queue.collection_id
+        task_id = "tsk_" + secrets.token_hex(10)
+        if not await self._acquire(collection_id, task_id):
+            return
+        limit = self.settings.ingest_max_objects
+        chosen = queue.entries[:limit]
+        if not complete and len(chosen) < limit:  # the scan saw only part of this queue
+            chosen = await self.catalog.find(INGEST_QUEUE, {"claimed_by": None, "collection_id": collection_id},
+                                             order_by="queued_at", limit=limit) or chosen
+        await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": task_id}) for e in chosen])
+        first = chosen[0]
+        await self.catalog.insert(TASKS, task_id, {
+            "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": TaskStatus.QUEUED,
+            "objects": len(chosen), "correlation_id": first.get("correlation_id"), "owner": self.owner,
+            "created_at": now(), "started_at": None, "finished_at": None,
+            "documents_written": 0, "vectors_upserted": {}, "rows_failed": 0, "rows_skipped": 0, "failures": [],
+            "warnings": [], "reason": None, "rows_done": 0, "rows_total": len(chosen),
+        })
+        log.info("ingest.task_created", task_id=task_id, collection_id=collection_id, namespace=queue.namespace,
+                 objects=len(chosen), running=len(self._running) + 1)
+        self._start(collection_id, queue.namespace, task_id, chosen)
+
+    def _start(self, collection_id: str, namespace: str, task_id: str, entries: list[dict]) -> None:
         job = asyncio.create_task(self._run(task_id, collection_id, entries), name=f"sluice-ingest-{task_id}")
         self._running[collection_id] = job
+        self._namespaces[collection_id] = namespace
+        self._served[namespace] = next(self._turns)
 
         def done(_: asyncio.Task) -> None:
-            self._running.pop(collection_id, None)
+            if self._running.get(collection_id) is job:
+                self._running.pop(collection_id, None)
+                self._namespaces.pop(collection_id, None)
             self.poke()
 
         job.add_done_callback(done)
@@ -229,32 +327,42 @@ class IngestScheduler:
         task = await self.catalog.update(TASKS, task_id, {"status": TaskStatus.RUNNING, "started_at": now(), "owner": self.owner})
         assert task is not None
         writer: TaskWriter | None = None
+        limit_s = self.settings.ingest_job_timeout_s
+        deadline = time.monotonic() + limit_s
+        limit = asyncio.timeout(limit_s)
         try:
-            collection = await self.catalog.get("collections", collection_id)
-            if collection is None:
-                raise IngestRefused(f"collection {collection_id!r} was deleted before its objects were ingested")
-            plugin = await self._plugin(collection)
-            await self._check_vectors(collection, plugin)
-            spec, steps, warnings = await self._prepare(collection, plugin)
-            sources, rows, read_failures = await self._inputs(collection, plugin, entries)
-            await self._publish(task, IngestStarted(task_id=task_id, collection_id=collection_id, objects=len(entries)))
-            writer = TaskWriter(
-                catalog=self.catalog, vectors=self.vectors, collection=collection, plugin=plugin, task_id=task_id,
-                sources=sources, features=[f["name"] for f in collection["vector_indexes"]],
-                on_progress=self._progress_reporter(task, len(entries)),
-            )
-            for object_id, error in read_failures:
-                writer.fail(object_id, "read", error)
-            if warnings:
-                await self.catalog.update(TASKS, task_id, {"warnings": warnings})
-            await self._run_job(spec, steps, rows, writer)
+            async with limit:
+                collection = await self.catalog.get("collections", collection_id)
+                if collection is None:
+                    raise IngestRefused(f"collection {collection_id!r} was deleted before its objects were ingested")
+                plugin = await self._plugin(collection)
+                await self._check_vectors(collection, plugin)
+                spec, steps, warnings = await self._prepare(collection, plugin, deadline=deadline)
+                sources, rows, read_failures = await self._inputs(collection, plugin, entries)
+                await self._publish(task, IngestStarted(task_id=task_id, collection_id=collection_id, objects=len(entries)))
+                writer = TaskWriter(
+                    catalog=self.catalog, vectors=self.vectors, collection=collection, plugin=plugin, task_id=task_id,
+                    sources=sources, features=[f["name"] for f in collection["vector_indexes"]],
+                    on_progress=self._progress_reporter(task, len(entries)),
+                )
+                for object_id, error in read_failures:
+                    writer.fail(object_id, "read", error)
+                if warnings:
+                    await self.catalog.update(TASKS, task_id, {"warnings": warnings})
+                await self._run_job(spec, steps, rows, writer, task_id=task_id)
             await self._finish(task, collection, entries, writer, warnings)
         except asyncio.CancelledError:
             log.warning("ingest.task_interrupted", task_id=task_id)  # the lease runs out; a scheduler resumes it
             raise
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, IngestRefused) else f"the job failed: {type(exc).__name__}: {exc}"
-            if not isinstance(exc, IngestRefused):
+            if isinstance(exc, TimeoutError) and limit.expired():
+                reason = (f"the task ran past its time limit of {limit_s:g} s (SLUICE_INGEST_JOB_TIMEOUT_S, "
+                          "ingest_job_timeout_s): its job was stopped")
+                log.error("ingest.job_timeout", task_id=task_id, collection_id=collection_id, limit_s=limit_s)
+            elif isinstance(exc, IngestRefused):
+                reason = str(exc)
+            else:
+                reason = f"the job failed: {type(exc).__name__}: {exc}"
                 log.error("ingest.job_error", task_id=task_id, exc_info=exc)
             await self._fail(task, entries, reason, writer)
 
@@ -288,7 +396,7 @@ class IngestScheduler:
                     f"plugin {plugin['plugin_name']} {plugin['version']} writes {dim}-dimension vectors {name!r}, index "
                     f"{index!r} holds {spec.size}; nothing was run")
 
-    async def _prepare(self, collection: dict, plugin: dict) -> tuple[PluginSpec, list, list[str]]:
+    async def _prepare(self, collection: dict, plugin: dict, *, deadline: float) -> tuple[PluginSpec, list, list[str]]:
         if not getattr(self.compute, "runs_jobs", False):
             raise IngestRefused("compute is disabled (SLUICE_COMPUTE=none): set SLUICE_COMPUTE=ray to run ingest jobs")
         from engine.ingest.job import cluster_resources, fit_to_cluster, gpu_shortfall, plan_steps
@@ -297,7 +405,9 @@ class IngestScheduler:
         gpus = float(resources.get("GPU", 0.0))
         spec = await plugin_spec(self.catalog, self.store, self.settings, collection, plugin, gpus=int(gpus))
         try:
-            steps = await asyncio.to_thread(plan_steps, spec)
+            # The planning task may wait for a CPU that other jobs hold: the task's own limit bounds
+            # it (a little later, so that a task out of time fails naming its limit, not this wait).
+            steps = await asyncio.to_thread(plan_steps, spec, timeout_s=max(1.0, deadline - time.monotonic()) + 5.0)
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc
             raise IngestRefused(f"building the steps of {plugin['plugin_name']} {plugin['version']} failed: "
@@ -372,17 +482,54 @@ class IngestScheduler:
 
         return report
 
-    async def _run_job(self, spec: PluginSpec, steps: list, rows: list[dict], writer: TaskWriter) -> None:
+    async def _run_job(self, spec: PluginSpec, steps: list, rows: list[dict], writer: TaskWriter, *, task_id: str = "") -> None:
+        """Run the Ray Data job in a thread. When this coroutine is cancelled (the task's time limit,
+        or the scheduler stopping), the job is stopped: its sink refuses further batches, and its
+        Ray Data execution is shut down, killing its actors (and so the plugin hosts in them),
+        which ends the thread even while a plugin never returns."""
         from engine.ingest.job import run_job
 
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        datasets: list[Any] = []
 
         def sink(batch: pd.DataFrame) -> None:
+            if stop.is_set():
+                raise JobStopped("the job was stopped")
             if self._stopping:
                 raise RuntimeError("the scheduler is stopping")
             asyncio.run_coroutine_threadsafe(writer.write(batch), loop).result()
 
-        await asyncio.to_thread(run_job, spec, steps, rows, sink)
+        job = asyncio.ensure_future(asyncio.to_thread(run_job, spec, steps, rows, sink, on_dataset=datasets.append))
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            stop.set()
+            await self._stop_job(job, datasets, task_id=task_id)
+            raise
+
+    async def _stop_job(self, job: asyncio.Future, datasets: list[Any], *, task_id: str) -> None:
+        """Shut down the job's Ray Data execution (once it has a dataset) until its thread ends, for
+        at most `STOP_GRACE_S`."""
+        from engine.ingest.job import shut_down
+
+        started = time.monotonic()
+        stopped = 0
+        while not job.done() and time.monotonic() - started < STOP_GRACE_S:
+            if datasets:
+                try:
+                    stopped += await asyncio.to_thread(shut_down, datasets[0], JobStopped("the ingest task was stopped"))
+                except Exception as exc:  # noqa: BLE001 - Ray going away at shutdown: the thread ends with it
+                    log.warning("ingest.job_stop_failed", task_id=task_id, error=f"{type(exc).__name__}: {exc}")
+            await asyncio.wait([job], timeout=0.5)
+        if job.done():
+            if not job.cancelled():
+                job.exception()  # retrieved: the task's outcome is the time limit, not what the thread raised
+            log.warning("ingest.job_stopped", task_id=task_id, executions_shut_down=stopped,
+                        after_s=round(time.monotonic() - started, 2))
+        else:
+            log.error("ingest.job_not_stopped", task_id=task_id, grace_s=STOP_GRACE_S,
+                      detail="its thread still runs; its sink refuses every batch")
 
     async def _finish(self, task: dict, collection: dict, entries: list[dict], writer: TaskWriter, warnings: list[str]) -> None:
         task_id = task["task_id"]
