@@ -432,7 +432,7 @@ class IngestScheduler:
 
         async def one(entry: dict) -> dict | None:
             obj = ObjectCreated.model_validate(entry["object"])
-            object_id = object_id_for(obj.bucket, obj.key)
+            object_id = object_id_for(collection["namespace"], obj.bucket, obj.key)
             document_id = document_id_for(collection["collection_id"], obj.bucket, obj.key, obj.version_marker)
             mime = (obj.content_type or "").split(";", 1)[0].strip().lower()
             if not mime or mime in ("application/octet-stream", "binary/octet-stream"):
@@ -574,7 +574,7 @@ class IngestScheduler:
                 previous[record["id"]] = record
         for key, entry in zip(keys, entries, strict=True):
             obj = ObjectCreated.model_validate(entry["object"])
-            object_id = object_id_for(obj.bucket, obj.key)
+            object_id = object_id_for(collection["namespace"], obj.bucket, obj.key)
             status = "failed" if object_id in writer.failed_objects else "written"
             before = previous.get(key)
             if before is not None and before.get("marker") != obj.version_marker and status == "written":

@@ -21,9 +21,10 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def object_id_for(bucket: str, key: str) -> str:
-    """Stable across versions: the object is the same object when it changes."""
-    return "obj_" + _digest(bucket, key)[:24]
+def object_id_for(namespace: str, bucket: str, key: str) -> str:
+    """Stable across versions (the object is the same object when it changes); the namespace is
+    part of it, as of the object's location: `docs/a.txt` of two namespaces are two objects."""
+    return "obj_" + _digest(namespace, bucket, key)[:24]
 
 
 def document_id_for(collection_id: str, bucket: str, key: str, marker: str) -> str:

@@ -182,7 +182,8 @@ def test_consecutive_steps_with_the_same_resources_share_a_stage():
 
 
 def test_ids_are_stable_per_object_and_version_and_types_come_from_mime_or_content():
-    assert object_id_for("b", "k") == object_id_for("b", "k") != object_id_for("b", "k2")
+    assert object_id_for("n", "b", "k") == object_id_for("n", "b", "k") != object_id_for("n", "b", "k2")
+    assert object_id_for("n", "b", "k") != object_id_for("m", "b", "k")
     assert document_id_for("c", "b", "k", "v1") != document_id_for("c", "b", "k", "v2")
     assert document_id_for("c", "b", "k", "v1") != document_id_for("c2", "b", "k", "v1")
     assert [blob_type_for(m) for m in ("text/markdown", "application/json", "image/png", "application/pdf", "application/zip")] == [

@@ -22,7 +22,7 @@ PLUGIN = {"plugin_id": "plg_x", "plugin_name": "chunker", "version": "1.0.0"}
 
 def writer(catalog: MemoryCatalog, namespace: str, collection_id: str, key: str) -> tuple[TaskWriter, Source]:
     obj = ObjectCreated(bucket="docs", key=key, size=3, etag="e1", source="upload")
-    object_id = object_id_for("docs", key)
+    object_id = object_id_for(namespace, "docs", key)
     source = Source("entry", obj, object_id, document_id_for(collection_id, "docs", key, obj.version_marker), True)
     collection = {"collection_id": collection_id, "namespace": namespace, "index_name": None}
     return TaskWriter(catalog, None, collection, PLUGIN, "tsk_1", {object_id: source}, []), source  # type: ignore[arg-type]
