@@ -12,13 +12,15 @@ from events.payloads import DeploymentStatus
 
 
 class UploadStatus(StrEnum):
-    """A plugin upload: AWAITING_UPLOAD → CONFIRMED → REGISTERED | FAILED (scan or register refused it)."""
+    """A plugin or object upload: AWAITING_UPLOAD → CONFIRMED (→ REGISTERED | FAILED for plugins: scan
+    or register refused it), or EXPIRED when the upload sweeper found it unconfirmed past its URL's life."""
 
     AWAITING_UPLOAD = "AWAITING_UPLOAD"
     CONFIRMED = "CONFIRMED"
     SCANNED = "SCANNED"
     REGISTERED = "REGISTERED"
     FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
 
 
 class ModelStatus(StrEnum):

@@ -22,6 +22,7 @@ from functions.rest import buckets, collections, keys, models, plugins, retrieve
 from functions.rest.auth import AuthenticateFirst
 from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
+from functions.rest.limits import LimitRequestBody
 from infra.bootstrap import Platform
 
 
@@ -136,6 +137,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.state.tenancy = Tenancy(platform.catalog, platform.admin_key)
     app.state.secrets = SecretsStore.from_settings(platform.catalog, platform.settings)
     install_error_handlers(app)
+    app.add_middleware(LimitRequestBody)  # bodies over their limit: 413 before parsing (after the key check)
     app.add_middleware(AuthenticateFirst)  # keys checked before any body byte is read
     app.include_router(_routes())
     app.include_router(keys.router())

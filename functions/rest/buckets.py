@@ -8,16 +8,17 @@ valid name works, and the same name in another namespace is another folder. Conf
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import make
-from events.errors import Conflict, InvalidInput, NotFound
+from events.errors import Conflict, InvalidInput, NotFound, TooLarge
 from events.payloads import ObjectCreated
 from functions.records.collection import check_bucket_name, ensure_bucket
+from functions.records.status import UploadStatus
 from functions.rest.deps import ScopedNamespace
 from functions.runtime.runner import publish
 from infra.objectstore.local import key_problem
@@ -55,18 +56,20 @@ def router() -> APIRouter:
         await ensure_bucket(platform.catalog, namespace, bucket)
         objects = platform.objects(namespace)
         await objects.ensure_bucket(bucket)
-        expires = platform.settings.upload_url_expires_s
+        expires, limit = platform.settings.upload_url_expires_s, platform.settings.upload_max_bytes
         upload_id = "obj_" + secrets.token_hex(12)
-        url = await objects.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type)
+        url = await objects.presign_put(bucket, body.key, expires_in=expires, content_type=body.content_type, max_bytes=limit)
         physical_bucket, physical_key = objects.locate(bucket, body.key)
+        created = datetime.now(UTC)
         await platform.catalog.insert(OBJECT_UPLOADS, upload_id, {
             "upload_id": upload_id, "namespace": namespace, "bucket": bucket, "key": body.key,
             "location": {"bucket": physical_bucket, "key": physical_key},
-            "content_type": body.content_type, "status": "AWAITING_UPLOAD", "created_at": _now(),
+            "content_type": body.content_type, "status": UploadStatus.AWAITING_UPLOAD, "created_at": created.isoformat(),
+            "expires_at": (created + timedelta(seconds=expires)).isoformat(),
         })
         base = str(request.base_url).rstrip("/")
         return {
-            "upload_id": upload_id, "presigned_url": url, "expires_in": expires,
+            "upload_id": upload_id, "presigned_url": url, "expires_in": expires, "max_bytes": limit,
             "upload_headers": {"Content-Type": body.content_type} if body.content_type else {},
             "confirm_url": f"{base}/v1/namespaces/{namespace}/buckets/{bucket}/uploads/{upload_id}/confirm",
         }
@@ -77,20 +80,29 @@ def router() -> APIRouter:
         upload = await platform.catalog.get(OBJECT_UPLOADS, upload_id)
         if upload is None or upload["namespace"] != namespace or upload["bucket"] != bucket:
             raise NotFound(f"upload {upload_id!r} does not exist in bucket {bucket!r} of namespace {namespace!r}")
-        info = await platform.objects(namespace).head(bucket, upload["key"])
+        if upload["status"] == UploadStatus.EXPIRED:
+            raise Conflict(f"upload {upload_id} expired before it was confirmed: request a new upload", details={"upload_id": upload_id})
+        objects = platform.objects(namespace)
+        info = await objects.head(bucket, upload["key"])
         if info is None:
             raise Conflict(f"nothing was uploaded for {upload_id} yet: PUT the object to the presigned URL first",
                            details={"upload_id": upload_id})
+        limit = platform.settings.upload_max_bytes
+        if upload["status"] == UploadStatus.AWAITING_UPLOAD and info.size > limit:  # S3 cannot bound a presigned PUT
+            await objects.delete(bucket, upload["key"])
+            raise TooLarge(f"the object is {info.size} bytes; the limit is {limit} bytes (SLUICE_UPLOAD_MAX_BYTES): it was "
+                           "removed", details={"upload_id": upload_id, "size_bytes": info.size, "limit_bytes": limit,
+                                               "setting": "SLUICE_UPLOAD_MAX_BYTES"})
         obj = ObjectCreated(
             bucket=bucket, key=upload["key"], size=info.size, etag=info.etag, version_id=info.version_id,
             content_type=info.content_type or upload.get("content_type"), event_time=info.last_modified, source="upload",
         )
         changed = await platform.catalog.update(
-            OBJECT_UPLOADS, upload_id, {"status": "CONFIRMED", "confirmed_at": _now(), "size": info.size},
-            expect={"status": "AWAITING_UPLOAD"},
+            OBJECT_UPLOADS, upload_id, {"status": UploadStatus.CONFIRMED, "confirmed_at": _now(), "size": info.size},
+            expect={"status": UploadStatus.AWAITING_UPLOAD},
         )
         if changed is not None:  # a second confirm publishes nothing new
             await publish(platform.bus, platform.topics, make(obj, namespace=namespace))
-        return {"upload_id": upload_id, "status": "CONFIRMED", "object": obj.model_dump(mode="json")}
+        return {"upload_id": upload_id, "status": UploadStatus.CONFIRMED, "object": obj.model_dump(mode="json")}
 
     return api

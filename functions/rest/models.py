@@ -8,6 +8,12 @@ The multipart route (the seeds' `curl -F file=@model.tar.gz -F name=... -F versi
 body as a stream: the file part goes to a scratch file on disk, never into memory, and the request
 is refused as soon as it passes `settings.models_max_archive_bytes`. The namespace's model limit
 is checked before a byte of the body is read. Every route is scoped to the namespace in its path.
+
+A presigned URL carries the same limit (the local store refuses a larger PUT; the URL is
+single-use); confirm checks the stored size too (S3 cannot bound a presigned PUT): a larger
+archive is deleted and the model REJECTED with MDL102, and the same name and version can be
+requested again for a new URL. A ticket never confirmed is removed by the upload sweeper
+(functions/runtime/sweeper.py) once its URL expired.
 """
 
 from __future__ import annotations
@@ -187,7 +193,7 @@ def too_large(size: int, limit: int, *, while_streaming: bool = False) -> TooLar
     amount = f"more than {limit}" if while_streaming else str(size)
     return TooLarge(
         f"the model archive is {amount} bytes; the limit is {limit} bytes (SLUICE_MODELS_MAX_ARCHIVE_BYTES)",
-        details={"field": "file", "size_bytes": size, "limit_bytes": limit},
+        details={"field": "file", "size_bytes": size, "limit_bytes": limit, "setting": "SLUICE_MODELS_MAX_ARCHIVE_BYTES"},
     )
 
 
@@ -277,7 +283,7 @@ async def _confirm(request: Request, record: dict) -> dict:
         raise Conflict(f"nothing was uploaded for model {model_id!r} yet: PUT the archive to the presigned URL first",
                        details={"model_id": model_id})
     expect = {"status": ModelStatus.AWAITING_UPLOAD, "upload_id": record["upload_id"]}
-    if info.size > settings.models_max_archive_bytes:
+    if info.size > settings.models_max_archive_bytes:  # S3 cannot bound a presigned PUT; the local store refused it already
         error = too_large(info.size, settings.models_max_archive_bytes)
         await platform.store.delete(upload["bucket"], upload["key"])
         await registry.update(namespace, model_id, {"status": ModelStatus.REJECTED, "finished_at": now(), "size_bytes": info.size,
@@ -371,7 +377,8 @@ def router() -> APIRouter:
             raise too_large(body.size_bytes, settings.models_max_archive_bytes)
         record = await _create(request, namespace, body)
         upload = record["upload"]
-        url = await platform.store.presign_put(upload["bucket"], upload["key"], expires_in=settings.upload_url_expires_s)
+        url = await platform.store.presign_put(upload["bucket"], upload["key"], expires_in=settings.upload_url_expires_s,
+                                               max_bytes=settings.models_max_archive_bytes)
         base = _base(request, namespace)
         return {
             "model_id": record["model_id"], "name": record["name"], "version": record["version"],

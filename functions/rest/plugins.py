@@ -3,6 +3,12 @@
 Confirm publishes `PluginUploadConfirmed` and waits (bounded) for the scan and register functions
 to record the outcome in the catalog; past the wait it answers 202 with a status URL. Every route
 is scoped to the namespace in its path.
+
+An archive is at most `settings.plugins_max_archive_bytes`: the presigned URL carries that limit
+(the local store refuses a larger PUT; the URL is single-use), and confirm checks the stored size
+too (S3 cannot bound a presigned PUT): a larger archive is deleted and the upload FAILED with
+SLU902, so the client requests a new upload. An upload never confirmed is EXPIRED by the upload
+sweeper (functions/runtime/sweeper.py) once its URL expired.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from functions.records.status import UPLOAD_TERMINAL, UploadStatus
 from functions.rest.deps import ScopedNamespace
 from functions.runtime.runner import publish
 from functions.runtime.scratch import sha256_file
+from functions.runtime.sweeper import EXPIRED  # the URL expired before the upload was confirmed
 from functions.services.deploy import forget as forget_deployment
 from functions.services.deploy import request_deploy, request_undeploy
 from functions.services.retrieve import call_deployment, ready_deployment
@@ -57,6 +64,7 @@ class UploadTicket(BaseModel):
     presigned_url: str = Field(description="PUT the zip here, without credentials.")
     expires_in: int = Field(description="Seconds the URL stays valid.")
     upload_headers: dict[str, str] = Field(description="Headers to send with the PUT.")
+    max_archive_bytes: int = Field(description="Largest archive the URL takes (SLUICE_PLUGINS_MAX_ARCHIVE_BYTES).")
     plugin_name: str
     version: str = Field(description="The version this upload will register as.")
     confirm_url: str = Field(description="POST here once the PUT succeeded.")
@@ -64,7 +72,7 @@ class UploadTicket(BaseModel):
 
 class Outcome(BaseModel):
     upload_id: str
-    status: str = Field(description="AWAITING_UPLOAD, CONFIRMED, REGISTERED or FAILED.")
+    status: str = Field(description="AWAITING_UPLOAD, CONFIRMED, REGISTERED, FAILED or EXPIRED (never confirmed).")
     plugin_id: str | None = Field(description="Id of the registered version.")
     plugin_name: str
     version: str
@@ -172,12 +180,14 @@ def router() -> APIRouter:
             bucket=settings.plugins_bucket, expires_in=settings.upload_url_expires_s, strict=body.strict,
         )
         url = await platform.store.presign_put(
-            upload["archive"]["bucket"], upload["archive"]["key"], expires_in=settings.upload_url_expires_s
+            upload["archive"]["bucket"], upload["archive"]["key"], expires_in=settings.upload_url_expires_s,
+            max_bytes=settings.plugins_max_archive_bytes,
         )
         base = str(request.base_url).rstrip("/")
         return UploadTicket(
             upload_id=upload["upload_id"], presigned_url=url, expires_in=settings.upload_url_expires_s,
-            upload_headers={"Content-Type": "application/zip"}, plugin_name=body.name, version=upload["version"],
+            upload_headers={"Content-Type": "application/zip"}, max_archive_bytes=settings.plugins_max_archive_bytes,
+            plugin_name=body.name, version=upload["version"],
             confirm_url=f"{base}/v1/namespaces/{namespace}/plugins/uploads/{upload['upload_id']}/confirm",
         )
 
@@ -189,6 +199,11 @@ def router() -> APIRouter:
         platform = _platform(request)
         plugins = _plugins(request)
         upload = await plugins.get_upload(namespace, upload_id)
+        if upload["status"] == EXPIRED:
+            raise Conflict(
+                f"upload {upload_id} expired before it was confirmed (its URL expired at {upload.get('expires_at')}) and "
+                "was removed: request a new upload", details={"upload_id": upload_id, "status": EXPIRED},
+            )
         if upload["status"] == UploadStatus.AWAITING_UPLOAD:
             await _confirm(platform, plugins, upload)
         deadline = time.monotonic() + (platform.settings.confirm_wait_s if wait is None else wait)
@@ -237,8 +252,9 @@ def router() -> APIRouter:
         plugins = _plugins(request)
         store = _platform(request).store
         old, new = [await plugins.version_by_name(namespace, name, v) for v in (v1, v2)]
-        old_files, new_files = [
-            _read_sources(await store.get_bytes(r["archive"]["bucket"], r["archive"]["key"])) for r in (old, new)
+        old_files, new_files = [  # every registered archive passed the scanner's limit
+            _read_sources(await store.get_bytes(r["archive"]["bucket"], r["archive"]["key"], max_bytes=LIMITS.max_compressed_bytes))
+            for r in (old, new)
         ]
         files = [
             _file_diff(path, old_files.get(path), new_files.get(path), v1, v2)
@@ -305,7 +321,8 @@ def router() -> APIRouter:
         serving version answers (the newest version that finished deploying)."""
         platform = _platform(request)
         deployments = Deployments(platform.catalog)
-        if await platform.catalog.get(VERSIONS, plugin_id) is None:
+        found = await platform.catalog.get(VERSIONS, plugin_id)
+        if found is None or found.get("namespace") != namespace:  # another namespace's id is no id here
             serving = await deployments.serving(namespace, plugin_id)
             if serving is None:
                 raise NotFound(f"no plugin version {plugin_id!r} and no deployed plugin named {plugin_id!r} in namespace {namespace!r}",
@@ -329,13 +346,17 @@ async def _confirm(platform: Platform, plugins: PluginCatalog, upload: dict) -> 
             f"nothing was uploaded for {upload['upload_id']} yet: PUT the zip to the presigned URL first",
             details={"upload_id": upload["upload_id"]},
         )
-    if info.size > LIMITS.max_compressed_bytes:
+    limit = platform.settings.plugins_max_archive_bytes
+    if info.size > limit:  # S3 cannot bound a presigned PUT; the local store refused it already
         await platform.store.delete(ref["bucket"], ref["key"])
-        message = f"the archive is {info.size} bytes; the limit is {LIMITS.max_compressed_bytes} bytes (500 MB)"
-        await plugins.update_upload(upload["upload_id"], {"status": UploadStatus.FAILED, "finished_at": now(), "validation_errors": [
-            Finding(rule_id="SLU902", severity="error", file="", line=0, message=message,
-                    hint="Do not bundle model weights; upload them to the model registry.").model_dump()]})
-        raise TooLarge(message, details={"size_bytes": info.size, "limit_bytes": LIMITS.max_compressed_bytes})
+        message = f"the archive is {info.size} bytes; the limit is {limit} bytes (SLUICE_PLUGINS_MAX_ARCHIVE_BYTES)"
+        await plugins.update_upload(upload["upload_id"], {
+            "status": UploadStatus.FAILED, "finished_at": now(), "size_bytes": info.size, "validation_errors": [
+                Finding(rule_id="SLU902", severity="error", file="", line=0, message=message,
+                        hint="Do not bundle model weights; upload them to the model registry. Then request a new upload.",
+                        ).model_dump()]}, expect={"status": UploadStatus.AWAITING_UPLOAD})
+        raise TooLarge(message, details={"upload_id": upload["upload_id"], "size_bytes": info.size, "limit_bytes": limit,
+                                         "setting": "SLUICE_PLUGINS_MAX_ARCHIVE_BYTES"})
     if info.size == 0:
         raise InvalidInput(
             "the uploaded archive is empty; PUT the zip bytes with Content-Type: application/zip",

@@ -5,7 +5,9 @@ and the benches all call `run_functions` (or `functions_running` around it).
 - the ingest scheduler, once the models the catalog says are deployed are back (a local Ray takes
   them with it when the last process stops: a job started earlier would fail with "not deployed");
 - the deploy reconciler: versions that should be serving but whose Serve applications are gone;
-- the drop folder, when given one.
+- the drop folder, when given one;
+- the upload sweeper (functions/runtime/sweeper.py): objects of uploads never confirmed before
+  their URL expired, every `settings.upload_sweep_interval_s`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functions.runtime.dropfolder import DropFolder
 from functions.runtime.idempotency import IdempotencyStore
 from functions.runtime.runner import Function, Runner
 from functions.runtime.scheduler import IngestScheduler
+from functions.runtime.sweeper import UploadSweeper
 from infra.bootstrap import Platform
 
 log = structlog.get_logger("sluice.functions")
@@ -66,6 +69,7 @@ async def run_functions(
         if reconcile and getattr(platform.compute, "runs_jobs", False):
             await reconcile_deployments(platform.catalog, platform.serve, platform.publish)
         tasks.append(asyncio.create_task(_schedule_after_models(platform, scheduler, stop) if reconcile else scheduler.run(stop)))
+        tasks.append(asyncio.create_task(UploadSweeper.for_platform(platform).run(stop)))
         if drop_folder is not None:
             tasks.append(asyncio.create_task(DropFolder(
                 drop_folder, platform.store, platform.catalog, platform.bus, platform.topics,

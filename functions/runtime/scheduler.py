@@ -50,7 +50,7 @@ from engine.ingest.worker import PluginSpec
 from engine.plugins.extractors.pipeline import TEXT_MIME_TYPES
 from events.bus import EventBus
 from events.envelope import make
-from events.errors import AlreadyExists, NotFound
+from events.errors import AlreadyExists, NotFound, TooLarge
 from events.payloads import IngestCompleted, IngestFailed, IngestProgress, IngestStarted, ObjectCreated
 from events.topics import Topics
 from functions.records.collection import DOCUMENTS, INGEST_QUEUE, INGESTED, ingested_key
@@ -446,7 +446,9 @@ class IngestScheduler:
                             failures.append((object_id, f"text object of {obj.size} bytes is over the inline limit "
                                                         f"({self.settings.ingest_max_inline_bytes}, SLUICE_INGEST_MAX_INLINE_BYTES)"))
                             return None
-                        raw = await objects.get_bytes(obj.bucket, obj.key)
+                        # bounded: on S3 the object may have been replaced after its confirm (a presigned URL
+                        # cannot be made single-use there), and nothing larger than the limit is read
+                        raw = await objects.get_bytes(obj.bucket, obj.key, max_bytes=self.settings.ingest_max_inline_bytes)
                         if kind == "text" or looks_like_text(raw[:8192]):
                             try:
                                 data = raw.decode("utf-8-sig")
@@ -458,6 +460,11 @@ class IngestScheduler:
                         data = objects.url(obj.bucket, obj.key)
                 except NotFound:
                     failures.append((object_id, f"object {obj.bucket}/{obj.key} no longer exists"))
+                    return None
+                except TooLarge:
+                    failures.append((object_id, f"object {obj.bucket}/{obj.key} is now larger than the inline limit "
+                                                f"({self.settings.ingest_max_inline_bytes}, SLUICE_INGEST_MAX_INLINE_BYTES): "
+                                                "it changed after it was announced"))
                     return None
             obj = obj.model_copy(update={"content_type": mime or obj.content_type})
             sources[object_id] = Source(entry["id"], obj, object_id, document_id, kind == "text")

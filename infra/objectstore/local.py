@@ -6,6 +6,7 @@ keeps its own bookkeeping in a hidden `.sluice/` folder that no key can reach an
     root/<bucket>/<key>                 the object's bytes
     root/<bucket>/.sluice/meta/<key>    sidecar: etag, content type, and the data file it describes
     root/<bucket>/.sluice/tmp/          staged uploads, renamed into place when complete
+    root/<bucket>/.sluice/used/         one empty mark per presigned PUT URL already used
     root/<bucket>/.sluice/lock          flock: one commit at a time, so data and sidecar agree
 
 A write streams into a staged file (fsynced), then renames it over the object with `os.replace`:
@@ -13,8 +14,17 @@ readers see the old bytes or the new ones, never a part. Staging sits inside the
 so the rename never crosses filesystems, and a half-written upload never shows up in a listing.
 
 Presigned URLs point at `presigned_router`, which the REST app mounts at its base URL
-(`public_url`). They carry an HMAC-SHA256 signature over the operation, bucket, key, expiry and
-content type, so a client can PUT or GET exactly one key until the URL expires.
+(`public_url`). They carry an HMAC-SHA256 signature over the operation, bucket, key, expiry,
+content type and (PUT) size limit, so a client can PUT or GET exactly one key until the URL
+expires. A PUT URL is single-use: the commit of the first successful PUT leaves a mark named after
+the URL's signature in `.sluice/used/` (taken atomically under the bucket lock, so of two PUTs
+racing with one URL exactly one is stored), and every later PUT with that URL is refused with 403.
+A PUT that fails (too large, refused, broken off) leaves no mark, so the client may retry it. The
+marks live on disk, so a restarted store still refuses a used URL; each is removed once its URL
+expired more than `LATE_COMMIT_S` ago, after which no PUT with it can commit anyway. A PUT URL
+signed with a size limit refuses a Content-Length over it before reading a byte (413), and counts
+the bytes of a streamed body, stopping at the first byte over the limit (413, nothing stored, the
+previous object untouched).
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ import hmac
 import json
 import math
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -38,9 +50,9 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from events.errors import Conflict, Forbidden, InvalidInput, NotFound, SluiceError
+from events.errors import Conflict, Forbidden, InvalidInput, NotFound, SluiceError, TooLarge
 from events.lifecycle import Health
-from infra.objectstore.base import ObjectInfo, ObjectStore
+from infra.objectstore.base import ObjectInfo, ObjectStore, check_max_bytes, object_too_large
 from infra.objectstore.rules import (
     PARAM_CONTENT_TYPE,
     PARAM_EXPIRES,
@@ -55,7 +67,12 @@ from infra.objectstore.rules import (
 INTERNAL = ".sluice"  # per-bucket bookkeeping folder; a key may not start with this segment
 CHUNK = 1024 * 1024
 STALE_UPLOAD_S = 24 * 3600  # a staged upload untouched this long was left by a crash
+LATE_COMMIT_S = 600  # a PUT that started before its URL expired may still commit this long after
+USED_PURGE_EVERY_S = 600  # how often a bucket's expired used-URL marks are removed, at most
 PARAM_SIGNATURE = "X-Sluice-Signature"
+PARAM_MAX_BYTES = "X-Sluice-Max-Bytes"
+PARAM_NONCE = "X-Sluice-Nonce"  # PUT URLs: two URLs for one key are two URLs, each used once
+USED_MESSAGE = "this upload URL was already used"
 
 
 def key_problem(key: str) -> str | None:
@@ -128,6 +145,21 @@ def _identity(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+@dataclass(frozen=True)
+class _Signed:
+    """What a verified presigned URL allows."""
+
+    expires: int
+    signature: str
+    content_type: str | None
+    max_bytes: int | None
+
+    @property
+    def mark_name(self) -> str:
+        """The name of this URL's used mark: its expiry first, so a purge needs no file read."""
+        return f"{self.expires}-{self.signature}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -147,6 +179,7 @@ class LocalObjectStore(ObjectStore):
         self._root = Path(root).expanduser().absolute()
         self._public_url = public_url.rstrip("/")
         self._signing_key = signing_key
+        self._purged_at: dict[str, float] = {}  # bucket -> when its used marks were last purged
 
     @property
     def root(self) -> Path:
@@ -163,6 +196,8 @@ class LocalObjectStore(ObjectStore):
             with suppress(OSError):
                 if staged.stat().st_mtime < cutoff:
                     staged.unlink()
+        for used in self._root.glob(f"*/{INTERNAL}/used"):
+            _purge_used(used)
 
     async def _health(self) -> Health:
         detail = {"root": str(self._root)}
@@ -213,9 +248,14 @@ class LocalObjectStore(ObjectStore):
         staging.mkdir(parents=True, exist_ok=True)
         return _Staged(staging)
 
-    def _commit(self, bucket: str, key: str, staged: _Staged, content_type: str | None) -> ObjectInfo:
-        """Move a complete staged upload into place, with its sidecar, under the bucket lock."""
+    def _commit(
+        self, bucket: str, key: str, staged: _Staged, content_type: str | None, used_mark: Path | None = None
+    ) -> ObjectInfo:
+        """Move a complete staged upload into place, with its sidecar, under the bucket lock.
+        With `used_mark` (a presigned PUT), the mark is taken first, atomically: when it exists
+        already, the URL was used and nothing is stored (`Forbidden`)."""
         meta: _Staged | None = None
+        claimed = replaced = False
         try:
             bucket_dir = self._bucket_dir(bucket)
             path = self._object_path(bucket, key)
@@ -236,16 +276,24 @@ class LocalObjectStore(ObjectStore):
                         "object and other objects under the same name (`a` and `a/b`)",
                         details={"bucket": bucket, "key": key},
                     ) from exc
+                if used_mark is not None:
+                    _claim(used_mark, bucket, key)
+                    claimed = True
                 os.replace(staged.path, path)
+                replaced = True
                 os.replace(meta.path, meta_path)
                 modified = path.stat().st_mtime
         except BaseException:
             staged.discard()
             if meta is not None:
                 meta.discard()
+            if claimed and not replaced and used_mark is not None:
+                used_mark.unlink(missing_ok=True)  # nothing was stored: the URL is not used
             raise
         _fsync_dir(path.parent)
         _fsync_dir(meta_path.parent)
+        if used_mark is not None:
+            _fsync_dir(used_mark.parent)
         return ObjectInfo(
             bucket=bucket,
             key=key,
@@ -266,24 +314,46 @@ class LocalObjectStore(ObjectStore):
         return self._commit(bucket, key, staged, content_type)
 
     async def _put_stream(
-        self, bucket: str, key: str, chunks: AsyncIterator[bytes], content_type: str | None
+        self, bucket: str, key: str, chunks: AsyncIterator[bytes], content_type: str | None, *,
+        max_bytes: int | None = None, used_mark: Path | None = None, commit_by: float | None = None,
     ) -> ObjectInfo:
-        """Store an async stream of bytes (an HTTP request body) without holding it in memory."""
+        """Store an async stream of bytes (an HTTP request body) without holding it in memory.
+        With `max_bytes`, reading stops at the first byte over it (`TooLarge`, nothing stored);
+        `used_mark` makes the commit single-use (see `_commit`); past `commit_by` (epoch seconds)
+        nothing is committed (`Forbidden`)."""
         self._object_path(bucket, key)
         staged = await asyncio.to_thread(self._stage, bucket)
         try:
+            received = 0
             buffer = bytearray()
             async for chunk in chunks:
+                received += len(chunk)
+                if max_bytes is not None and received > max_bytes:
+                    raise _upload_too_large(bucket, key, max_bytes)
                 buffer += chunk
                 if len(buffer) >= CHUNK:
                     await asyncio.to_thread(staged.write, bytes(buffer))
                     buffer.clear()
             if buffer:
                 await asyncio.to_thread(staged.write, bytes(buffer))
+            if commit_by is not None and time.time() > commit_by:
+                raise Forbidden(
+                    f"the upload finished more than {LATE_COMMIT_S} s after its URL expired; request a new URL",
+                    details={"bucket": bucket, "key": key},
+                )
         except BaseException:
             staged.discard()
             raise
-        return await asyncio.to_thread(self._commit, bucket, key, staged, content_type)
+        if used_mark is not None:
+            await asyncio.to_thread(self._purge_used_now_and_then, bucket, used_mark.parent)
+        return await asyncio.to_thread(self._commit, bucket, key, staged, content_type, used_mark)
+
+    def _purge_used_now_and_then(self, bucket: str, used: Path) -> None:
+        """Remove the bucket's expired used marks, at most every `USED_PURGE_EVERY_S`."""
+        stamp = time.monotonic()
+        if stamp - self._purged_at.get(bucket, -math.inf) >= USED_PURGE_EVERY_S:
+            self._purged_at[bucket] = stamp
+            _purge_used(used)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -332,10 +402,19 @@ class LocalObjectStore(ObjectStore):
                 return None
             return self._info(bucket, key, stat, self._read_meta(bucket_dir, key, stat))
 
-    def _get(self, bucket: str, key: str) -> bytes:
+    def _get(self, bucket: str, key: str, max_bytes: int | None) -> bytes:
         path = self._object_path(bucket, key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as file:
+                if max_bytes is None:
+                    return file.read()
+                size = os.fstat(file.fileno()).st_size
+                if size > max_bytes:
+                    raise object_too_large(bucket, key, max_bytes, size)
+                data = file.read(size + 1)  # a commit replaces the file, never grows it; still, read no more
+                if len(data) > max_bytes:
+                    raise object_too_large(bucket, key, max_bytes)
+                return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             self._existing_bucket_dir(bucket)
             raise object_not_found(bucket, key) from exc
@@ -420,9 +499,10 @@ class LocalObjectStore(ObjectStore):
 
         return await asyncio.to_thread(self._store, bucket, key, content_type, copy)
 
-    async def get_bytes(self, bucket: str, key: str) -> bytes:
+    async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
         self._require_connected()
-        return await asyncio.to_thread(self._get, bucket, key)
+        check_max_bytes(max_bytes)
+        return await asyncio.to_thread(self._get, bucket, key, max_bytes)
 
     async def download_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
         self._require_connected()
@@ -445,14 +525,17 @@ class LocalObjectStore(ObjectStore):
         await asyncio.to_thread(self._delete, bucket, key)
 
     async def presign_put(
-        self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None
+        self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None,
+        max_bytes: int | None = None,
     ) -> str:
+        """Single-use; with `max_bytes`, a larger body is refused (413) and nothing stored."""
         self._require_connected()
-        return self._presign("PUT", bucket, key, expires_in, content_type)
+        check_max_bytes(max_bytes)
+        return self._presign("PUT", bucket, key, expires_in, content_type, max_bytes)
 
     async def presign_get(self, bucket: str, key: str, *, expires_in: int = 3600) -> str:
         self._require_connected()
-        return self._presign("GET", bucket, key, expires_in, None)
+        return self._presign("GET", bucket, key, expires_in, None, None)
 
     def http_routers(self) -> list:
         """The REST app serves this store's presigned URLs."""
@@ -464,11 +547,18 @@ class LocalObjectStore(ObjectStore):
 
     # -- presigned URLs --------------------------------------------------------------------------
 
-    def _signature(self, op: str, bucket: str, key: str, expires: int, content_type: str | None) -> str:
-        message = json.dumps([op, bucket, key, expires, content_type]).encode()
-        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+    def _signature(
+        self, op: str, bucket: str, key: str, expires: int, content_type: str | None, max_bytes: int | None,
+        nonce: str | None,
+    ) -> str:
+        signed: list = [op, bucket, key, expires, content_type]
+        if max_bytes is not None or nonce is not None:  # URLs with neither keep the signature they always had
+            signed += [max_bytes, nonce]
+        return hmac.new(self._signing_key, json.dumps(signed).encode(), hashlib.sha256).hexdigest()
 
-    def _presign(self, op: str, bucket: str, key: str, expires_in: int, content_type: str | None) -> str:
+    def _presign(
+        self, op: str, bucket: str, key: str, expires_in: int, content_type: str | None, max_bytes: int | None
+    ) -> str:
         check_bucket(bucket)
         check_key(key)
         check_expires(expires_in)
@@ -477,26 +567,42 @@ class LocalObjectStore(ObjectStore):
         params = {PARAM_OP: op, PARAM_EXPIRES: str(expires)}
         if content_type is not None:
             params[PARAM_CONTENT_TYPE] = content_type
-        params[PARAM_SIGNATURE] = self._signature(op, bucket, key, expires, content_type)
+        if max_bytes is not None:
+            params[PARAM_MAX_BYTES] = str(max_bytes)
+        nonce = secrets.token_hex(8) if op == "PUT" else None
+        if nonce is not None:
+            params[PARAM_NONCE] = nonce
+        params[PARAM_SIGNATURE] = self._signature(op, bucket, key, expires, content_type, max_bytes, nonce)
         return f"{self._public_url}/v1/objects/{bucket}/{quote(key, safe='/')}?{urlencode(params)}"
 
-    def _verify(self, op: str, bucket: str, key: str, query: dict[str, str]) -> str | None:
-        """Check a presigned request; returns the signed content type. Raises `Forbidden`."""
+    def _verify(self, op: str, bucket: str, key: str, query: dict[str, str]) -> _Signed:
+        """Check a presigned request; returns what it allows. Raises `Forbidden`."""
         details = {"bucket": bucket, "key": key}
         try:
             expires = int(query[PARAM_EXPIRES])
             signature = query[PARAM_SIGNATURE]
+            raw_limit = query.get(PARAM_MAX_BYTES)
+            max_bytes = None if raw_limit is None else int(raw_limit)
         except (KeyError, ValueError) as exc:
             raise Forbidden("the URL is not a presigned URL", details=details) from exc
         content_type = query.get(PARAM_CONTENT_TYPE)
-        expected = self._signature(query.get(PARAM_OP, ""), bucket, key, expires, content_type)
+        expected = self._signature(
+            query.get(PARAM_OP, ""), bucket, key, expires, content_type, max_bytes, query.get(PARAM_NONCE)
+        )
         if not hmac.compare_digest(expected, signature):
             raise Forbidden("the signature does not match this URL", details=details)
         if query.get(PARAM_OP) != op:
             raise Forbidden(f"the URL was signed for {query.get(PARAM_OP)}, not {op}", details=details)
         if time.time() > expires:
             raise Forbidden("the presigned URL has expired", details={**details, "expired_at": expires})
-        return content_type
+        return _Signed(expires=expires, signature=signature, content_type=content_type, max_bytes=max_bytes)
+
+    def _used_mark(self, bucket: str, key: str, signed: _Signed) -> Path:
+        """Where the mark of a used PUT URL lives; `Forbidden` when it is there already."""
+        mark = self._bucket_dir(bucket) / INTERNAL / "used" / signed.mark_name
+        if mark.exists():
+            raise Forbidden(USED_MESSAGE, details={"bucket": bucket, "key": key})
+        return mark
 
 
 def _prune_empty_folders(folder: Path, top: Path) -> None:
@@ -509,32 +615,77 @@ def _prune_empty_folders(folder: Path, top: Path) -> None:
         folder = folder.parent
 
 
+def _upload_too_large(bucket: str, key: str, limit: int, declared: int | None = None) -> TooLarge:
+    amount = f"{declared} bytes (Content-Length)" if declared is not None else f"more than {limit} bytes"
+    details: dict[str, Any] = {"bucket": bucket, "key": key, "limit_bytes": limit}
+    if declared is not None:
+        details["size_bytes"] = declared
+    return TooLarge(f"the upload is {amount}; this upload URL takes at most {limit} bytes; nothing was stored",
+                    details=details)
+
+
+def _claim(mark: Path, bucket: str, key: str) -> None:
+    """Take a used mark atomically (O_EXCL); `Forbidden` when another PUT took it first."""
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise Forbidden(USED_MESSAGE, details={"bucket": bucket, "key": key}) from None
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _purge_used(used: Path, now: float | None = None) -> None:
+    """Remove the marks of URLs that expired more than `LATE_COMMIT_S` ago: no PUT with them can
+    pass `_verify` or commit any more, so the mark has nothing left to refuse."""
+    cutoff = (time.time() if now is None else now) - LATE_COMMIT_S
+    with suppress(OSError):
+        for mark in used.iterdir():
+            expires, _, _ = mark.name.partition("-")
+            if expires.isdigit() and int(expires) < cutoff:
+                with suppress(OSError):
+                    mark.unlink()
+
+
 # The HTTP status of each error a presigned request can end in.
-_STATUS: dict[type[SluiceError], int] = {Forbidden: 403, InvalidInput: 400, NotFound: 404, Conflict: 409}
+_STATUS: dict[type[SluiceError], int] = {
+    Forbidden: 403, InvalidInput: 400, NotFound: 404, Conflict: 409, TooLarge: 413,
+}
 
 
 def _error(exc: SluiceError) -> JSONResponse:
     status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
     body = {"error": {"type": exc.error_type, "message": exc.message, "details": exc.details}}
-    return JSONResponse(body, status_code=status)
+    # A refusal that leaves the body unread ends the connection: the client cannot reuse it.
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def presigned_router(store: LocalObjectStore) -> APIRouter:
     """`PUT` and `GET /v1/objects/{bucket}/{key}` for the URLs `store` presigns."""
     router = APIRouter(tags=["objects"])
 
-    @router.put("/v1/objects/{bucket}/{key:path}", summary="Upload one object with a presigned URL")
+    @router.put("/v1/objects/{bucket}/{key:path}", summary="Upload one object with a presigned URL (once)")
     async def put_object(bucket: str, key: str, request: Request) -> Response:
         try:
-            signed_type = store._verify("PUT", bucket, key, dict(request.query_params))
+            signed = store._verify("PUT", bucket, key, dict(request.query_params))
             sent_type = request.headers.get("content-type")
-            if signed_type is not None and (sent_type or "").strip() != signed_type:
+            if signed.content_type is not None and (sent_type or "").strip() != signed.content_type:
                 raise Forbidden(
-                    f"this URL requires Content-Type: {signed_type}",
+                    f"this URL requires Content-Type: {signed.content_type}",
                     details={"bucket": bucket, "key": key, "content_type": sent_type},
                 )
-            info = await store._put_stream(bucket, key, request.stream(), signed_type or sent_type)
-        except (Forbidden, InvalidInput, NotFound, Conflict) as exc:
+            mark = store._used_mark(bucket, key, signed)
+            declared = request.headers.get("content-length", "")
+            if signed.max_bytes is not None and declared.isdigit() and int(declared) > signed.max_bytes:
+                raise _upload_too_large(bucket, key, signed.max_bytes, int(declared))
+            info = await store._put_stream(
+                bucket, key, request.stream(), signed.content_type or sent_type,
+                max_bytes=signed.max_bytes, used_mark=mark, commit_by=signed.expires + LATE_COMMIT_S,
+            )
+        except (Forbidden, InvalidInput, NotFound, Conflict, TooLarge) as exc:
             return _error(exc)
         return Response(status_code=200, headers={"ETag": f'"{info.etag}"'})
 

@@ -3,6 +3,13 @@
 The client lives from `connect()` to `close()`. Errors come out as Sluice errors: a missing object
 or bucket is `NotFound`, an unreachable or throttling endpoint `TransientError`, a bad bucket name
 or key `InvalidInput`; the botocore exception is kept as the cause.
+
+A presigned PUT cannot be bounded on S3 (`bounds_presigned_puts = False`): SigV4 signs a fixed
+Content-Length or none, never a range (only presigned POST policies have `content-length-range`),
+and S3 accepts the same URL again until it expires. So `presign_put`'s `max_bytes` is checked, not
+enforced: the URL's expiry is the bound on its use, and whoever confirms the upload must compare
+the stored size with the limit and delete an object over it (the plugin, model and object confirm
+routes do).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from events.errors import Conflict, Forbidden, InvalidInput, NotFound, PermanentError, SluiceError, TransientError
 from events.lifecycle import Health
-from infra.objectstore.base import ObjectInfo, ObjectStore
+from infra.objectstore.base import ObjectInfo, ObjectStore, check_max_bytes, object_too_large
 
 PART_SIZE = 8 * 1024 * 1024  # files above this go up in parts of this size
 MAX_PARTS = 10_000
@@ -123,6 +130,7 @@ class S3ObjectStore(ObjectStore):
     """S3 through aiobotocore. `endpoint_url=None` means AWS; credentials default to boto's chain."""
 
     adapter_name = "s3"
+    bounds_presigned_puts = False  # see the module doc: confirm checks the size, expiry bounds the URL
 
     def __init__(
         self,
@@ -259,13 +267,24 @@ class S3ObjectStore(ObjectStore):
             version_id=done.get("VersionId"),
         )
 
-    async def get_bytes(self, bucket: str, key: str) -> bytes:
+    async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
         self._require_connected()
         _check_key(key)
+        check_max_bytes(max_bytes)
         with _errors(bucket, key):
             response = await self._client.get_object(Bucket=bucket, Key=key)
             async with response["Body"] as body:
-                return await body.read()
+                if max_bytes is None:
+                    return await body.read()
+                size = response.get("ContentLength")
+                if size is not None and size > max_bytes:
+                    raise object_too_large(bucket, key, max_bytes, size)  # the body is closed unread
+                data = bytearray()
+                async for chunk in body.iter_chunks(CHUNK):  # HTTP framing holds it to ContentLength; count anyway
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise object_too_large(bucket, key, max_bytes)
+                return bytes(data)
 
     async def download_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
         self._require_connected()
@@ -322,11 +341,15 @@ class S3ObjectStore(ObjectStore):
             await self._client.delete_object(Bucket=bucket, Key=key)
 
     async def presign_put(
-        self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None
+        self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None,
+        max_bytes: int | None = None,
     ) -> str:
+        """`max_bytes` is checked but cannot be signed into the URL (module doc): confirm checks
+        the stored size; the URL can be used until `expires_in` runs out."""
         self._require_connected()
         _check_key(key)
         _check_expires(expires_in)
+        check_max_bytes(max_bytes)
         params = {"Bucket": bucket, "Key": key}
         if content_type:
             params["ContentType"] = content_type  # signed: the client must send this Content-Type

@@ -71,8 +71,8 @@ class NamespaceStore:
     async def put_file(self, bucket: str, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
         return self._tenant(await self.store.put_file(*self.locate(bucket, key), path, content_type=content_type), bucket)
 
-    async def get_bytes(self, bucket: str, key: str) -> bytes:
-        return await self.store.get_bytes(*self.locate(bucket, key))
+    async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        return await self.store.get_bytes(*self.locate(bucket, key), max_bytes=max_bytes)
 
     async def download_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
         return self._tenant(await self.store.download_file(*self.locate(bucket, key), path), bucket)
@@ -88,8 +88,10 @@ class NamespaceStore:
     async def delete(self, bucket: str, key: str) -> None:
         await self.store.delete(*self.locate(bucket, key))
 
-    async def presign_put(self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None) -> str:
-        return await self.store.presign_put(*self.locate(bucket, key), expires_in=expires_in, content_type=content_type)
+    async def presign_put(self, bucket: str, key: str, *, expires_in: int = 3600, content_type: str | None = None,
+                          max_bytes: int | None = None) -> str:
+        return await self.store.presign_put(*self.locate(bucket, key), expires_in=expires_in, content_type=content_type,
+                                            max_bytes=max_bytes)
 
     async def presign_get(self, bucket: str, key: str, *, expires_in: int = 3600) -> str:
         return await self.store.presign_get(*self.locate(bucket, key), expires_in=expires_in)

@@ -320,7 +320,15 @@ async def test_limits_on_archive_size_and_models_per_namespace(tmp_path):
         r = await client.post("/v1/namespaces/acme/models/uploads", headers=auth(),
                               json={"name": "big-model", "version": "1.0.0", "model_format": "pytorch", "size_bytes": len(big)})
         assert r.status_code == 413
-        r = await presigned(client, big, "big-model")
+        r = await client.post("/v1/namespaces/acme/models/uploads", headers=auth(),
+                              json={"name": "big-model", "version": "1.0.0", "model_format": "pytorch"})
+        ticket = r.json()
+        put = await client.put(ticket["presigned_url"], content=big, headers=ticket["upload_headers"])
+        assert put.status_code == 413 and put.json()["error"]["details"]["limit_bytes"] == limit  # the local store's own cap
+        assert await stored_keys(platform) == []
+        record = await platform.catalog.get("models", "acme|big-model_1_0_0")
+        await platform.store.put_bytes(BUCKET, record["upload"]["key"], big)  # what S3 would let through
+        r = await client.post(ticket["confirm_url"], headers=auth())
         assert r.status_code == 413 and f"is {len(big)} bytes; the limit is {limit} bytes" in first_error(r)["message"]
         got = (await client.get("/v1/namespaces/acme/models/big-model_1_0_0", headers=auth())).json()
         assert got["status"] == "REJECTED" and got["errors"][0]["rule_id"] == "MDL102"

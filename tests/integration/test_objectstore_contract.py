@@ -10,6 +10,12 @@ Content-Type. So where a test asks "is this presigned request refused?", the loc
 server, and the S3 variant checks the URL's SigV4 signature and expiry the way S3 does, with
 botocore's own signer (`sigv4_presigned_url_is_valid`). Each of those tests also shows that the
 genuine request passes the same check, so the check cannot pass by refusing everything.
+
+A presigned PUT's `max_bytes` and single use are the store's to enforce where
+`bounds_presigned_puts` is True: the local store (through its routes) and the in-memory fake
+(through `put_presigned`, its in-process stand-in for those routes). S3 cannot bound a presigned
+PUT, so those tests skip it, saying so, and `test_s3_a_presigned_put_is_bounded_by_its_expiry_only`
+shows why the confirm routes check the stored size.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from botocore.credentials import Credentials
 from botocore.exceptions import EndpointConnectionError
 from fastapi import FastAPI
 
-from events.errors import Conflict, InvalidInput, NotConnected, NotFound, TransientError
+from events.errors import Conflict, Forbidden, InvalidInput, NotConnected, NotFound, SluiceError, TooLarge, TransientError
 from infra.objectstore import LocalObjectStore, MemoryObjectStore, ObjectStore, S3ObjectStore, presigned_router
+from infra.objectstore import local as local_module
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
 
 pytestmark = pytest.mark.integration
@@ -179,6 +186,42 @@ async def presigned_request_is_refused(
         return True
     assert response.status_code == 200, response.text
     return False
+
+
+def requires_bounded_puts(store: ObjectStore) -> None:
+    """Skip, by name and reason, a test of `max_bytes` and single use on a store that cannot bound
+    a presigned PUT. Only S3 may (its confirm routes check the size instead)."""
+    if store.bounds_presigned_puts:
+        return
+    assert isinstance(store, S3ObjectStore), f"{type(store).__name__} must bound its presigned PUTs"
+    pytest.skip("S3 cannot bound a presigned PUT: max_bytes is checked at confirm, the URL's expiry bounds its use")
+
+
+@dataclass(frozen=True)
+class PutAnswer:
+    status: int
+    error: dict | None = None
+
+
+async def put_with_url(store: ObjectStore, url: str, body: bytes | list[bytes], content_type: str) -> PutAnswer:
+    """PUT `body` with a presigned URL: over HTTP, or through `put_presigned` on the in-memory fake
+    (its in-process stand-in for the local store's route). A list is sent as a chunked body."""
+    if isinstance(store, MemoryObjectStore):
+        try:
+            await store.put_presigned(url, b"".join(body) if isinstance(body, list) else body, content_type=content_type)
+        except SluiceError as exc:
+            status = {Forbidden: 403, TooLarge: 413}[type(exc)]
+            return PutAnswer(status, {"type": exc.error_type, "message": exc.message, "details": exc.details})
+        return PutAnswer(200)
+
+    async def chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    content = chunks(body) if isinstance(body, list) else body
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+        response = await http.put(url, content=content, headers={"Content-Type": content_type})
+    return PutAnswer(response.status_code, None if response.status_code == 200 else response.json()["error"])
 
 
 # -- the contract ----------------------------------------------------------------------------------
@@ -429,6 +472,83 @@ async def test_presigning_for_longer_than_seven_days_or_no_time_is_invalid_input
             await store.presign_put("some-bucket", "k", expires_in=expires_in)
 
 
+async def test_a_negative_max_bytes_is_invalid_input(store: ObjectStore, bucket: str) -> None:
+    with pytest.raises(InvalidInput):
+        await store.presign_put(bucket, "k", max_bytes=-1)
+    with pytest.raises(InvalidInput):
+        await store.get_bytes(bucket, "k", max_bytes=-1)
+
+
+async def test_a_presigned_put_over_its_max_bytes_is_refused_and_nothing_is_stored(store: ObjectStore, bucket: str) -> None:
+    requires_bounded_puts(store)
+    await store.put_bytes(bucket, "bounded.bin", b"previous", content_type="text/plain")
+    url = await store.presign_put(bucket, "bounded.bin", content_type="application/octet-stream", max_bytes=1024)
+
+    over = await put_with_url(store, url, os.urandom(1025), "application/octet-stream")
+
+    assert over.status == 413 and over.error is not None
+    assert over.error["type"] == "too_large" and "1024" in over.error["message"]
+    assert over.error["details"]["limit_bytes"] == 1024
+    assert await store.get_bytes(bucket, "bounded.bin") == b"previous"
+    if isinstance(store, LocalObjectStore):
+        # No Content-Length to refuse up front: the streamed bytes are counted and cut at 1025.
+        streamed = await put_with_url(store, url, [os.urandom(600), os.urandom(600), os.urandom(600)], "application/octet-stream")
+        assert streamed.status == 413 and streamed.error is not None and streamed.error["type"] == "too_large"
+        assert await store.get_bytes(bucket, "bounded.bin") == b"previous"
+        assert list((store.root / bucket / ".sluice" / "tmp").iterdir()) == []  # nothing staged is left
+    # Refusals do not use the URL up: exactly the limit goes through.
+    exact = os.urandom(1024)
+    assert (await put_with_url(store, url, exact, "application/octet-stream")).status == 200
+    assert await store.get_bytes(bucket, "bounded.bin") == exact
+
+
+async def test_a_presigned_put_url_is_used_once_and_the_first_object_stays(store: ObjectStore, bucket: str) -> None:
+    requires_bounded_puts(store)
+    url = await store.presign_put(bucket, "once.txt", content_type="text/plain")
+    other = await store.presign_put(bucket, "once.txt", content_type="text/plain")
+    assert other != url  # each URL is its own
+
+    assert (await put_with_url(store, url, b"first", "text/plain")).status == 200
+    again = await put_with_url(store, url, b"second", "text/plain")
+
+    assert again.status == 403 and again.error is not None
+    assert again.error["type"] == "forbidden" and again.error["message"] == "this upload URL was already used"
+    assert await store.get_bytes(bucket, "once.txt") == b"first"
+    assert (await put_with_url(store, other, b"by the other URL", "text/plain")).status == 200
+    assert await store.get_bytes(bucket, "once.txt") == b"by the other URL"
+
+
+async def test_a_presigned_put_url_with_its_max_bytes_altered_or_removed_is_refused(store: ObjectStore, bucket: str) -> None:
+    requires_bounded_puts(store)
+    url = await store.presign_put(bucket, "small.txt", content_type="text/plain", max_bytes=10)
+    assert "X-Sluice-Max-Bytes=10&" in url or url.endswith("X-Sluice-Max-Bytes=10")
+    raised = url.replace("X-Sluice-Max-Bytes=10", "X-Sluice-Max-Bytes=100000")
+    removed = url.replace("X-Sluice-Max-Bytes=10&", "").replace("&X-Sluice-Max-Bytes=10", "")
+    assert raised != url and removed != url
+
+    for tampered in (raised, removed):
+        answer = await put_with_url(store, tampered, b"x" * 50, "text/plain")
+        assert answer.status == 403 and answer.error is not None and answer.error["type"] == "forbidden"
+    assert await store.head(bucket, "small.txt") is None
+    assert (await put_with_url(store, url, b"0123456789", "text/plain")).status == 200
+
+
+async def test_get_bytes_with_max_bytes_refuses_a_larger_object(store: ObjectStore, bucket: str) -> None:
+    data = os.urandom(100)
+    await store.put_bytes(bucket, "hundred.bin", data)
+
+    assert await store.get_bytes(bucket, "hundred.bin", max_bytes=100) == data
+    assert await store.get_bytes(bucket, "hundred.bin", max_bytes=10**12) == data
+    for limit in (99, 0):
+        with pytest.raises(TooLarge) as caught:
+            await store.get_bytes(bucket, "hundred.bin", max_bytes=limit)
+        assert caught.value.details["limit_bytes"] == limit
+        assert caught.value.details["size_bytes"] == 100
+        assert caught.value.details["bucket"] == bucket and caught.value.details["key"] == "hundred.bin"
+    with pytest.raises(NotFound):
+        await store.get_bytes(bucket, "missing.bin", max_bytes=10)
+
+
 async def test_url_names_the_object_for_open_asset(store: ObjectStore, bucket: str) -> None:
     key = "models/v1/weights file.onnx"
     await store.put_bytes(bucket, key, b"weights")
@@ -462,6 +582,22 @@ async def test_memory_presigned_urls_name_what_they_allow_and_objects_are_shared
     assert (parts.scheme, parts.netloc, unquote(parts.path)) == ("memory", "inbox", "/a b/c.zip")
     assert "X-Sluice-Op=PUT" in parts.query and "X-Sluice-Content-Type=application%2Fzip" in parts.query
     assert "X-Sluice-Op=GET" in urlsplit(get).query
+
+
+@pytest.mark.unit
+async def test_memory_put_presigned_accepts_only_urls_it_issued_unexpired_and_with_their_content_type() -> None:
+    async with MemoryObjectStore() as store:
+        await store.ensure_bucket("inbox")
+        url = await store.presign_put("inbox", "a.txt", expires_in=1, content_type="text/plain")
+        with pytest.raises(Forbidden):
+            await store.put_presigned(url.replace("a.txt", "b.txt"), b"x", content_type="text/plain")
+        with pytest.raises(Forbidden):
+            await store.put_presigned(url, b"x", content_type="text/html")
+        await asyncio.sleep(2.1)
+        with pytest.raises(Forbidden) as caught:
+            await store.put_presigned(url, b"x", content_type="text/plain")
+        assert "expired" in caught.value.message
+        assert await store.head("inbox", "a.txt") is None
 
 
 # -- S3 only ---------------------------------------------------------------------------------------
@@ -501,6 +637,48 @@ async def test_s3_a_multipart_upload_that_fails_is_aborted(
     uploads = await client.list_multipart_uploads(Bucket=bucket)
     assert uploads.get("Uploads", []) == []
     assert await s3_store.head(bucket, "big.bin") is None
+
+
+async def test_s3_a_presigned_put_is_bounded_by_its_expiry_only(s3_store: S3ObjectStore) -> None:
+    """Why confirm checks the size on S3: max_bytes cannot be signed into a presigned PUT, so it is
+    not in the URL, and the genuine URL stays valid for any body, again and again, until it expires."""
+    assert not s3_store.bounds_presigned_puts
+    bucket = random_bucket()
+    await s3_store.ensure_bucket(bucket)
+    url = await s3_store.presign_put(bucket, "big.bin", content_type="application/octet-stream", max_bytes=10)
+
+    assert "Max-Bytes" not in url and "max" not in url.lower().split("?")[1]
+    assert sigv4_presigned_url_is_valid("PUT", url, {"Content-Type": "application/octet-stream"})
+
+
+async def test_s3_get_bytes_over_max_bytes_does_not_read_the_body(s3_store: S3ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = random_bucket()
+    await s3_store.ensure_bucket(bucket)
+    await s3_store.put_bytes(bucket, "big.bin", os.urandom(MiB))
+    client = s3_store._client
+    get_object = client.get_object
+    reads: list[str] = []
+
+    async def spying_get_object(**kwargs: object) -> dict:
+        response = await get_object(**kwargs)
+        body = response["Body"]
+        for name in ("read", "iter_chunks"):
+            original = getattr(body, name)
+
+            def spy(*args: object, _name: str = name, _original=original, **kw: object) -> object:
+                reads.append(_name)
+                return _original(*args, **kw)
+
+            monkeypatch.setattr(body, name, spy, raising=False)
+        return response
+
+    monkeypatch.setattr(client, "get_object", spying_get_object)
+
+    with pytest.raises(TooLarge):
+        await s3_store.get_bytes(bucket, "big.bin", max_bytes=1000)
+    assert reads == []
+    assert len(await s3_store.get_bytes(bucket, "big.bin", max_bytes=MiB)) == MiB
+    assert reads[0] == "iter_chunks"  # the spy sees the body read when it is within the limit
 
 
 async def test_s3_an_unreachable_endpoint_raises_transient_error() -> None:
@@ -674,3 +852,44 @@ async def test_local_a_presigned_url_signed_with_another_key_is_refused(local_se
 
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "forbidden"
+
+
+async def test_local_a_used_put_url_stays_used_after_a_restart_and_its_mark_goes_once_it_expired(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+
+    async def put(store: LocalObjectStore, url: str, body: bytes) -> httpx.Response:
+        app = FastAPI()
+        app.include_router(presigned_router(store))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), timeout=HTTP_TIMEOUT) as http:
+            return await http.put(url, content=body, headers={"Content-Type": "text/plain"})
+
+    async with LocalObjectStore(root, "http://sluice.test", SIGNING_KEY) as before:
+        await before.ensure_bucket("uploads")
+        url = await before.presign_put("uploads", "k.txt", expires_in=60, content_type="text/plain", max_bytes=100)
+        assert (await put(before, url, b"first")).status_code == 200
+    used = root / "uploads" / ".sluice" / "used"
+    [mark] = list(used.iterdir())
+
+    async with LocalObjectStore(root, "http://sluice.test", SIGNING_KEY) as after:
+        response = await put(after, url, b"second")
+        assert response.status_code == 403 and response.json()["error"]["message"] == "this upload URL was already used"
+        assert await after.get_bytes("uploads", "k.txt") == b"first"
+
+    local_module._purge_used(used)
+    assert mark.exists()  # its URL is still valid: the mark still refuses it
+    local_module._purge_used(used, now=time.time() + 60 + local_module.LATE_COMMIT_S + 2)
+    assert not mark.exists()
+
+
+async def test_local_two_puts_racing_with_one_url_store_one(local_server: LocalServer) -> None:
+    async with LocalObjectStore(local_server.root, local_server.public_url, SIGNING_KEY) as store:
+        bucket = random_bucket()
+        await store.ensure_bucket(bucket)
+        url = await store.presign_put(bucket, "raced.bin", content_type="application/octet-stream")
+        bodies = [bytes([n]) * (256 * 1024) for n in range(6)]
+
+        answers = await asyncio.gather(*(put_with_url(store, url, body, "application/octet-stream") for body in bodies))
+
+        assert sorted(answer.status for answer in answers) == [200] + [403] * 5
+        assert await store.get_bytes(bucket, "raced.bin") == bodies[[a.status for a in answers].index(200)]
+        assert list((store.root / bucket / ".sluice" / "tmp").iterdir()) == []
