@@ -116,11 +116,13 @@ def _stage_options(group: Sequence[StepPlan], *, cpus: float, gpus: float, block
 
 def run_job(
     spec: PluginSpec, steps: Sequence[StepPlan], rows: Sequence[dict[str, Any]], sink: Callable[[pd.DataFrame], None],
-    *, on_dataset: Callable[[Any], None] | None = None,
+    *, on_dataset: Callable[[Any], None] | None = None, share: float = 1.0,
 ) -> None:
     """Run `rows` (one per object, production columns) through the steps; hand every output
     batch to `sink` as it arrives. Blocks: call it from a thread. `on_dataset` gets the dataset
-    before it runs: `shut_down(dataset)` from another thread stops the job."""
+    before it runs: `shut_down(dataset)` from another thread stops the job. `share` is the part of
+    the cluster's CPUs and memory this job's actors are sized to: with several jobs at once, each
+    its share, so a second tenant's job always finds room instead of waiting for the first to end."""
     import ray
     import ray.data
 
@@ -134,7 +136,8 @@ def run_job(
     # narrow actor for its whole run (half the speed). Ray places the actors once CPUs free up.
     # (Query embedders reserve no CPU, so nothing idle holds CPUs for long.)
     total, free = cluster_resources(), ray.available_resources()
-    cpus, gpus = total.get("CPU", 1.0), total.get("GPU", 0.0)
+    share = min(1.0, max(share, 0.0)) or 1.0
+    cpus, gpus = max(1.0, total.get("CPU", 1.0) * share), total.get("GPU", 0.0)
     if free.get("CPU", 0.0) < 1:
         log.info("ingest job waits for CPUs: the cluster has %.1f of %.1f free", free.get("CPU", 0.0), cpus)
     spec_ref = replace(spec, archive=spec.archive if not isinstance(spec.archive, (bytes, bytearray)) else ray.put(spec.archive))
@@ -145,7 +148,7 @@ def run_job(
         # stages share what is free: one stage holding every CPU would starve the next one
         cpu_stages = sum(1 for g in groups if not g[0].num_gpus)
         options = _stage_options(group, cpus=cpus / max(1, cpu_stages), gpus=gpus, blocks=blocks,
-                                 memory=total.get("memory", math.inf))
+                                 memory=total.get("memory", math.inf) * share)
         if n == 0:  # objects, not rows yet: small enough batches that every actor gets several (a
             # chunker turns one object into many rows, so 64 objects can be minutes of work)
             actors = options["compute"].max_size

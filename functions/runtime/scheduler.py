@@ -507,7 +507,10 @@ class IngestScheduler:
                 raise RuntimeError("the scheduler is stopping")
             asyncio.run_coroutine_threadsafe(writer.write(batch), loop).result()
 
-        job = asyncio.ensure_future(asyncio.to_thread(run_job, spec, steps, rows, sink, on_dataset=datasets.append))
+        # each job is sized to its slot's share of the cluster, so the other slot's job (another
+        # tenant's, by the turns above) starts at once instead of waiting for this one's actors
+        job = asyncio.ensure_future(asyncio.to_thread(run_job, spec, steps, rows, sink, on_dataset=datasets.append,
+                                                      share=1 / self.settings.ingest_max_jobs))
         try:
             await asyncio.shield(job)
         except asyncio.CancelledError:

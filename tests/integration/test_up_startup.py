@@ -20,6 +20,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def keep_logging(monkeypatch):
+    """`_up` configures structlog to print to the stdout of its moment (here pytest's capture, closed
+    after the test): keep the configuration the other tests use."""
+    import infra.logging
+
+    monkeypatch.setattr(infra.logging, "configure_logging", lambda *args, **kwargs: None)
+
+
 def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path, bus="memory", compute="none", sandbox="off", host="127.0.0.1", port=free_port(),
                     admin_key="sk_admin_" + "x" * 32)
