@@ -25,9 +25,11 @@ from tests.integration.test_plugins_rest import ADMIN, auth, hash_plugin, push
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-RAISING_EMBEDDER = '''import hashlib
+def hash_embedder_that(trigger: str, action: str, *, imports: str = "") -> str:
+    """processors/hashing.py of the hash embedder, doing `action` for a text holding `trigger`."""
+    return f'''import hashlib
 import math
-
+{imports}
 import pandas as pd
 
 
@@ -36,8 +38,8 @@ class HashEmbedder:
         self.dim = config["dim"]
 
     def embed(self, text):
-        if "BOOM" in text:
-            raise ValueError("this text cannot be embedded")
+        if {trigger!r} in text:
+            {action}
         vector = [0.0] * self.dim
         for word in text.lower().split():
             vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % self.dim] += 1.0
@@ -48,6 +50,9 @@ class HashEmbedder:
         batch["hash_embedding"] = [self.embed(t) for t in batch["data"].fillna("")]
         return batch
 '''
+
+
+RAISING_EMBEDDER = hash_embedder_that("BOOM", 'raise ValueError("this text cannot be embedded")')
 
 
 class Stack:

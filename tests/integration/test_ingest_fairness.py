@@ -11,35 +11,13 @@ import pytest
 
 from events.payloads import ObjectCreated
 from functions.runtime.scheduler import PendingQueue, next_queue
-from tests.integration.test_ingest import running_stack
+from tests.integration.test_ingest import hash_embedder_that, running_stack
 from tests.integration.test_plugins_rest import hash_plugin, push
 
 pytestmark = [pytest.mark.integration]
 
-SLEEPY_EMBEDDER = '''import hashlib
-import math
-import time
-
-import pandas as pd
-
-
-class HashEmbedder:
-    def __init__(self, config, **kwargs):
-        self.dim = config["dim"]
-
-    def embed(self, text):
-        if "SLEEP" in text:
-            time.sleep(600)  # a plugin that never answers within any sane limit
-        vector = [0.0] * self.dim
-        for word in text.lower().split():
-            vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % self.dim] += 1.0
-        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-        return [v / norm for v in vector]
-
-    def __call__(self, batch):
-        batch["hash_embedding"] = [self.embed(t) for t in batch["data"].fillna("")]
-        return batch
-'''
+SLEEPY_EMBEDDER = hash_embedder_that("SLEEP", "time.sleep(600)  # a plugin that never answers within any sane limit",
+                                     imports="import time")
 
 
 # --- the order, without Ray ------------------------------------------------------------------

@@ -6,30 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
 
-from events import ObjectCreated, PermanentError, Topics, decode, make
+from events import ObjectCreated, PermanentError, decode, make
 from events.bus import Message
 from events.payloads import IngestStarted
 from functions.runtime.runner import Function, RetryPolicy, Runner, _Offsets, publish
 from infra.bus.memory import InMemoryBus
 from infra.settings import Settings
+from tests.unit.test_runner import bus, topics  # noqa: F401 - the same fixtures
 
 pytestmark = pytest.mark.unit
 FAST = RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02)
 
 
-@pytest.fixture
-async def bus():
-    async with InMemoryBus() as bus:
-        yield bus
-
-
-@pytest.fixture
-def topics():
-    return Topics(f"t{uuid.uuid4().hex[:8]}")
 
 
 class Gated:
