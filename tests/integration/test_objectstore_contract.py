@@ -585,7 +585,11 @@ async def test_memory_presigned_urls_name_what_they_allow_and_objects_are_shared
 
 
 @pytest.mark.unit
-async def test_memory_put_presigned_accepts_only_urls_it_issued_unexpired_and_with_their_content_type() -> None:
+async def test_memory_put_presigned_accepts_only_urls_it_issued_unexpired_and_with_their_content_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import infra.objectstore.memory as memory
+
     async with MemoryObjectStore() as store:
         await store.ensure_bucket("inbox")
         url = await store.presign_put("inbox", "a.txt", expires_in=1, content_type="text/plain")
@@ -593,7 +597,8 @@ async def test_memory_put_presigned_accepts_only_urls_it_issued_unexpired_and_wi
             await store.put_presigned(url.replace("a.txt", "b.txt"), b"x", content_type="text/plain")
         with pytest.raises(Forbidden):
             await store.put_presigned(url, b"x", content_type="text/html")
-        await asyncio.sleep(2.1)
+        later = time.time() + 2.1
+        monkeypatch.setattr(memory.time, "time", lambda: later)  # the URL's second is over
         with pytest.raises(Forbidden) as caught:
             await store.put_presigned(url, b"x", content_type="text/plain")
         assert "expired" in caught.value.message
