@@ -26,12 +26,14 @@ async def handle(
     event: Envelope[ObjectCreated], *, catalog: Catalog, vectors: VectorIndex, ingest: IngestScheduler | None = None,
 ) -> list[AnyEnvelope]:
     obj, namespace = event.payload, event.namespace or ""
-    if not namespace or not await has_bucket(catalog, namespace, obj.bucket):
+    collections = await Collections(catalog, vectors).for_object(namespace, obj.bucket, obj.key) if namespace else []
+    # a collection over the bucket means the namespace has it; only an event no collection takes is checked
+    if not collections and (not namespace or not await has_bucket(catalog, namespace, obj.bucket)):
         raise PermanentError(
             f"ObjectCreated for {obj.bucket}/{obj.key} in namespace {event.namespace!r}: the namespace has no bucket "
             f"{obj.bucket!r}; refused", details={"bucket": obj.bucket, "key": obj.key, "namespace": event.namespace})
     queued = 0
-    for collection in await Collections(catalog, vectors).for_object(namespace, obj.bucket, obj.key):
+    for collection in collections:
         collection_id = collection["collection_id"]
         done = await catalog.get(INGESTED, ingested_key(collection_id, obj.bucket, obj.key))
         if done is not None and done.get("marker") == obj.version_marker and done.get("status") == "written":

@@ -39,7 +39,6 @@ from functions.records.status import UPLOAD_TERMINAL, UploadStatus
 from functions.rest.deps import ScopedNamespace
 from functions.runtime.runner import publish
 from functions.runtime.scratch import sha256_file
-from functions.runtime.sweeper import EXPIRED  # the URL expired before the upload was confirmed
 from functions.services.deploy import forget as forget_deployment
 from functions.services.deploy import request_deploy, request_undeploy
 from functions.services.retrieve import call_deployment, ready_deployment
@@ -199,10 +198,10 @@ def router() -> APIRouter:
         platform = _platform(request)
         plugins = _plugins(request)
         upload = await plugins.get_upload(namespace, upload_id)
-        if upload["status"] == EXPIRED:
+        if upload["status"] == UploadStatus.EXPIRED:
             raise Conflict(
                 f"upload {upload_id} expired before it was confirmed (its URL expired at {upload.get('expires_at')}) and "
-                "was removed: request a new upload", details={"upload_id": upload_id, "status": EXPIRED},
+                "was removed: request a new upload", details={"upload_id": upload_id, "status": UploadStatus.EXPIRED},
             )
         if upload["status"] == UploadStatus.AWAITING_UPLOAD:
             await _confirm(platform, plugins, upload)
