@@ -185,6 +185,32 @@ class ObjectCreated(_Payload):
         return f"{self.bucket}/{self.key}@{self.version_marker}"
 
 
+class ObjectRemoved(_Payload):
+    """An object was deleted from a bucket (S3/MinIO notification, drop folder, or REST `DELETE`):
+    its documents and points go from every collection that ingested it."""
+
+    type: Literal["ObjectRemoved"] = "ObjectRemoved"
+    bucket: str = Field(description="Bucket name.", examples=["docs"])
+    key: str = Field(description="Object key, URL-decoded.", examples=["reports/q1 summary.txt"])
+    version_id: str | None = Field(default=None, description="The deleted version, when versioned.")
+    sequencer: str | None = Field(default=None, description="S3 sequencer: orders events for one key.")
+    event_time: datetime | None = Field(default=None, description="When the store saw the delete.")
+    source: Literal["s3", "minio", "drop", "rest"] = Field(description="How Sluice learned of it.")
+
+
+class ObjectPurged(_Payload):
+    """What removing an object took out of the stores: counts the stores acknowledged."""
+
+    type: Literal["ObjectPurged"] = "ObjectPurged"
+    bucket: str = Field(description="Bucket name.")
+    key: str = Field(description="Object key.")
+    object_id: str = Field(description="The object's id.")
+    collections: list[str] = Field(default_factory=list, description="Collections that held documents of the object.")
+    documents_deleted: int = Field(ge=0, description="Documents removed from the catalog.")
+    vectors_deleted: dict[str, int] = Field(default_factory=dict, description="Points removed, per collection.")
+    skipped: str | None = Field(default=None, description="Why nothing was removed (a newer version of the key exists).")
+
+
 class BucketNotification(_Payload):
     """A raw S3 / MinIO notification as read from its topic: never published, only decoded there
     (`events.s3.decode_notification`), so the notifications function can map each object to its
@@ -192,6 +218,7 @@ class BucketNotification(_Payload):
 
     type: Literal["BucketNotification"] = "BucketNotification"
     objects: list[ObjectCreated] = Field(default_factory=list, description="Every object-created record.")
+    removed: list[ObjectRemoved] = Field(default_factory=list, description="Every object-removed record.")
 
 
 class IngestFailure(BaseModel):
@@ -250,6 +277,8 @@ Payload = Annotated[
     | ModelRejected
     | ModelDeployed
     | ObjectCreated
+    | ObjectRemoved
+    | ObjectPurged
     | BucketNotification
     | IngestStarted
     | IngestProgress
@@ -263,6 +292,6 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     for cls in (
         PluginUploadConfirmed, PluginScanned, PluginRegistered, PluginRegistrationFailed, DeployPlugin,
         PluginDeploymentChanged, ModelUploadConfirmed, ModelRegistered, ModelRejected, ModelDeployed,
-        ObjectCreated, BucketNotification, IngestStarted, IngestProgress, IngestCompleted, IngestFailed,
+        ObjectCreated, ObjectRemoved, ObjectPurged, BucketNotification, IngestStarted, IngestProgress, IngestCompleted, IngestFailed,
     )
 }

@@ -17,6 +17,8 @@ _ROUTES: dict[str, str] = {
     "ModelRejected": "models",
     "ModelDeployed": "models",
     "ObjectCreated": "objects",
+    "ObjectRemoved": "objects",
+    "ObjectPurged": "ingest",
     "IngestStarted": "ingest",
     "IngestProgress": "ingest",
     "IngestCompleted": "ingest",

@@ -22,7 +22,7 @@ from events import (
     parse_bucket_notification,
     peek_type,
 )
-from events.payloads import Finding, ObjectRef
+from events.payloads import Finding, ObjectRef, ObjectRemoved
 
 pytestmark = pytest.mark.unit
 SAMPLES = Path(__file__).parent.parent / "events"
@@ -125,8 +125,10 @@ def test_multipart_and_copy_records_are_both_object_created():
     assert objs[0].size == 734003200
 
 
-def test_removals_and_test_events_yield_nothing():
-    assert parse_bucket_notification(sample("s3_object_removed_delete.json")) == []
+def test_removals_parse_as_object_removed_and_test_events_yield_nothing():
+    [removed] = parse_bucket_notification(sample("s3_object_removed_delete.json"))
+    assert isinstance(removed, ObjectRemoved)
+    assert (removed.bucket, removed.key, removed.sequencer, removed.source) == ("acme-docs", "reports/old.txt", "0055AED6DCD90281F0", "s3")
     assert parse_bucket_notification(sample("s3_test_event.json")) == []
 
 
