@@ -17,9 +17,10 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from events.errors import InvalidInput
+from events.errors import Conflict, InvalidInput
 from events.lifecycle import Lifecycle
 
 Doc = dict[str, Any]
@@ -165,6 +166,73 @@ def plain_json(key: str, value: Doc) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Insert:
+    """Create a record; the transaction fails with `AlreadyExists` when the key is taken."""
+
+    kind: str
+    key: str
+    doc: Doc
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """Create or replace a record whole."""
+
+    kind: str
+    key: str
+    doc: Doc
+
+
+@dataclass(frozen=True)
+class Update:
+    """Set top-level fields of a record that exists and matches `expect`; when it is missing or
+    does not match, the whole transaction fails with `WriteConflict`."""
+
+    kind: str
+    key: str
+    changes: Doc
+    expect: Where | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Remove a record if it exists."""
+
+    kind: str
+    key: str
+
+
+Write = Insert | Upsert | Update | Delete
+
+
+class WriteConflict(Conflict):
+    """An `Update` of a transaction found its record missing or not matching `expect`: nothing
+    of the transaction was written."""
+
+
+def check_writes(writes: Sequence[Write]) -> None:
+    """Every write well formed before any is applied (kinds, changes, filters, plain JSON)."""
+    for write in writes:
+        check_kind(write.kind)
+        if isinstance(write, (Insert, Upsert)):
+            check_record(write.key, write.doc)
+            plain_json(write.key, write.doc)
+        elif isinstance(write, Update):
+            check_changes(write.changes)
+            parse_where(write.expect)
+            plain_json(write.key, write.changes)
+        elif not isinstance(write, Delete):
+            raise InvalidInput(f"not a catalog write: {type(write).__name__}")
+
+
+def conflict(write: Update) -> WriteConflict:
+    return WriteConflict(
+        f"{write.kind} {write.key!r} is missing or no longer matches {dict(write.expect or {})}: nothing was written",
+        details={"kind": write.kind, "key": write.key},
+    )
+
+
 class Catalog(Lifecycle, abc.ABC):
     """Each stored record gets the field `id` set to its key. Returned dicts are copies."""
 
@@ -206,3 +274,11 @@ class Catalog(Lifecycle, abc.ABC):
     @abc.abstractmethod
     async def count(self, kind: str, where: Where | None = None) -> int:
         """How many records match."""
+
+    @abc.abstractmethod
+    async def transact(self, writes: Sequence[Write]) -> list[Doc | bool]:
+        """Apply `writes` in order, all or nothing, across kinds: the result of each (the record
+        written, or for a `Delete` whether it existed). An `Insert` of a taken key raises
+        `AlreadyExists`, an `Update` that finds no matching record `WriteConflict`; either way
+        nothing is written. This is what the outbox stands on: a state change and the events it
+        implies are stored together (`functions/runtime/outbox.py`)."""

@@ -31,7 +31,7 @@ from typing import Any
 from events.errors import AlreadyExists
 from events.lifecycle import Health
 from infra.catalog import base as port
-from infra.catalog.base import Catalog, Condition, Doc, Where
+from infra.catalog.base import Catalog, Condition, Delete, Doc, Insert, Update, Where, Write
 
 _MISSING = object()
 _RANGES = {"$lt": operator.lt, "$lte": operator.le, "$gt": operator.gt, "$gte": operator.ge}
@@ -128,6 +128,34 @@ class MemoryCatalog(Catalog):
         port.check_kind(kind)
         conditions = port.parse_where(where)
         return sum(1 for record in self._kinds.get(kind, {}).values() if _matches(record, conditions))
+
+
+    async def transact(self, writes: Sequence[Write]) -> list[Doc | bool]:
+        self._require_connected()
+        port.check_writes(writes)
+        staged: dict[str, dict[str, Doc]] = {}  # kind -> a copy of its table, swapped in at the end
+        results: list[Doc | bool] = []
+        for write in writes:
+            if write.kind not in staged:
+                staged[write.kind] = dict(self._kinds.get(write.kind, {}))
+            table = staged[write.kind]
+            if isinstance(write, Delete):
+                results.append(table.pop(write.key, None) is not None)
+            elif isinstance(write, Update):
+                current = table.get(write.key)
+                if current is None or not _matches(current, port.parse_where(write.expect)):
+                    raise port.conflict(write)
+                table[write.key] = _record(write.key, {**current, **write.changes})
+                results.append(copy.deepcopy(table[write.key]))
+            else:
+                if isinstance(write, Insert) and write.key in table:
+                    raise AlreadyExists(f"{write.kind} {write.key!r} already exists", details={"kind": write.kind, "key": write.key})
+                table[write.key] = _record(write.key, write.doc)
+                results.append(copy.deepcopy(table[write.key]))
+        for kind, table in staged.items():  # no await above: nothing else ran in between
+            self._kinds.setdefault(kind, {}).clear()
+            self._kinds[kind].update(table)
+        return results
 
 
 def _record(key: str, doc: Doc) -> Doc:

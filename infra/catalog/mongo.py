@@ -10,12 +10,16 @@ number or a bool carries a `$type` guard: on a server it changes nothing (BSON n
 `$ne`/`$nin` are written as `$nor` of the guarded equality.
 
 `upsert_many` is one ordered `bulk_write`, not a transaction: a failure part way leaves the earlier
-writes in place (multi-document transactions would need a replica set).
+writes in place. `transact` (the outbox's writes) runs in a multi-document transaction, which
+MongoDB offers on a replica set or a sharded cluster (a one-member replica set is enough); on a
+standalone server, or a fake without sessions, it checks every write first and then applies them in
+order, which is not atomic: `connect` logs a warning saying so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, overload
@@ -29,17 +33,26 @@ from events.errors import AlreadyExists, InvalidInput, TransientError
 from events.lifecycle import Health
 from infra.catalog.base import (
     Catalog,
+    Delete,
     Doc,
+    Insert,
+    Update,
+    Upsert,
     Where,
+    Write,
     check_changes,
     check_kind,
     check_order_by,
     check_page,
+    check_writes,
+    conflict,
     encode_record,
     is_number,
     parse_where,
     plain_json,
 )
+
+log = logging.getLogger("sluice.catalog.mongo")
 
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 # ConnectionFailure covers AutoReconnect, NetworkTimeout, NotPrimaryError and ServerSelectionTimeoutError.
@@ -59,6 +72,7 @@ class MongoCatalog(Catalog):
         self._client_factory = client_factory or _motor_client
         self._client: Any = None
         self._db: Any = None
+        self._transactions = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -73,6 +87,10 @@ class MongoCatalog(Catalog):
             client.close()
             raise
         self._client, self._db = client, client[self._database_name]
+        self._transactions = await _offers_transactions(client)
+        if not self._transactions:
+            log.warning("MongoDB catalog %s: not a replica set, so multi-record writes (the outbox) are not atomic; "
+                        "run a replica set (one member is enough)", self._database_name)
 
     async def _close(self) -> None:
         client, self._client, self._db = self._client, None, None
@@ -178,6 +196,56 @@ class MongoCatalog(Catalog):
         query = _query(where)
         with _translated("count"):
             return await self._db[kind].count_documents(query)
+
+
+    async def transact(self, writes: Sequence[Write]) -> list[Doc | bool]:
+        self._require_connected()
+        check_writes(writes)
+        with _translated("transact"):
+            if not self._transactions:
+                await self._precheck(writes)
+                return [await self._apply(write, None) for write in writes]
+            async with await self._client.start_session() as session:
+                async with session.start_transaction():
+                    return [await self._apply(write, session) for write in writes]
+
+    async def _precheck(self, writes: Sequence[Write]) -> None:
+        """Without transactions: refuse before writing anything what would fail part way."""
+        for write in writes:
+            if isinstance(write, Insert) and await self._db[write.kind].find_one({"_id": write.key}) is not None:
+                raise AlreadyExists(f"{write.kind} {write.key!r} already exists", details={"kind": write.kind, "key": write.key})
+            if isinstance(write, Update) and await self._db[write.kind].find_one(_and([{"_id": write.key}, _query(write.expect)])) is None:
+                raise conflict(write)
+
+    async def _apply(self, write: Write, session: Any) -> Doc | bool:
+        table = self._db[write.kind]
+        if isinstance(write, Delete):
+            return (await table.delete_one({"_id": write.key}, session=session)).deleted_count == 1
+        if isinstance(write, Update):
+            changes = json.loads(plain_json(write.key, {**write.changes, "id": write.key}))
+            found = await table.find_one_and_update(_and([{"_id": write.key}, _query(write.expect)]), {"$set": changes},
+                                                    return_document=ReturnDocument.AFTER, session=session)
+            if found is None:
+                raise conflict(write)
+            return _strip(found)
+        record = _record(write.key, write.doc)
+        if isinstance(write, Upsert):
+            await table.replace_one({"_id": write.key}, record, upsert=True, session=session)
+            return record
+        try:
+            await table.insert_one({"_id": write.key, **record}, session=session)
+        except DuplicateKeyError as exc:
+            raise AlreadyExists(f"{write.kind} {write.key!r} already exists", details={"kind": write.kind, "key": write.key}) from exc
+        return record
+
+
+async def _offers_transactions(client: Any) -> bool:
+    """A replica set member or a mongos: the servers that run multi-document transactions."""
+    try:
+        hello = await client.admin.command("hello")
+    except Exception:  # noqa: BLE001 - a fake without `hello`: no transactions either
+        return False
+    return bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
 
 
 @contextmanager

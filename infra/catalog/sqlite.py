@@ -40,12 +40,18 @@ from events.errors import AlreadyExists, TransientError
 from events.lifecycle import Health
 from infra.catalog.base import (
     Catalog,
+    Delete,
     Doc,
+    Insert,
+    Update,
     Where,
+    Write,
     check_changes,
     check_kind,
     check_order_by,
     check_page,
+    check_writes,
+    conflict,
     encode_record,
     is_number,
     parse_where,
@@ -165,6 +171,12 @@ class SqliteCatalog(Catalog):
         sql, params = _compile_where(where)
         return await self._call(self._count, kind, sql, params)
 
+    async def transact(self, writes: Sequence[Write]) -> list[Doc | bool]:
+        self._require_connected()
+        check_writes(writes)
+        plans = [(w, _compile_where(w.expect) if isinstance(w, Update) else None) for w in writes]
+        return await self._call(self._transact, plans)
+
     # -- the worker thread -----------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -245,6 +257,35 @@ class SqliteCatalog(Catalog):
         table = self._table(kind)
         with immediate(self._db()) as conn:
             return conn.execute(f"DELETE FROM {table} WHERE {where_sql}", params).rowcount
+
+    def _transact(self, plans: list[tuple[Write, Sql | None]]) -> list[Doc | bool]:
+        tables = [self._table(write.kind) for write, _ in plans]  # created outside the transaction
+        results: list[Doc | bool] = []
+        with immediate(self._db()) as conn:
+            for (write, expect), table in zip(plans, tables, strict=True):
+                if isinstance(write, Delete):
+                    results.append(conn.execute(f"DELETE FROM {table} WHERE key = ?", (write.key,)).rowcount == 1)
+                elif isinstance(write, Update):
+                    assert expect is not None
+                    row = conn.execute(f"SELECT doc FROM {table} WHERE key = ? AND {expect[0]}", (write.key, *expect[1])).fetchone()
+                    if row is None:
+                        raise conflict(write)
+                    text = encode_record(write.key, {**json.loads(row[0]), **write.changes})
+                    conn.execute(f"UPDATE {table} SET doc = ? WHERE key = ?", (text, write.key))
+                    results.append(json.loads(text))
+                else:
+                    text = encode_record(write.key, write.doc)
+                    if isinstance(write, Insert):
+                        try:
+                            conn.execute(f"INSERT INTO {table} (key, doc) VALUES (?, ?)", (write.key, text))
+                        except sqlite3.IntegrityError as exc:
+                            raise AlreadyExists(f"{write.kind} {write.key!r} already exists",
+                                                details={"kind": write.kind, "key": write.key}) from exc
+                    else:
+                        conn.execute(f"INSERT INTO {table} (key, doc) VALUES (?, ?) "
+                                     "ON CONFLICT (key) DO UPDATE SET doc = excluded.doc", (write.key, text))
+                    results.append(json.loads(text))
+        return results
 
     def _find(self, kind: str, clauses: str, params: list[Any]) -> list[Doc]:
         rows = self._db().execute(f"SELECT doc FROM {self._table(kind)} {clauses}", params).fetchall()

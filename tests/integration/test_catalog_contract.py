@@ -32,6 +32,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 import infra.catalog.sqlite as sqlite_catalog
 from events.errors import AlreadyExists, InvalidInput, NotConnected, TransientError
 from infra.catalog import Catalog, MemoryCatalog, MongoCatalog, SqliteCatalog
+from infra.catalog.base import Delete, Insert, Update, Upsert, WriteConflict
 
 pytestmark = pytest.mark.integration
 
@@ -326,6 +327,72 @@ async def test_compare_and_set_increments_from_two_catalogs_lose_no_update(new_c
         await first.insert("counters", "c", {"n": 0})
         await asyncio.gather(increment(first, 25), increment(second, 25))
         assert await first.get("counters", "c") == {"n": 50, "id": "c"}
+
+
+# -- transact ----------------------------------------------------------------------------------------
+
+
+async def test_transact_applies_writes_across_kinds_in_order_and_returns_each_result(catalog: Catalog) -> None:
+    await catalog.insert("plugins", "p1", {"status": "UPLOADING", "n": 1})
+    await catalog.insert("outbox", "old", {})
+    results = await catalog.transact([
+        Update("plugins", "p1", {"status": "CONFIRMED"}, expect={"status": "UPLOADING"}),
+        Insert("outbox", "e1", {"event": "confirmed"}),
+        Upsert("outbox", "e2", {"event": "second"}),
+        Delete("outbox", "old"),
+        Delete("outbox", "never"),
+    ])
+    assert results == [
+        {"status": "CONFIRMED", "n": 1, "id": "p1"}, {"event": "confirmed", "id": "e1"}, {"event": "second", "id": "e2"}, True, False,
+    ]
+    assert await catalog.get("plugins", "p1") == {"status": "CONFIRMED", "n": 1, "id": "p1"}
+    assert [r["id"] for r in await catalog.find("outbox")] == ["e1", "e2"]
+
+
+@pytest.mark.parametrize("failing", ["unmet expectation", "missing record", "taken key", "not json"])
+async def test_a_transaction_with_one_failing_write_writes_nothing(catalog: Catalog, failing: str) -> None:
+    await catalog.insert("plugins", "p1", {"status": "CONFIRMED"})
+    await catalog.insert("outbox", "taken", {"event": "earlier"})
+    await catalog.insert("leases", "doomed", {})
+    last = {
+        "unmet expectation": Update("plugins", "p1", {"status": "SCANNED"}, expect={"status": "UPLOADING"}),
+        "missing record": Update("plugins", "nope", {"status": "SCANNED"}),
+        "taken key": Insert("outbox", "taken", {"event": "again"}),
+        "not json": Upsert("outbox", "bad", {"when": datetime.now(UTC)}),
+    }[failing]
+    expected = {"unmet expectation": WriteConflict, "missing record": WriteConflict, "taken key": AlreadyExists,
+                "not json": InvalidInput}[failing]
+    with pytest.raises(expected):
+        await catalog.transact([
+            Insert("outbox", "e1", {"event": "confirmed"}),
+            Update("plugins", "p1", {"note": "changed"}),
+            Delete("leases", "doomed"),
+            last,
+        ])
+    assert await catalog.get("plugins", "p1") == {"status": "CONFIRMED", "id": "p1"}
+    assert [r["id"] for r in await catalog.find("outbox")] == ["taken"]
+    assert await catalog.get("leases", "doomed") == {"id": "doomed"}
+
+
+async def test_of_concurrent_transactions_claiming_one_record_exactly_one_writes_its_event(
+    new_catalog: Callable[[], Catalog],
+) -> None:
+    async with new_catalog() as first, new_catalog() as second:
+        await first.insert("plugins", "p1", {"status": "UPLOADING"})
+
+        async def confirm(catalog: Catalog, who: str) -> bool:
+            try:
+                await catalog.transact([Update("plugins", "p1", {"status": "CONFIRMED", "by": who}, expect={"status": "UPLOADING"}),
+                                        Insert("outbox", f"e-{who}", {"by": who})])
+            except WriteConflict:
+                return False
+            return True
+
+        won = await asyncio.gather(confirm(first, "a"), confirm(second, "b"))
+        assert sorted(won) == [False, True]
+        winner = "a" if won[0] else "b"
+        assert (await second.get("plugins", "p1"))["by"] == winner
+        assert [r["by"] for r in await second.find("outbox")] == [winner]
 
 
 # -- delete ----------------------------------------------------------------------------------------
