@@ -3,10 +3,22 @@ order on one partition)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol
+
 from events import codec
 from events.bus import EventBus
 from events.envelope import AnyEnvelope
 from events.topics import Topics
+
+
+class Publish(Protocol):
+    """What handlers, services and routes publish through: `platform.publish`, the outbox
+    (`infra/outbox.py`). `commit` stores catalog writes and the events they imply together."""
+
+    async def __call__(self, *events: AnyEnvelope) -> None: ...
+
+    async def commit(self, writes: Sequence[Any] = (), events: Sequence[AnyEnvelope] = ()) -> list[Any]: ...
 
 
 class Publisher:
@@ -22,4 +34,4 @@ class Publisher:
             await self.bus.publish(self.topics.for_type(ev.type), codec.encode(ev), key=(ev.namespace or "").encode() or None)
 
 
-__all__ = ["Publisher"]
+__all__ = ["Publish", "Publisher"]

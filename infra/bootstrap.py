@@ -24,6 +24,7 @@ from infra.catalog.base import Catalog
 from infra.compute import ComputeAdapter
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.tenant import NamespaceStore
+from infra.outbox import Outbox
 from infra.serving.base import ServeControl
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
@@ -87,6 +88,11 @@ class Platform:
     admin_key: str
     serve: ServeControl
     _connected: list[Lifecycle] = field(default_factory=list)
+    outbox: Outbox = field(init=False)
+    """State changes and their events, stored together and relayed to the bus (`infra/outbox.py`)."""
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.catalog, self.bus, self.topics, poll_s=self.settings.outbox_poll_s)
 
     def ports(self) -> dict[str, Lifecycle]:
         return {"catalog": self.catalog, "object_store": self.store, "vectors": self.vectors, "bus": self.bus, "compute": self.compute}
@@ -104,8 +110,15 @@ class Platform:
         return NamespaceStore(self.store, self.settings.data_bucket, namespace)
 
     @property
-    def publish(self) -> Publisher:
-        """Publish events on their topics (REST routes, services, handlers' progress)."""
+    def publish(self) -> Outbox:
+        """Publish events durably: stored in the outbox, then relayed to their topics (REST routes,
+        services, handlers' progress). `platform.outbox.commit(writes, events)` when a state change
+        goes with them."""
+        return self.outbox
+
+    @property
+    def publish_now(self) -> Publisher:
+        """Publish straight to the bus, for what needs no durability (progress while a job runs)."""
         return Publisher(self.bus, self.topics)
 
     async def connect(self) -> None:
@@ -117,8 +130,14 @@ class Platform:
                 await self.close()
                 raise
             self._connected.append(port)
+        self.outbox.start()
 
     async def close(self) -> None:
+        if self._connected:
+            try:
+                await self.outbox.stop()
+            except Exception as exc:  # noqa: BLE001 - what is left is relayed by the next process
+                log.warning("platform.outbox_stop_failed", error=str(exc))
         while self._connected:
             port = self._connected.pop()
             try:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     upload_sweep_interval_s: float = Field(
         default=300.0, gt=0, le=24 * 3600, description="How often the upload sweeper removes the objects of uploads never "
         "confirmed before their URL expired (and of failed plugin uploads).")
+    outbox_poll_s: float = Field(
+        default=0.2, gt=0, le=60, description="How often the outbox relay looks for events stored by other processes "
+        "(events stored in its own process are relayed at once).")
     function_concurrency: int = Field(
         default=8, ge=1, le=1024, description="Messages one function handles at once; offsets are committed only up to the "
         "lowest message not yet done.")
@@ -81,6 +84,15 @@ class Settings(BaseSettings):
     ingest_max_objects: int = Field(
         default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once."
     )
+    ingest_reconcile_s: float = Field(
+        default=60.0, gt=0, le=24 * 3600, description="How often the ingest reconciler looks for work a crash left behind "
+        "(queue entries claimed by no task, unfinished tasks no lease names); it also runs at start.")
+    ingest_max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Runs of an ingest task before a transient failure (a store or index unreachable, "
+        "a Ray worker or node lost) fails it; also caps how often a task whose process died is resumed.")
+    ingest_retry_base_s: float = Field(
+        default=2.0, gt=0, le=300, description="Backoff before the second run of a task after a transient failure; doubled "
+        "for each further run (capped at 60 s, with jitter).")
     ingest_max_jobs: int = Field(
         default=2, ge=1, description="Ingest jobs running at once in this process. Each job sizes its actors to the whole "
         "cluster, so more jobs add little throughput on a busy cluster; a second slot keeps one slow or stuck job from "

@@ -18,7 +18,7 @@ import structlog
 from engine.realtime import control
 from events.envelope import AnyEnvelope, Envelope
 from events.payloads import DeployPlugin, PluginDeploymentChanged
-from events.publisher import Publisher
+from events.publisher import Publish
 from functions.records.deployments import Deployments
 from functions.records.plugins import VERSIONS, now
 from functions.records.status import DeploymentStatus
@@ -38,29 +38,32 @@ _IDS = uuid.UUID("6b0f3c8e-4f47-4a52-9d1e-5e1f0c6d2a10")
 class _Attempt:
     """One deploy request's steps: each recorded only while the request is still the current one."""
 
-    def __init__(self, event: Envelope[DeployPlugin], record: dict, deployments: Deployments, publish: Publisher) -> None:
+    def __init__(self, event: Envelope[DeployPlugin], record: dict, deployments: Deployments, publish: Publish) -> None:
         self.event, self.record, self.deployments, self.publish = event, record, deployments, publish
         self.plugin_id, self.attempt, self.steps = event.payload.plugin_id, record.get("attempt"), 0
 
     def current(self, record: dict | None) -> bool:
         return record is not None and record.get("attempt") == self.attempt and record["desired"] == "deployed"
 
-    async def move(self, status: DeploymentStatus, **changes: Any) -> AnyEnvelope | None:
-        """Record one step; its event, or None when a newer request took the record over."""
+    def _changed(self, status: DeploymentStatus, error: str | None, step: int) -> AnyEnvelope:
+        changed = self.event.child(PluginDeploymentChanged(plugin_id=self.plugin_id, status=status, error=error))
+        return changed.model_copy(update={"event_id": uuid.uuid5(_IDS, f"{self.event.event_id}/{step}").hex})
+
+    async def move(self, status: DeploymentStatus, *, publish: bool = False, **changes: Any) -> AnyEnvelope | None:
+        """Record one step; its event, or None when a newer request took the record over. With
+        `publish`, the event is stored with the step (the outbox) instead of returned for the runner."""
+        changed = self._changed(status, changes.get("error"), self.steps + 1)
         updated = await self.deployments.set(self.plugin_id, status, expect={"attempt": self.attempt, "desired": "deployed"},
+                                             publish=self.publish if publish else None, events=[changed] if publish else (),
                                              **changes)
         if updated is None:
             return None
         self.record, self.steps = updated, self.steps + 1
-        changed = self.event.child(PluginDeploymentChanged(plugin_id=self.plugin_id, status=status, error=changes.get("error")))
-        return changed.model_copy(update={"event_id": uuid.uuid5(_IDS, f"{self.event.event_id}/{self.steps}").hex})
+        return changed
 
     async def progress(self, status: DeploymentStatus, **changes: Any) -> bool:
-        """Record and publish a step now; False when this request no longer owns the record."""
-        changed = await self.move(status, **changes)
-        if changed is not None:
-            await self.publish(changed)
-        return changed is not None
+        """Record and publish a step now, together; False when this request no longer owns the record."""
+        return await self.move(status, publish=True, **changes) is not None
 
     async def fail(self, error: str) -> list[AnyEnvelope]:
         log.warning("deploy.failed", plugin_id=self.plugin_id, error=error.splitlines()[0])
@@ -70,7 +73,7 @@ class _Attempt:
 
 async def handle(
     event: Envelope[DeployPlugin], *, catalog: Catalog, store: ObjectStore, settings: Settings, compute: Compute,
-    serve: ServeControl, publish: Publisher,
+    serve: ServeControl, publish: Publish,
 ) -> list[AnyEnvelope]:
     deployments = Deployments(catalog)
     record = await deployments.record(event.payload.plugin_id)

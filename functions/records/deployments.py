@@ -3,6 +3,7 @@ plugin name's serving version (`plugin_serving`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -10,10 +11,11 @@ import structlog
 from engine.realtime import control
 from events.envelope import AnyEnvelope, make
 from events.payloads import PluginDeploymentChanged
+from events.publisher import Publish
 from functions.records import cache as record_cache
 from functions.records.plugins import VERSIONS, PluginCatalog, now
 from functions.records.status import DeploymentStatus
-from infra.catalog.base import Catalog
+from infra.catalog.base import Catalog, Update, Upsert, WriteConflict
 
 log = structlog.get_logger("sluice.deploy")
 
@@ -67,16 +69,32 @@ class Deployments:
             return deployment_record(version, DeploymentStatus.NOT_DEPLOYED, desired="undeployed", error=None, reason=reason)
         return record
 
-    async def set(self, plugin_id: str, status: str, *, expect: dict | None = None, **changes: Any) -> dict | None:
-        """Move a record to `status`; None when `expect` no longer holds (another request won)."""
-        updated = await self.catalog.update(DEPLOYMENTS, plugin_id, {"status": status, "updated_at": now(), **changes}, expect=expect)
+    async def set(self, plugin_id: str, status: str, *, expect: dict | None = None, publish: Publish | None = None,
+                  events: Sequence[AnyEnvelope] = (), **changes: Any) -> dict | None:
+        """Move a record to `status`; None when `expect` no longer holds (another request won).
+        With `publish`, the `events` are stored in the same transaction (the outbox)."""
+        fields = {"status": status, "updated_at": now(), **changes}
+        updated: dict | None
+        if publish is not None:
+            try:
+                [result] = await publish.commit([Update(DEPLOYMENTS, plugin_id, fields, expect=expect)], events)
+                updated = result if isinstance(result, dict) else None
+            except WriteConflict:
+                updated = None
+        else:
+            updated = await self.catalog.update(DEPLOYMENTS, plugin_id, fields, expect=expect)
         record_cache.forget(self.catalog, DEPLOYMENTS, plugin_id)
-        if updated is not None:
+        if updated is not None:  # the version's copy of the status, for listings
             await self.catalog.update(VERSIONS, plugin_id, {"deployment_status": status})
         return updated
 
-    async def put(self, record: dict) -> dict:
-        await self.catalog.upsert(DEPLOYMENTS, record["plugin_id"], record)
+    async def put(self, record: dict, *, publish: Publish | None = None, events: Sequence[AnyEnvelope] = ()) -> dict:
+        """Store the record (and the version's copy of its status); with `publish`, the `events`
+        are stored in the same transaction (the outbox)."""
+        if publish is not None:
+            await publish.commit([Upsert(DEPLOYMENTS, record["plugin_id"], record)], events)
+        else:
+            await self.catalog.upsert(DEPLOYMENTS, record["plugin_id"], record)
         record_cache.forget(self.catalog, DEPLOYMENTS, record["plugin_id"])
         await self.catalog.update(VERSIONS, record["plugin_id"], {"deployment_status": record["status"]})
         return record

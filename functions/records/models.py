@@ -24,7 +24,7 @@ from engine.models.validate import MODEL_FORMATS, ModelFinding
 from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from events.payloads import Finding
 from functions.records.status import DeploymentStatus, ModelStatus
-from infra.catalog.base import Catalog
+from infra.catalog.base import Catalog, Update
 from infra.settings import Settings
 
 log = structlog.get_logger("sluice.models")
@@ -255,6 +255,11 @@ class ModelRegistry:
 
     async def update(self, namespace: str, model_id: str, changes: dict, *, expect: dict | None = None) -> dict | None:
         return await self.catalog.update(MODELS, model_key(namespace, model_id), {**changes, "updated_at": now()}, expect=expect)
+
+    @staticmethod
+    def change(namespace: str, model_id: str, changes: dict, *, expect: dict | None = None) -> Update:
+        """`update` as a write for `Outbox.commit`, to go with the events it implies."""
+        return Update(MODELS, model_key(namespace, model_id), {**changes, "updated_at": now()}, expect=expect)
 
     async def delete(self, namespace: str, model_id: str) -> dict:
         """Remove the record and every alias pointing at it; answers the removed record."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from events.errors import Conflict, InvalidInput, NotFound
 from functions.records.status import UploadStatus
-from infra.catalog.base import Catalog
+from infra.catalog.base import Catalog, Update
 
 UPLOADS = "plugin_uploads"
 VERSIONS = "plugin_versions"
@@ -108,6 +108,11 @@ class PluginCatalog:
 
     async def update_upload(self, upload_id: str, changes: dict, *, expect: dict | None = None) -> dict | None:
         return await self.catalog.update(UPLOADS, upload_id, {**changes, "updated_at": now()}, expect=expect)
+
+    @staticmethod
+    def upload_change(upload_id: str, changes: dict, *, expect: dict | None = None) -> Update:
+        """`update_upload` as a write for `Outbox.commit`, to go with the events it implies."""
+        return Update(UPLOADS, upload_id, {**changes, "updated_at": now()}, expect=expect)
 
     # --- versions -----------------------------------------------------------------------------
 

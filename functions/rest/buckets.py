@@ -7,6 +7,7 @@ valid name works, and the same name in another namespace is another folder. Conf
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from events.payloads import ObjectCreated
 from functions.records.collection import check_bucket_name, ensure_bucket
 from functions.records.status import UploadStatus
 from functions.rest.deps import ScopedNamespace
-from functions.runtime.runner import publish
+from infra.catalog.base import Update, WriteConflict
 from infra.objectstore.local import key_problem
 
 OBJECT_UPLOADS = "object_uploads"
@@ -97,12 +98,10 @@ def router() -> APIRouter:
             bucket=bucket, key=upload["key"], size=info.size, etag=info.etag, version_id=info.version_id,
             content_type=info.content_type or upload.get("content_type"), event_time=info.last_modified, source="upload",
         )
-        changed = await platform.catalog.update(
-            OBJECT_UPLOADS, upload_id, {"status": UploadStatus.CONFIRMED, "confirmed_at": _now(), "size": info.size},
-            expect={"status": UploadStatus.AWAITING_UPLOAD},
-        )
-        if changed is not None:  # a second confirm publishes nothing new
-            await publish(platform.bus, platform.topics, make(obj, namespace=namespace))
+        change = Update(OBJECT_UPLOADS, upload_id, {"status": UploadStatus.CONFIRMED, "confirmed_at": _now(), "size": info.size},
+                        expect={"status": UploadStatus.AWAITING_UPLOAD})
+        with contextlib.suppress(WriteConflict):  # a second confirm publishes nothing new
+            await platform.outbox.commit([change], [make(obj, namespace=namespace)])  # the status and its event: both or neither
         return {"upload_id": upload_id, "status": UploadStatus.CONFIRMED, "object": obj.model_dump(mode="json")}
 
     return api

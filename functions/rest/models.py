@@ -45,10 +45,10 @@ from functions.records.models import (
 )
 from functions.records.status import MODEL_TERMINAL, ModelStatus
 from functions.rest.deps import ScopedNamespace
-from functions.runtime.runner import publish
 from functions.runtime.scratch import scratch
 from functions.services.model_deploy import deploy_model, sync_aliases, undeploy_model
 from infra.bootstrap import Platform
+from infra.catalog.base import WriteConflict
 
 FORM_FIELDS = ("name", "version", "model_format", "framework", "task_type", "num_cpus", "num_gpus", "memory_gb")
 MAX_FIELD_BYTES = 64 * 1024
@@ -295,13 +295,16 @@ async def _confirm(request: Request, record: dict) -> dict:
                            details={"model_id": model_id, "rule_id": RULE_EMPTY})
     if record.get("expires_at", "") <= now():  # its slot lapsed with the URL: it must fit again
         await registry.check_capacity(namespace, settings.models_max_per_namespace, excluding=model_id)
-    changed = await registry.update(namespace, model_id, {"status": ModelStatus.VALIDATING, "confirmed_at": now(), "size_bytes": info.size},
-                                    expect=expect)
-    if changed is None:
-        return await registry.get(namespace, model_id)  # a concurrent confirm won; both wait for one outcome
-    await publish(platform.bus, platform.topics, make(ModelUploadConfirmed(
+    event = make(ModelUploadConfirmed(
         model_id=model_id, model_format=record["model_format"], archive=ObjectRef(bucket=upload["bucket"], key=upload["key"]),
-    ), namespace=namespace))
+    ), namespace=namespace)
+    change = registry.change(namespace, model_id, {"status": ModelStatus.VALIDATING, "confirmed_at": now(), "size_bytes": info.size},
+                             expect=expect)
+    try:
+        [changed] = await platform.outbox.commit([change], [event])  # the status and its event: both or neither
+    except WriteConflict:
+        return await registry.get(namespace, model_id)  # a concurrent confirm won; both wait for one outcome
+    assert isinstance(changed, dict)
     return changed
 
 

@@ -14,6 +14,7 @@ sweeper (functions/runtime/sweeper.py) once its URL expired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import io
 import shutil
@@ -37,12 +38,12 @@ from functions.records.deployments import Deployments
 from functions.records.plugins import VERSIONS, PluginCatalog, now
 from functions.records.status import UPLOAD_TERMINAL, UploadStatus
 from functions.rest.deps import ScopedNamespace
-from functions.runtime.runner import publish
 from functions.runtime.scratch import sha256_file
 from functions.services.deploy import forget as forget_deployment
 from functions.services.deploy import request_deploy, request_undeploy
 from functions.services.retrieve import call_deployment, ready_deployment
 from infra.bootstrap import Platform
+from infra.catalog.base import WriteConflict
 
 log = structlog.get_logger("sluice.rest.plugins")
 
@@ -361,18 +362,15 @@ async def _confirm(platform: Platform, plugins: PluginCatalog, upload: dict) -> 
             "the uploaded archive is empty; PUT the zip bytes with Content-Type: application/zip",
             details={"upload_id": upload["upload_id"]},
         )
-    changed = await plugins.update_upload(
-        upload["upload_id"], {"status": UploadStatus.CONFIRMED, "confirmed_at": now(), "size_bytes": info.size},
-        expect={"status": UploadStatus.AWAITING_UPLOAD},
-    )
-    if changed is None:
-        return  # a concurrent confirm won; both wait for the same outcome
     event = make(PluginUploadConfirmed(
         upload_id=upload["upload_id"], plugin_name=upload["plugin_name"], version=upload["version"],
         description=upload.get("description"), archive=ObjectRef(bucket=ref["bucket"], key=ref["key"]),
         strict=bool(upload.get("strict")),
     ), namespace=upload["namespace"])
-    await publish(platform.bus, platform.topics, event)
+    change = plugins.upload_change(upload["upload_id"], {"status": UploadStatus.CONFIRMED, "confirmed_at": now(),
+                                                         "size_bytes": info.size}, expect={"status": UploadStatus.AWAITING_UPLOAD})
+    with contextlib.suppress(WriteConflict):  # a concurrent confirm won; both wait for the same outcome
+        await platform.outbox.commit([change], [event])  # the status and its event: both or neither
 
 
 __all__ = ["router"]

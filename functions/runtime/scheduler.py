@@ -30,10 +30,12 @@ written is skipped. A new version of an object replaces the old version's docume
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import mimetypes
 import os
+import random
 import secrets
 import socket
 import threading
@@ -41,26 +43,28 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import pandas as pd
 import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from engine.ingest.worker import PluginSpec
 from engine.plugins.extractors.pipeline import TEXT_MIME_TYPES
 from events.bus import EventBus
-from events.envelope import make
-from events.errors import AlreadyExists, NotFound, TooLarge
+from events.envelope import AnyEnvelope, make
+from events.errors import AlreadyExists, NotFound, TooLarge, TransientError
 from events.payloads import IngestCompleted, IngestFailed, IngestProgress, IngestStarted, ObjectCreated
+from events.publisher import Publish, Publisher
 from events.topics import Topics
 from functions.records.collection import DOCUMENTS, INGEST_QUEUE, INGESTED, ingested_key
 from functions.records.plugins import VERSIONS, now
 from functions.records.status import TASK_FINISHED, TaskStatus
 from functions.records.tasks import TASKS
-from functions.runtime.runner import publish
 from functions.runtime.task_writer import Source, TaskWriter
 from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
-from infra.catalog.base import Catalog
+from infra.catalog.base import Catalog, Delete, Insert, Update, WriteConflict
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.tenant import NamespaceStore
 from infra.settings import Settings
@@ -117,9 +121,10 @@ class IngestScheduler:
 
     def __init__(
         self, *, catalog: Catalog, vectors: VectorIndex, store: ObjectStore, bus: EventBus, topics: Topics,
-        settings: Settings, compute: Any,
+        settings: Settings, compute: Any, publish: Publish | None = None,
     ) -> None:
         self.catalog, self.vectors, self.store, self.bus, self.topics = catalog, vectors, store, bus, topics
+        self.publish: Publish = publish if publish is not None else _DirectPublish(catalog, Publisher(bus, topics))
         self.settings, self.compute = settings, compute
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
@@ -141,15 +146,19 @@ class IngestScheduler:
     @classmethod
     def for_platform(cls, platform: Any) -> IngestScheduler:
         return cls(catalog=platform.catalog, vectors=platform.vectors, store=platform.store, bus=platform.bus,
-                   topics=platform.topics, settings=platform.settings, compute=platform.compute)
+                   topics=platform.topics, settings=platform.settings, compute=platform.compute, publish=platform.outbox)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Schedule until `stop` is set. Running jobs are left to finish or, when the process
         ends first, to be run again by the next scheduler (their lease runs out)."""
         heartbeat = asyncio.create_task(self._heartbeat(stop))
+        next_reconcile = 0.0
         try:
             while not stop.is_set():
                 try:
+                    if time.monotonic() >= next_reconcile:
+                        next_reconcile = time.monotonic() + self.settings.ingest_reconcile_s
+                        await self.reconcile()
                     await self.recover()
                     await self.schedule()
                 except Exception as exc:  # noqa: BLE001 - the catalog may be briefly down: try again
@@ -226,11 +235,52 @@ class IngestScheduler:
             if task is None or old_task is None or not entries:
                 await self.catalog.delete(JOB_LEASES, collection_id)
                 continue
+            if int(task.get("resumed") or 0) >= self.settings.ingest_max_attempts:  # its runs keep killing their process
+                await self._fail(task, entries, f"the task's process died {task.get('resumed', 0) + 1} times while running it "
+                                 "(SLUICE_INGEST_MAX_ATTEMPTS): not resumed again", None)
+                continue
             log.warning("ingest.task_resumed", task_id=old_task, collection_id=collection_id, previous_owner=lease["owner"])
             await self.catalog.update(
                 TASKS, old_task, {"status": TaskStatus.QUEUED, "owner": self.owner, "resumed": task.get("resumed", 0) + 1}
             )
             self._start(collection_id, task["namespace"], old_task, entries)
+
+    async def reconcile(self) -> Counter[str]:
+        """Repair what a crash between two writes (or an older Sluice) left behind; run at start and
+        every `SLUICE_INGEST_RECONCILE_S`. Counts what it fixed:
+        - `unclaimed`: queue entries claimed by a task that does not exist go back to the queue;
+        - `cleared`: entries of a finished task are removed (its close was cut short);
+        - `orphans`: an unfinished task that no lease names (its process died between two writes)
+          gets an expired lease, so `recover` resumes it like any task whose process died.
+        Only records older than one lease period are touched: anything younger may be a write in
+        flight in another process."""
+        fixed: Counter[str] = Counter()
+        settled = time.time() - LEASE_S
+        mine = {task.get_name().removeprefix("sluice-ingest-") for task in self._running.values()}
+        claims: dict[str, list[dict]] = {}
+        for entry in await self.catalog.find(INGEST_QUEUE, {"claimed_by": {"$ne": None}}, limit=SCAN_PAGE):
+            claims.setdefault(entry["claimed_by"], []).append(entry)
+        for task_id, entries in claims.items():
+            if task_id in mine:
+                continue
+            task = await self.catalog.get(TASKS, task_id)
+            if task is None and all((e.get("claimed_at") or 0) < settled for e in entries):
+                await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": None}) for e in entries])
+                fixed["unclaimed"] += len(entries)
+            elif task is not None and task["status"] in TASK_FINISHED:
+                fixed["cleared"] += await self.catalog.delete_many(INGEST_QUEUE, {"claimed_by": task_id})
+        for task in await self.catalog.find(TASKS, {"status": {"$in": [TaskStatus.QUEUED, TaskStatus.RUNNING]}}, limit=SCAN_PAGE):
+            if task["task_id"] in mine or await self.catalog.get(JOB_LEASES, task["collection_id"]) is not None:
+                continue  # running here, or `recover` sees it (or the collection's current task first)
+            if _created_before(task, settled):
+                with contextlib.suppress(AlreadyExists):
+                    await self.catalog.insert(JOB_LEASES, task["collection_id"], {
+                        "collection_id": task["collection_id"], "owner": "orphan", "task_id": task["task_id"], "expires_at": 0})
+                    fixed["orphans"] += 1
+        if fixed:
+            log.warning("ingest.reconciled", **fixed)
+            self.poke()
+        return fixed
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -291,15 +341,25 @@ class IngestScheduler:
         if not complete and len(chosen) < limit:  # the scan saw only part of this queue
             chosen = await self.catalog.find(INGEST_QUEUE, {"claimed_by": None, "collection_id": collection_id},
                                              order_by="queued_at", limit=limit) or chosen
-        await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": task_id}) for e in chosen])
         first = chosen[0]
-        await self.catalog.insert(TASKS, task_id, {
+        record = {
             "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": TaskStatus.QUEUED,
             "objects": len(chosen), "correlation_id": first.get("correlation_id"), "owner": self.owner,
-            "created_at": now(), "started_at": None, "finished_at": None,
+            "created_at": now(), "started_at": None, "finished_at": None, "attempts": 0,
             "documents_written": 0, "vectors_upserted": {}, "rows_failed": 0, "rows_skipped": 0, "failures": [],
             "warnings": [], "reason": None, "rows_done": 0, "rows_total": len(chosen),
-        })
+        }
+        claimed_at = time.time()
+        try:  # the claims and the task together: no entry is ever claimed by a task that does not exist
+            await self.catalog.transact([
+                *(Update(INGEST_QUEUE, e["id"], {"claimed_by": task_id, "claimed_at": claimed_at}, expect={"claimed_by": None})
+                  for e in chosen),
+                Insert(TASKS, task_id, record),
+            ])
+        except WriteConflict:  # an entry went meanwhile (claimed elsewhere, or its object deleted): look again
+            await self.catalog.delete(JOB_LEASES, collection_id)
+            self.poke()
+            return
         log.info("ingest.task_created", task_id=task_id, collection_id=collection_id, namespace=queue.namespace,
                  objects=len(chosen), running=len(self._running) + 1)
         self._start(collection_id, queue.namespace, task_id, chosen)
@@ -320,12 +380,41 @@ class IngestScheduler:
 
     # --- one task --------------------------------------------------------------------------
 
+    def _event(self, task: dict, payload: Any) -> AnyEnvelope:
+        return make(payload, namespace=task["namespace"], correlation_id=task.get("correlation_id"))
+
     async def _publish(self, task: dict, payload: Any) -> None:
-        await publish(self.bus, self.topics, make(payload, namespace=task["namespace"], correlation_id=task.get("correlation_id")))
+        await self.publish(self._event(task, payload))
 
     async def _run(self, task_id: str, collection_id: str, entries: list[dict]) -> None:
+        """Run the task's job; a transient failure (an unreachable store or index, a Ray worker or
+        node lost) runs it again after a backoff, up to `SLUICE_INGEST_MAX_ATTEMPTS` attempts in
+        all (counted on the task record, across processes), then the task fails with the last error."""
         task = await self.catalog.update(TASKS, task_id, {"status": TaskStatus.RUNNING, "started_at": now(), "owner": self.owner})
         assert task is not None
+        attempts = int(task.get("attempts") or 0)
+        while True:
+            attempts += 1
+            if attempts > 1:
+                task = await self.catalog.update(TASKS, task_id, {"attempts": attempts}) or task
+            error, writer = await self._attempt(task, collection_id, entries, first=attempts == 1)
+            if error is None:
+                return
+            if attempts >= self.settings.ingest_max_attempts:
+                await self._fail(task, entries, f"the job failed {attempts} times (SLUICE_INGEST_MAX_ATTEMPTS); last error: {error}",
+                                 writer)
+                return
+            delay = min(60.0, self.settings.ingest_retry_base_s * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
+            log.warning("ingest.retry", task_id=task_id, attempt=attempts, retry_in_s=round(delay, 2), error=error)
+            await self.catalog.update(TASKS, task_id, {"status": TaskStatus.QUEUED, "attempts": attempts, "last_error": error,
+                                                       "retry_at": time.time() + delay})
+            await asyncio.sleep(delay)
+            await self.catalog.update(TASKS, task_id, {"status": TaskStatus.RUNNING, "retry_at": None})
+
+    async def _attempt(self, task: dict, collection_id: str, entries: list[dict], *, first: bool) -> tuple[str | None, TaskWriter | None]:
+        """One run of the job: (None, writer) once the task is finished (completed or failed for
+        good), (error, writer) when a transient failure should run it again."""
+        task_id = task["task_id"]
         writer: TaskWriter | None = None
         limit_s = self.settings.ingest_job_timeout_s
         deadline = time.monotonic() + limit_s
@@ -339,7 +428,8 @@ class IngestScheduler:
                 await self._check_vectors(collection, plugin)
                 spec, steps, warnings = await self._prepare(collection, plugin, deadline=deadline)
                 sources, rows, read_failures = await self._inputs(collection, plugin, entries)
-                await self._publish(task, IngestStarted(task_id=task_id, collection_id=collection_id, objects=len(entries)))
+                if first:
+                    await self._publish(task, IngestStarted(task_id=task_id, collection_id=collection_id, objects=len(entries)))
                 writer = TaskWriter(
                     catalog=self.catalog, vectors=self.vectors, collection=collection, plugin=plugin, task_id=task_id,
                     sources=sources, features=[f["name"] for f in collection["vector_indexes"]],
@@ -351,6 +441,7 @@ class IngestScheduler:
                     await self.catalog.update(TASKS, task_id, {"warnings": warnings})
                 await self._run_job(spec, steps, rows, writer, task_id=task_id)
             await self._finish(task, collection, entries, writer, warnings)
+            return None, writer
         except asyncio.CancelledError:
             log.warning("ingest.task_interrupted", task_id=task_id)  # the lease runs out; a scheduler resumes it
             raise
@@ -361,10 +452,13 @@ class IngestScheduler:
                 log.error("ingest.job_timeout", task_id=task_id, collection_id=collection_id, limit_s=limit_s)
             elif isinstance(exc, IngestRefused):
                 reason = str(exc)
+            elif transient(exc):
+                return f"{type(exc).__name__}: {exc}", writer
             else:
                 reason = f"the job failed: {type(exc).__name__}: {exc}"
                 log.error("ingest.job_error", task_id=task_id, exc_info=exc)
             await self._fail(task, entries, reason, writer)
+            return None, writer
 
     async def _plugin(self, collection: dict) -> dict:
         extractor = collection["feature_extractor"]
@@ -561,16 +655,14 @@ class IngestScheduler:
             "vectors_upserted": writer.vectors_upserted, "rows_failed": writer.rows_failed, "rows_skipped": writer.rows_skipped,
             "failures": [f.model_dump() for f in writer.failures], "warnings": warnings, "rows_done": len(entries),
         }
-        await self.catalog.update(TASKS, task_id, facts)
-        await self.catalog.delete_many(INGEST_QUEUE, {"claimed_by": task_id})
-        await self.catalog.delete(JOB_LEASES, collection["collection_id"])
-        log.info("ingest.completed", task_id=task_id, status=status, documents=writer.documents_written,
-                 vectors=writer.vectors_upserted, rows_failed=writer.rows_failed)
-        await self._publish(task, IngestCompleted(
+        completed = self._event(task, IngestCompleted(
             task_id=task_id, collection_id=collection["collection_id"], status=outcome, objects=len(entries),
             documents_written=writer.documents_written, vectors_upserted=writer.vectors_upserted,
             rows_failed=writer.rows_failed, failures=writer.failures,
         ))
+        await self._close_task(task, facts, completed)
+        log.info("ingest.completed", task_id=task_id, status=status, documents=writer.documents_written,
+                 vectors=writer.vectors_upserted, rows_failed=writer.rows_failed)
 
     async def _record_objects(self, collection: dict, entries: list[dict], writer: TaskWriter, task_id: str) -> None:
         """Mark each object version written (or failed, so a redelivery retries it), and remove
@@ -607,18 +699,80 @@ class IngestScheduler:
         task_id, collection_id = task["task_id"], task["collection_id"]
         failures = writer.failures if writer else []
         log.error("ingest.failed", task_id=task_id, collection_id=collection_id, reason=reason)
-        try:
-            await self.catalog.update(TASKS, task_id, {
-                "status": TaskStatus.FAILED, "finished_at": now(), "reason": reason,
-                "documents_written": writer.documents_written if writer else 0,
-                "vectors_upserted": writer.vectors_upserted if writer else {},
-                "rows_failed": writer.rows_failed if writer else 0, "rows_skipped": writer.rows_skipped if writer else 0,
-                "failures": [f.model_dump() for f in failures], **({"warnings": warnings} if warnings is not None else {}),
-            })
+        facts = {
+            "status": TaskStatus.FAILED, "finished_at": now(), "reason": reason,
+            "documents_written": writer.documents_written if writer else 0,
+            "vectors_upserted": writer.vectors_upserted if writer else {},
+            "rows_failed": writer.rows_failed if writer else 0, "rows_skipped": writer.rows_skipped if writer else 0,
+            "failures": [f.model_dump() for f in failures], **({"warnings": warnings} if warnings is not None else {}),
+        }
+        failed = self._event(task, IngestFailed(task_id=task_id, collection_id=collection_id, reason=reason, failures=failures))
+        await self._close_task(task, facts, failed)
+
+    async def _close_task(self, task: dict, facts: dict, event: AnyEnvelope) -> None:
+        """The task's outcome, the end of its lease and its completion event: one transaction (the
+        outbox), retried while the catalog is unreachable, so a finished task always announces it.
+        Its queue entries go after; the reconciler removes any a crash left behind."""
+        task_id, collection_id = task["task_id"], task["collection_id"]
+        writes = [Update(TASKS, task_id, facts), Delete(JOB_LEASES, collection_id)]
+        async for attempt in _catalog_retries():
+            with attempt:
+                await self.publish.commit(writes, [event])
+        with contextlib.suppress(Exception):  # left over: `reconcile` removes entries of finished tasks
             await self.catalog.delete_many(INGEST_QUEUE, {"claimed_by": task_id})
-            await self.catalog.delete(JOB_LEASES, collection_id)
-        finally:
-            await self._publish(task, IngestFailed(task_id=task_id, collection_id=collection_id, reason=reason, failures=failures))
+
+
+_TRANSIENT_RAY_ERRORS = frozenset({
+    "RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+    "ObjectFetchTimedOutError", "OwnerDiedError", "ReferenceCountingAssertionError", "RaySystemError", "OutOfMemoryError",
+    "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError", "RayChannelError",
+})
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a job failure is worth another attempt: the platform's own `TransientError`
+    (a store, the catalog or the index unreachable), a lost connection, or Ray losing a worker,
+    an actor, a node or an object. A plugin's error, a refusal or a time limit is not: a rerun
+    would end the same way. Causes are followed (Ray wraps what a worker raised)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (TransientError, ConnectionError)):
+            return True
+        if type(current).__module__.startswith("ray") and type(current).__name__ in _TRANSIENT_RAY_ERRORS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _catalog_retries() -> AsyncRetrying:
+    """Retries for a write that must land: while the catalog is unreachable, with backoff, for up to 10 minutes."""
+    return AsyncRetrying(retry=retry_if_exception_type((TransientError, ConnectionError)), wait=wait_exponential_jitter(0.2, 10),
+                         stop=stop_after_delay(600), reraise=True)
+
+
+class _DirectPublish:
+    """The `Publish` port without an outbox (a scheduler built by hand): writes first, then events
+    straight to the bus."""
+
+    def __init__(self, catalog: Catalog, publisher: Publisher) -> None:
+        self.catalog, self.publisher = catalog, publisher
+
+    async def __call__(self, *events: AnyEnvelope) -> None:
+        await self.publisher(*events)
+
+    async def commit(self, writes: Sequence[Any] = (), events: Sequence[AnyEnvelope] = ()) -> list[Any]:
+        results = await self.catalog.transact(list(writes))
+        await self.publisher(*events)
+        return results
+
+
+def _created_before(task: dict, moment: float) -> bool:
+    try:
+        return datetime.fromisoformat(str(task.get("created_at"))).timestamp() < moment
+    except ValueError:
+        return True  # no readable time: an old record
 
 
 def _owner_alive(owner: str) -> bool:

@@ -31,7 +31,7 @@ import structlog
 
 from events.envelope import make
 from events.payloads import DeployPlugin
-from events.publisher import Publisher
+from events.publisher import Publish
 from functions.records import cache as record_cache
 from functions.records.deployments import DEPLOYMENTS, Deployments, batch_only_reason, changed_event, deployment_record
 from functions.records.plugins import PluginCatalog, now
@@ -45,33 +45,32 @@ from infra.settings import Settings
 log = structlog.get_logger("sluice.deploy")
 
 
-async def request_deploy(catalog: Catalog, publish: Publisher, namespace: str, plugin_id: str) -> dict:
+async def request_deploy(catalog: Catalog, publish: Publish, namespace: str, plugin_id: str) -> dict:
     """Queue a deployment of the version (a no-op while one is queued, running or deployed)."""
     deployments = Deployments(catalog)
     version = await PluginCatalog(catalog).get_version(namespace, plugin_id)
     current = await catalog.get(DEPLOYMENTS, plugin_id)
     reason = batch_only_reason(version)
     if reason is not None:
-        record = await deployments.put(deployment_record(version, DeploymentStatus.NOT_DEPLOYED, desired="undeployed", reason=reason))
-        await publish(changed_event(record, DeploymentStatus.NOT_DEPLOYED))
-        return record
+        record = deployment_record(version, DeploymentStatus.NOT_DEPLOYED, desired="undeployed", reason=reason)
+        return await deployments.put(record, publish=publish, events=[changed_event(record, DeploymentStatus.NOT_DEPLOYED)])
     if current is not None and current["desired"] == "deployed" and current["status"] in DEPLOYMENT_IN_FLIGHT | {DeploymentStatus.DEPLOYED}:
         return current
-    record = await deployments.put(deployment_record(version, DeploymentStatus.QUEUED, requested_at=now(), attempt=uuid.uuid4().hex))
-    await publish(make(DeployPlugin(plugin_id=plugin_id), namespace=namespace), changed_event(record, DeploymentStatus.QUEUED))
-    return record
+    record = deployment_record(version, DeploymentStatus.QUEUED, requested_at=now(), attempt=uuid.uuid4().hex)
+    return await deployments.put(record, publish=publish, events=[  # the request and its command: both or neither
+        make(DeployPlugin(plugin_id=plugin_id), namespace=namespace), changed_event(record, DeploymentStatus.QUEUED)])
 
 
-async def request_undeploy(catalog: Catalog, serve: ServeControl, publish: Publisher, namespace: str, plugin_id: str) -> dict:
+async def request_undeploy(catalog: Catalog, serve: ServeControl, publish: Publish, namespace: str, plugin_id: str) -> dict:
     """Remove the version's endpoint now; the archive and the version stay registered."""
     deployments = Deployments(catalog)
     version = await PluginCatalog(catalog).get_version(namespace, plugin_id)
     record = await catalog.get(DEPLOYMENTS, plugin_id) or deployment_record(version, DeploymentStatus.NOT_DEPLOYED)
     removed = await remove_app(serve, record)
-    record = await deployments.put({**record, "status": DeploymentStatus.NOT_DEPLOYED, "desired": "undeployed", "error": None,
-                                    "updated_at": now(), "undeployed_at": now()})
+    record = {**record, "status": DeploymentStatus.NOT_DEPLOYED, "desired": "undeployed", "error": None,
+              "updated_at": now(), "undeployed_at": now()}
+    await deployments.put(record, publish=publish, events=[changed_event(record, DeploymentStatus.NOT_DEPLOYED)])
     await deployments.retire_serving(record)
-    await publish(changed_event(record, DeploymentStatus.NOT_DEPLOYED))
     return {**record, "deployment_removed": removed}
 
 
@@ -97,7 +96,7 @@ async def forget(catalog: Catalog, serve: ServeControl, namespace: str, plugin_i
     return removed
 
 
-async def reconcile(catalog: Catalog, serve: ServeControl, publish: Publisher) -> list[str]:
+async def reconcile(catalog: Catalog, serve: ServeControl, publish: Publish) -> list[str]:
     """Queue again every version that should be serving but has no running application."""
     running = await serve.running_apps()
     queued = []
@@ -106,10 +105,11 @@ async def reconcile(catalog: Catalog, serve: ServeControl, publish: Publisher) -
             continue
         if record["status"] in DEPLOYMENT_IN_FLIGHT and record["app_name"] in running:
             continue  # a deploy in progress elsewhere
-        updated = await Deployments(catalog).set(record["plugin_id"], DeploymentStatus.QUEUED, attempt=uuid.uuid4().hex, error=None)
+        updated = await Deployments(catalog).set(
+            record["plugin_id"], DeploymentStatus.QUEUED, attempt=uuid.uuid4().hex, error=None, publish=publish,
+            events=[make(DeployPlugin(plugin_id=record["plugin_id"]), namespace=record["namespace"]),
+                    changed_event(record, DeploymentStatus.QUEUED)])
         if updated is not None:
-            await publish(make(DeployPlugin(plugin_id=record["plugin_id"]), namespace=record["namespace"]),
-                          changed_event(updated, DeploymentStatus.QUEUED))
             queued.append(record["plugin_id"])
     if queued:
         log.info("deploy.reconciled", queued=queued)

@@ -17,19 +17,20 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from events.envelope import make
+from events.envelope import AnyEnvelope, make
 from events.errors import Conflict
 from events.payloads import ModelDeployed
-from events.publisher import Publisher
+from events.publisher import Publish
 from functions.records.models import MODELS, ModelRegistry, model_key
 from functions.records.plugins import now
 from functions.runtime.scratch import sha256_file
-from infra.catalog.base import Catalog
+from infra.catalog.base import Catalog, Update, WriteConflict
 from infra.compute import Compute
 from infra.objectstore.base import ObjectStore
 from infra.settings import Settings
@@ -51,7 +52,7 @@ def _build(archive: Path, work: Path, record: dict) -> dict[str, Any]:
     return build_payload(validated.root, record["model_format"], validated.files)
 
 
-async def deploy_model(catalog: Catalog, store: ObjectStore, settings: Settings, compute: Compute, publish: Publisher,
+async def deploy_model(catalog: Catalog, store: ObjectStore, settings: Settings, compute: Compute, publish: Publish,
                        namespace: str, ref: str) -> dict:
     """Deploy (or confirm deployed) the model `ref`; answers the updated record."""
     from engine.models import registry
@@ -80,9 +81,9 @@ async def deploy_model(catalog: Catalog, store: ObjectStore, settings: Settings,
             raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    updated = await _mark(catalog, record, "DEPLOYED", cached=True, bytes=held.get("bytes"), error=None, deployed_at=now())
-    await publish(make(ModelDeployed(model_id=record["model_id"], cached=True, deployment_status="DEPLOYED"),
-                                    namespace=namespace))
+    event = make(ModelDeployed(model_id=record["model_id"], cached=True, deployment_status="DEPLOYED"), namespace=namespace)
+    updated = await _mark(catalog, record, "DEPLOYED", publish=publish, events=[event], cached=True, bytes=held.get("bytes"),
+                          error=None, deployed_at=now())
     log.info("model.deployed", namespace=namespace, model_id=record["model_id"], bytes=held.get("bytes"))
     return updated
 
@@ -98,9 +99,19 @@ async def undeploy_model(catalog: Any, compute: Any, namespace: str, ref: str) -
     return await _mark(catalog, record, "NOT_DEPLOYED", cached=False), removed
 
 
-async def _mark(catalog: Any, record: dict, status: str, **changes: Any) -> dict:
-    updated = await catalog.update(MODELS, model_key(record["namespace"], record["model_id"]),
-                                   {"deployment_status": status, "deployed": status == "DEPLOYED", **changes})
+async def _mark(catalog: Any, record: dict, status: str, *, publish: Publish | None = None, events: Sequence[AnyEnvelope] = (),
+                **changes: Any) -> dict:
+    """Record the deployment status; with `publish`, the `events` are stored with it (the outbox)."""
+    key = model_key(record["namespace"], record["model_id"])
+    fields = {"deployment_status": status, "deployed": status == "DEPLOYED", **changes}
+    updated: Any
+    if publish is not None:
+        try:
+            [updated] = await publish.commit([Update(MODELS, key, fields)], events)
+        except WriteConflict:  # the model was deleted meanwhile: nothing to announce
+            updated = None
+    else:
+        updated = await catalog.update(MODELS, key, fields)
     return updated or {**record, "deployment_status": status, **changes}
 
 
@@ -116,7 +127,7 @@ async def sync_aliases(catalog: Any, compute: Any, namespace: str) -> None:
 
 
 async def reconcile_models(catalog: Catalog, store: ObjectStore, settings: Settings, compute: Compute,
-                           publish: Publisher) -> dict[str, list[str]]:
+                           publish: Publish) -> dict[str, list[str]]:
     """Deploy again every model whose record says it is in the object store but whose holder has
     lost it: a local Ray does not outlive the process that started it, and a cluster restart
     empties every holder. A model that no longer deploys is marked FAILED with the reason.

@@ -50,9 +50,23 @@ class Ports:
         self.catalog = MemoryCatalog()
         self.store = MemoryObjectStore()
         self.published: list[Envelope] = []
+        self.publish = _RecordingOutbox(self.catalog, self.published)
 
-    async def publish(self, *events: Envelope) -> None:
+
+class _RecordingOutbox:
+    """The outbox's port (`events.publisher.Publish`): writes go to the catalog in one transaction,
+    events to a list."""
+
+    def __init__(self, catalog: MemoryCatalog, published: list[Envelope]) -> None:
+        self.catalog, self.published = catalog, published
+
+    async def __call__(self, *events: Envelope) -> None:
         self.published.extend(events)
+
+    async def commit(self, writes=(), events=()) -> list:
+        results = await self.catalog.transact(list(writes))
+        self.published.extend(events)
+        return results
 
 
 @pytest.fixture
