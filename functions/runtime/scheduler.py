@@ -748,8 +748,8 @@ def transient(exc: BaseException) -> bool:
 
 def _catalog_retries() -> AsyncRetrying:
     """Retries for a write that must land: while the catalog is unreachable, with backoff, for up to 10 minutes."""
-    return AsyncRetrying(retry=retry_if_exception_type((TransientError, ConnectionError)), wait=wait_exponential_jitter(0.2, 10),
-                         stop=stop_after_delay(600), reraise=True)
+    return AsyncRetrying(retry=retry_if_exception_type((TransientError, ConnectionError)),
+                         wait=wait_exponential_jitter(multiplier=0.2, max=10), stop=stop_after_delay(600), reraise=True)
 
 
 class _DirectPublish:

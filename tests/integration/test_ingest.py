@@ -350,3 +350,74 @@ async def test_a_task_whose_process_died_is_run_again_and_overwrites(stack):
     assert task["status"] == "COMPLETED" and task["resumed"] == 1
     assert await catalog.get("ingest_leases", collection_id) is None and not await catalog.count("ingest_queue")
     assert await stack.counts(collection_id) == (3, 3)
+
+
+async def test_a_transient_failure_runs_the_task_again_and_it_completes_with_its_attempts_counted(stack, monkeypatch):
+    from events.errors import TransientError
+
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("flaky", "flaky-bucket", "hash_embedder")
+    collection_id = collection["collection_id"]
+    monkeypatch.setattr(stack.platform.settings, "ingest_retry_base_s", 0.1)
+    real_run_job, failures = stack.scheduler._run_job, []
+
+    async def index_down_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise TransientError("vector index unreachable")
+        return await real_run_job(*args, **kwargs)
+
+    monkeypatch.setattr(stack.scheduler, "_run_job", index_down_once)
+    for i in range(3):
+        await stack.put("flaky-bucket", f"f{i}.txt", f"flaky text {i}".encode())
+    done = await stack.finished(collection_id)
+    assert done.type == "IngestCompleted" and done.payload.documents_written == 3, done.payload
+    task = await stack.platform.catalog.get("tasks", done.payload.task_id)
+    assert task["attempts"] == 2 and "vector index unreachable" in task["last_error"]
+    assert [e.type for e in stack.events if getattr(e.payload, "task_id", None) == done.payload.task_id].count("IngestStarted") == 1
+    assert await stack.counts(collection_id) == (3, 3)
+
+
+async def test_a_failure_that_stays_transient_fails_the_task_after_its_attempts(stack, monkeypatch):
+    from events.errors import TransientError
+
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("down", "down-bucket", "hash_embedder")
+    monkeypatch.setattr(stack.platform.settings, "ingest_retry_base_s", 0.05)
+
+    async def index_down(*args, **kwargs):
+        raise TransientError("vector index unreachable")
+
+    monkeypatch.setattr(stack.scheduler, "_run_job", index_down)
+    await stack.put("down-bucket", "d.txt", b"never written")
+    done = await stack.finished(collection["collection_id"])
+    assert done.type == "IngestFailed" and "failed 3 times" in done.payload.reason and "unreachable" in done.payload.reason
+    assert (await stack.platform.catalog.get("tasks", done.payload.task_id))["status"] == "FAILED"
+    assert not await stack.platform.catalog.count("ingest_queue", {"collection_id": collection["collection_id"]})
+
+
+async def test_the_reconciler_requeues_claims_of_a_task_that_never_existed_and_they_are_ingested(stack):
+    from events.payloads import ObjectCreated
+
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("orphans", "orphan-bucket", "hash_embedder")
+    collection_id = collection["collection_id"]
+    store = stack.platform.objects("acme")
+    await store.ensure_bucket("orphan-bucket")
+    entries = []
+    for i in range(2):  # claimed by a task whose insert a crash cut off (an older Sluice wrote these two apart)
+        info = await store.put_bytes("orphan-bucket", f"o{i}.txt", f"orphan {i}".encode(), content_type="text/plain")
+        obj = ObjectCreated(bucket="orphan-bucket", key=f"o{i}.txt", size=info.size, etag=info.etag, content_type="text/plain",
+                            source="upload")
+        entries.append((f"{collection_id}|{obj.dedup_key}", {"namespace": "acme", "collection_id": collection_id,
+                        "object": obj.model_dump(mode="json"), "queued_at": time.time(), "claimed_by": "tsk_never",
+                        "claimed_at": time.time() - 3600}))
+    await stack.platform.catalog.upsert_many("ingest_queue", entries)
+    fixed = await stack.scheduler.reconcile()
+    assert fixed["unclaimed"] == 2
+    done = await stack.finished(collection_id)
+    assert done.type == "IngestCompleted" and done.payload.documents_written == 2
+    assert await stack.counts(collection_id) == (2, 2)
