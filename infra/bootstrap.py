@@ -154,7 +154,12 @@ class Platform:
 
         names = list(self.ports())
         results = await asyncio.gather(*(one(p) for p in self.ports().values()))
-        return dict(zip(names, results, strict=True))
+        report = dict(zip(names, results, strict=True))
+        try:
+            report["outbox"] = await asyncio.wait_for(self.outbox.health(), timeout_s)
+        except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
+            report["outbox"] = Health(status="down", adapter=self.catalog.adapter_name, detail={"error": f"{type(exc).__name__}: {exc}"})
+        return report
 
     async def __aenter__(self) -> Platform:
         await self.connect()

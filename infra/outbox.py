@@ -40,6 +40,7 @@ import structlog
 from events import codec
 from events.bus import EventBus
 from events.envelope import AnyEnvelope
+from events.lifecycle import Health
 from events.topics import Topics
 from infra.catalog.base import Catalog, Delete, Doc, Insert, Update, Write, WriteConflict
 
@@ -48,6 +49,8 @@ log = structlog.get_logger("sluice.outbox")
 OUTBOX = "outbox"
 LEASES = "leases"
 RELAY_LEASE = "outbox-relay"
+STALE_S = 60.0
+"""An event waiting longer than this makes the outbox's health `degraded`."""
 
 
 def owner_alive(owner: str) -> bool:
@@ -111,6 +114,17 @@ class Outbox:
     async def pending(self) -> int:
         """Events stored and not yet acknowledged by the bus."""
         return await self.catalog.count(OUTBOX)
+
+    async def health(self) -> Health:
+        """`degraded` while an event has waited longer than `STALE_S` (the bus is down, or no relay
+        runs); the detail says how many wait, for how long, and which process relays."""
+        oldest = await self.catalog.find(OUTBOX, limit=1)
+        waited = time.time() - oldest[0].get("stored_at", time.time()) if oldest else 0.0
+        lease = await self.catalog.get(LEASES, RELAY_LEASE) or {}
+        detail = {"pending": await self.catalog.count(OUTBOX), "oldest_s": round(waited, 3),
+                  "relay": lease.get("owner") if lease.get("expires_at", 0) > time.time() else None,
+                  "relayed_here": self.relayed}
+        return Health(status="degraded" if waited > STALE_S else "ok", adapter=self.catalog.adapter_name, detail=detail)
 
     # --- the relay --------------------------------------------------------------------------
 

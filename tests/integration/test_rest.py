@@ -63,7 +63,7 @@ async def test_health_reports_every_port_to_the_admin(client):
     r = await client.get("/v1/health", headers=auth(ADMIN))
     assert r.status_code == 200
     body = r.json()
-    assert set(body["ports"]) == {"catalog", "object_store", "vectors", "bus", "compute"}
+    assert set(body["ports"]) == {"catalog", "object_store", "vectors", "bus", "compute", "outbox"}
     assert body["ports"]["catalog"]["status"] == "ok" and body["ports"]["catalog"]["adapter"] == "sqlite"
     assert body["ports"]["compute"]["status"] == "degraded"  # compute=none
     assert body["status"] == "degraded"
