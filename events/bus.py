@@ -48,6 +48,16 @@ class Consumer(abc.ABC):
     async def close(self) -> None:
         """Leave the group. Uncommitted messages will be delivered again to the group."""
 
+    @abc.abstractmethod
+    async def pause(self) -> None:
+        """Stop handing out messages while staying in the group: `fetch` keeps being called (it
+        counts as polling, so a broker never takes this member for dead) and returns []. Partitions
+        assigned later are paused too. Messages not yet fetched stay where they are."""
+
+    @abc.abstractmethod
+    async def resume(self) -> None:
+        """Hand out messages again, from where fetching stopped."""
+
     async def __aenter__(self) -> Consumer:
         return self
 

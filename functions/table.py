@@ -7,8 +7,9 @@ raw topic says how to decode it.
 
 from __future__ import annotations
 
+from events.dead_letters import dead_letter_topic, read_dead_letter
 from events.s3 import decode_notification
-from functions.handlers import deploy, ingest, notifications, register, scan, validate_model
+from functions.handlers import dead_letters, deploy, ingest, notifications, register, scan, validate_model
 from functions.runtime.runner import Function
 
 FUNCTIONS: list[Function] = [
@@ -18,4 +19,5 @@ FUNCTIONS: list[Function] = [
     Function.of("ingest", ingest.handle),
     Function.of("validate_model", validate_model.handle),
     Function.of("notifications", notifications.handle, decode=decode_notification),
+    Function.of("dead_letters", dead_letters.handle, topic=dead_letter_topic, decode_message=read_dead_letter),
 ]

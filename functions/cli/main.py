@@ -53,6 +53,8 @@ app.add_typer(plugin.app, name="plugin")
 app.add_typer(model.app, name="model")
 events = typer.Typer(help="lifecycle events", no_args_is_help=True)
 app.add_typer(events, name="events")
+dlq = typer.Typer(help="dead letters: what the functions gave up on (admin key)", no_args_is_help=True)
+events.add_typer(dlq, name="dlq")
 namespaces = typer.Typer(help="namespaces", no_args_is_help=True)
 app.add_typer(namespaces, name="namespace")
 keys = typer.Typer(help="API keys", no_args_is_help=True)
@@ -283,6 +285,65 @@ def tail(
 ) -> None:
     settings = Target.of(ctx).settings()
     raise typer.Exit(asyncio.run(_tail(settings, topic, from_beginning, as_json, max_events)))
+
+
+# --- sluice events dlq -------------------------------------------------------------------------
+
+DeadLetterId = Annotated[str, typer.Argument(metavar="ID")]
+
+
+def _dlq_path(*rest: str) -> str:
+    return "/".join(["/v1/admin/dead-letters", *(quote(part, safe="") for part in rest)])
+
+
+def _print_dead_letters(listed: list[dict[str, Any]]) -> None:
+    if not listed:
+        print("no dead letters")
+        return
+    print_table([(d["dead_letter_id"], d.get("status") or "-", d.get("function") or "-", d.get("error_type") or "-",
+                  d.get("namespace") or "-", f"{d.get('source_topic')}/{d.get('source_partition')}@{d.get('source_offset')}"
+                  + (f"#{d['record_index']}" if d.get("record_index") is not None else ""),
+                  d.get("created_at") or "-", " ".join((d.get("error") or "").split())[:80]) for d in listed],
+                header=("ID", "STATUS", "FUNCTION", "ERROR_TYPE", "NAMESPACE", "SOURCE", "CREATED", "ERROR"))
+
+
+def _print_dead_letter(d: dict[str, Any]) -> None:
+    for name in ("dead_letter_id", "status", "function", "error_type", "error", "attempts", "source_topic",
+                 "source_partition", "source_offset", "record_index", "namespace", "size", "created_at", "replayed_at",
+                 "replay_count", "discarded_at"):
+        print(f"{name}: {d.get(name) if d.get(name) is not None else '-'}")
+
+
+@dlq.command("list", help="dead letters, newest first")
+def dlq_list(
+    ctx: typer.Context,
+    function: Annotated[str | None, typer.Option("--function", help="only this function's")] = None,
+    status: Annotated[Literal["open", "replayed", "discarded"] | None, typer.Option("--status")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="only this namespace's")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: Json = False,
+) -> None:
+    params = {k: v for k, v in {"function": function, "status": status, "namespace": namespace, "limit": limit,
+                                "offset": offset}.items() if v is not None}
+    call_and_show(ctx, "GET", _dlq_path(), as_json, lambda r: _print_dead_letters(r.get("dead_letters", [])), params=params)
+
+
+@dlq.command("show", help="one dead letter, with its original bytes in --json")
+def dlq_show(ctx: typer.Context, dead_letter_id: DeadLetterId, as_json: Json = False) -> None:
+    call_and_show(ctx, "GET", _dlq_path(dead_letter_id), as_json, _print_dead_letter)
+
+
+@dlq.command("replay", help="publish a dead letter's bytes again to the topic they came from")
+def dlq_replay(ctx: typer.Context, dead_letter_id: DeadLetterId, as_json: Json = False) -> None:
+    call_and_show(ctx, "POST", _dlq_path(dead_letter_id, "replay"), as_json,
+                  lambda d: print(f"replayed {d['dead_letter_id']} to {d.get('source_topic')} ({d.get('replay_count')} so far)"))
+
+
+@dlq.command("discard", help="mark a dead letter as dealt with: never replayed")
+def dlq_discard(ctx: typer.Context, dead_letter_id: DeadLetterId, as_json: Json = False) -> None:
+    call_and_show(ctx, "POST", _dlq_path(dead_letter_id, "discard"), as_json,
+                  lambda d: print(f"discarded {d['dead_letter_id']}"))
 
 
 # --- REST client commands ----------------------------------------------------------------------

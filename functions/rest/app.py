@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from events.lifecycle import Health
+from functions.records.function_states import FunctionStates
 from functions.records.secret_store import SecretsStore
 from functions.records.tenancy import Tenancy
-from functions.rest import buckets, collections, keys, models, plugins, retrievers, tasks
+from functions.rest import buckets, collections, dead_letters, keys, models, plugins, retrievers, tasks
 from functions.rest.auth import AuthenticateFirst
 from functions.rest.deps import Auth, ScopedNamespace
 from functions.rest.errors import install_error_handlers
@@ -53,6 +54,11 @@ class HealthReport(BaseModel):
     sandbox: dict[str, dict[str, Any]] | None = Field(
         default=None, description="With the admin key only: each confinement layer of plugin hosts on this machine "
         "(`available`, `detail`), and `mode` (on, degraded allowed, or off).")
+    functions: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="With the admin key only: each function as its runners last wrote it (`state`: "
+        "starting, running, restarting or stopped; `stale` when no runner refreshed it for 3 heartbeats; `restarts`, "
+        "`last_error`, `last_error_at`, `updated_at`, `age_s`, `runners`). A function restarting or stale makes the "
+        "status `degraded`.")
 
 
 def _tenancy(request: Request) -> Tenancy:
@@ -93,10 +99,16 @@ def _routes() -> APIRouter:
     async def health(request: Request) -> Any:
         ports = await request.app.state.platform.health()
         states = {h.status for h in ports.values()}
+        try:
+            functions = await asyncio.wait_for(FunctionStates(request.app.state.platform.catalog).summary(), 5.0)
+        except Exception as exc:  # noqa: BLE001 - health reports, it does not raise (the catalog's own status says why)
+            functions = {"_unknown": {"state": "unknown", "stale": True, "last_error": f"{type(exc).__name__}: {exc}"}}
+        if FunctionStates.degraded(functions):
+            states.add("degraded")
         status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
         if await _is_admin(request):
             sandbox = await asyncio.to_thread(sandbox_report, request.app.state.platform.settings)
-            report = HealthReport(status=status, ports=ports, sandbox=sandbox)
+            report = HealthReport(status=status, ports=ports, sandbox=sandbox, functions=functions)
         else:
             report = HealthReport(status=status)
         body = report.model_dump(mode="json", exclude_none=True)
@@ -147,6 +159,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(tasks.router())
     app.include_router(retrievers.router())
     app.include_router(models.router())
+    app.include_router(dead_letters.router())
     for router in platform.store.http_routers():
         app.include_router(router)
     return app

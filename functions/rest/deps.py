@@ -6,6 +6,10 @@ route needs; which role a route needs is decided here, in `needed_role`, and now
 - `admin`: key management and namespace secrets (`ADMIN_ROUTES`), whatever the method;
 - `read`: GET and HEAD, and the POSTs that only query (`READ_ONLY_POSTS`);
 - `write`: every other method.
+
+Routes under `PLATFORM_ADMIN_PREFIX` (`/v1/admin/...`: dead letters) name no namespace: only the
+platform admin key may call them, whatever the method (`PlatformAdmin`, and `needed_role` says
+`admin` for them should one ever be scoped).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fastapi import Depends, Header, Request
 from functions.records.tenancy import Principal, Role
 
 NAMESPACE = "/v1/namespaces/{namespace}"
+PLATFORM_ADMIN_PREFIX = "/v1/admin"
 # Route templates (and everything under them) that only a namespace admin may call.
 ADMIN_ROUTES = (f"{NAMESPACE}/api-keys", f"{NAMESPACE}/secrets")
 # POST routes that change nothing: searches and queries, open to `read` keys.
@@ -32,7 +37,7 @@ PRINCIPAL = "principal"  # where functions/rest/auth.py leaves the caller in the
 def needed_role(method: str, route: str | None) -> Role:
     """The role a request needs in its namespace: `route` is the matched route's path template
     (None, no route known: `admin`, failing closed)."""
-    if route is None or any(route == prefix or route.startswith(prefix + "/") for prefix in ADMIN_ROUTES):
+    if route is None or any(route == prefix or route.startswith(prefix + "/") for prefix in (*ADMIN_ROUTES, PLATFORM_ADMIN_PREFIX)):
         return "admin"
     if method.upper() in READ_METHODS or (method.upper() == "POST" and route in READ_ONLY_POSTS):
         return "read"
@@ -59,5 +64,12 @@ async def namespace_scope(namespace: str, request: Request, principal: Annotated
     return namespace
 
 
+async def platform_admin(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    """The caller, when it holds the platform admin key (403 for every other key, namespace admins too)."""
+    principal.require_admin()
+    return principal
+
+
 Auth = Annotated[Principal, Depends(authenticated)]
 ScopedNamespace = Annotated[str, Depends(namespace_scope)]
+PlatformAdmin = Annotated[Principal, Depends(platform_admin)]

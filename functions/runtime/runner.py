@@ -13,6 +13,22 @@ Messages of one partition (one namespace's, as events are keyed by namespace) ma
 out of order: handlers must be replay-safe and must not rely on that order (`Function(concurrency=1)`
 keeps a function strictly in order). On stop, handlers in flight get `drain_timeout_s` to finish;
 the rest are cancelled and stay uncommitted, so the group gets them again.
+
+While a function is full (`concurrency` messages in flight, or `max_uncommitted` waiting behind
+one), its consumer is paused and fetched from anyway: the broker sees a member that polls, so
+handlers of any length never exceed Kafka's `max_poll_interval_ms` (see infra/bus/kafka.py).
+
+Supervision (functions/runtime/supervision.py): each function's loop runs under a supervisor. A
+loop that fails (a fetch or commit error that is not transient, a subscribe that fails, a bug) is
+logged, subscribed again and restarted with backoff until stop; `states()` says per function
+`starting|running|restarting|stopped`, its restarts and last error, and the same is written to the
+catalog (kind `function_states`) for `GET /v1/health`.
+
+Per-record poison: a decoder may return `Decoded` (events/dead_letters.py): the envelope of a
+message's good records and each bad record as its own bytes; each is dead-lettered alone (header
+`x-sluice-record-index`) and the rest is handled. A function that reads the dead-letter topic (the
+recorder) never writes to it: what it cannot handle is logged and stays in the topic, and its
+transient failures (the catalog down) are retried until they pass.
 """
 
 from __future__ import annotations
@@ -36,17 +52,24 @@ from typing import Any
 import structlog
 
 from events import codec
+from events import dead_letters as dlq
 from events.bus import Consumer, EventBus, Message
+from events.dead_letters import Decoded
 from events.envelope import AnyEnvelope
 from events.errors import PermanentError, PoisonMessage, TransientError
 from events.publisher import Publisher
 from events.topics import Topics
+from functions.records.function_states import FunctionStatus
 from functions.runtime.idempotency import IdempotencyStore
+from functions.runtime.supervision import RestartPolicy, StateBook
+from infra import metrics
+from infra.catalog.base import Catalog
 
 log = structlog.get_logger("sluice.runner")
 
 Handler = Callable[..., Awaitable[Sequence[AnyEnvelope]]]
-Decoder = Callable[[bytes], AnyEnvelope]
+Decoder = Callable[[bytes], AnyEnvelope | Decoded]
+MessageDecoder = Callable[[Message], AnyEnvelope | Decoded]
 
 DEFAULT_CONCURRENCY = 8
 """Messages one function handles at once when neither the runner nor the settings say."""
@@ -61,10 +84,13 @@ class Function:
     event_types: frozenset[str]
     once: bool = False
     """Guard with an idempotency record: for handlers whose effects are not naturally idempotent."""
-    topic: str | None = None
-    """Read this topic instead of the one the event types live on (raw notification topics)."""
+    topic: str | Callable[[Topics], str] | None = None
+    """Read this topic (or the one this callable names) instead of the one the event types live on."""
     decode: Decoder = codec.decode
-    """bytes → envelope; raise `PoisonMessage` for input that can never be handled."""
+    """bytes → envelope; raise `PoisonMessage` for input that can never be handled, or return
+    `Decoded` when only some records of the message are poison."""
+    decode_message: MessageDecoder | None = None
+    """The whole message (headers too) → envelope, instead of `decode` (the dead-letter recorder)."""
     concurrency: int | None = None
     """Messages of this function handled at once; None: the runner's `concurrency`."""
 
@@ -75,6 +101,8 @@ class Function:
         return cls(name, handler, handled_types(handler), **options)
 
     def topic_in(self, topics: Topics) -> str:
+        if callable(self.topic):
+            return self.topic(topics)
         if self.topic is not None:
             return self.topic
         names = {topics.for_type(t) for t in self.event_types}
@@ -141,11 +169,23 @@ class Runner:
     max_uncommitted: int = 1000
     """Handled messages that may wait behind one unfinished message before fetching pauses: bounds
     what a crash redelivers when one handler runs long."""
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    """How a function whose loop failed is started again."""
+    catalog: Catalog | None = None
+    """Where function states are written (kind `function_states`); None: the `catalog` dependency, if any."""
+    heartbeat_s: float = 10.0
+    """How often function states are written even when nothing changed."""
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        names = [fn.name for fn in self.functions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"function names must be unique: {names}")
+        catalog = self.catalog if self.catalog is not None else self.deps.get("catalog")
+        self._book = StateBook(names, owner=self._owner, catalog=catalog if isinstance(catalog, Catalog) else None,
+                               heartbeat_s=self.heartbeat_s)
         self._kwargs = {fn.name: self._resolve(fn) for fn in self.functions}
         if any(fn.once for fn in self.functions) and self.idempotency is None:
             raise ValueError("functions marked once=True need an IdempotencyStore")
@@ -175,14 +215,18 @@ class Runner:
     # --- life -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start every function under its supervisor; returns once each made its first subscribe
+        (one that failed is retried with backoff and shows as `restarting`)."""
         await self.bus.ensure_topics(self.topics.all())
-        consumers = [
-            await self.bus.subscribe([fn.topic_in(self.topics)], group_id=self.group_id(fn)) for fn in self.functions
-        ]
+        self._stopping.clear()
+        self._book.start()
+        loop = asyncio.get_running_loop()
+        first: list[asyncio.Future[None]] = [loop.create_future() for _ in self.functions]
         self._tasks = [
-            asyncio.create_task(self._consume(fn, consumer), name=f"sluice-fn-{fn.name}")
-            for fn, consumer in zip(self.functions, consumers, strict=True)
+            asyncio.create_task(self._supervise(fn, attempted), name=f"sluice-fn-{fn.name}")
+            for fn, attempted in zip(self.functions, first, strict=True)
         ]
+        await asyncio.wait([*first], return_when=asyncio.ALL_COMPLETED)
 
     async def stop(self) -> None:
         """Let the handlers in flight finish (for at most `drain_timeout_s`), commit what is done,
@@ -190,6 +234,12 @@ class Runner:
         self._stopping.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._book.close()
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Per function: `state` (starting|running|restarting|stopped), `restarts`, `last_error`,
+        `last_error_at` and `since` (epoch seconds)."""
+        return self._book.snapshot()
 
     async def run_forever(self) -> None:
         await self.start()
@@ -197,6 +247,40 @@ class Runner:
             await asyncio.gather(*self._tasks)
         finally:
             await self.stop()
+
+    # --- supervision ----------------------------------------------------------------------
+
+    async def _supervise(self, fn: Function, attempted: asyncio.Future[None]) -> None:
+        """Subscribe and consume until stop; a loop that fails is started again after a backoff."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                self._book.set(fn.name, FunctionStatus.STARTING)
+                began = loop.time()
+                try:
+                    consumer = await self.bus.subscribe([fn.topic_in(self.topics)], group_id=self.group_id(fn))
+                    if not attempted.done():
+                        attempted.set_result(None)
+                    self._book.set(fn.name, FunctionStatus.RUNNING)
+                    await self._consume(fn, consumer)
+                    return  # it returns only when stopping
+                except Exception as exc:  # noqa: BLE001 - the supervisor's job: log it, start again
+                    error = exc
+                finally:
+                    if not attempted.done():
+                        attempted.set_result(None)
+                if self._stopping.is_set():
+                    return
+                failures = 1 if loop.time() - began >= self.restart.healthy_after_s else failures + 1
+                delay = self.restart.delay(failures)
+                log.error("function.loop_failed", function=fn.name, error=f"{type(error).__name__}: {error}",
+                          restart_in_s=round(delay, 3), consecutive_failures=failures, exc_info=error)
+                self._book.failed(fn.name, error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        finally:
+            self._book.set(fn.name, FunctionStatus.STOPPED)
 
     # --- consuming ------------------------------------------------------------------------
 
@@ -215,23 +299,30 @@ class Runner:
             if task.cancelled() or task.exception() is not None:
                 return  # not handled (stopping): stays uncommitted, holds back later commits
             offsets.done(message)
+            metrics.event_consumed(fn.name, task.result())
             if self.on_processed is not None:
                 self.on_processed(fn, message, task.result())
 
+        paused = False
         try:
             while not self._stopping.is_set():
                 await self._commit_done(fn, consumer, offsets)
                 room = min(limit - len(in_flight), self.max_uncommitted - offsets.waiting)
                 if room <= 0:
+                    # Full: keep polling with the partitions paused, so the broker never takes this
+                    # member for dead however long its handlers run (max_poll_interval_ms).
+                    if not paused:
+                        await consumer.pause()
+                        paused = True
                     changed.clear()
-                    await _first(changed.wait(), self._stopping.wait(), timeout=self.fetch_timeout_s)
-                    continue
-                try:
-                    messages = await consumer.fetch(max_records=room, timeout_s=self.fetch_timeout_s)
-                except TransientError as exc:
-                    log.warning("bus.fetch_failed", function=fn.name, error=str(exc))
-                    await asyncio.sleep(self.retry.base_delay_s)
-                    continue
+                    messages = await self._fetch(fn, consumer, max_records=1, timeout_s=0)
+                    if not messages:
+                        await _first(changed.wait(), self._stopping.wait(), timeout=self.fetch_timeout_s)
+                else:
+                    if paused:
+                        await consumer.resume()
+                        paused = False
+                    messages = await self._fetch(fn, consumer, max_records=room, timeout_s=self.fetch_timeout_s)
                 for message in messages:
                     offsets.start(message)
                     task = asyncio.create_task(self._process_until_done(fn, message),
@@ -244,6 +335,14 @@ class Runner:
                 await self._commit_done(fn, consumer, offsets)
             finally:
                 await consumer.close()
+
+    async def _fetch(self, fn: Function, consumer: Consumer, *, max_records: int, timeout_s: float) -> list[Message]:
+        try:
+            return await consumer.fetch(max_records=max_records, timeout_s=timeout_s)
+        except TransientError as exc:
+            log.warning("bus.fetch_failed", function=fn.name, error=str(exc))
+            await asyncio.sleep(self.retry.base_delay_s)
+            return []
 
     async def _drain(self, fn: Function, in_flight: dict[asyncio.Task[str], Message]) -> None:
         """Stopping: give the handlers in flight `drain_timeout_s`, then cancel the rest."""
@@ -297,10 +396,22 @@ class Runner:
         bound = {"topic": message.topic, "partition": message.partition, "offset": message.offset, "function": fn.name}
         with structlog.contextvars.bound_contextvars(**bound):
             try:
-                event = fn.decode(message.value)
+                decoded = fn.decode_message(message) if fn.decode_message is not None else fn.decode(message.value)
             except PoisonMessage as exc:
                 await self._dead_letter(fn, message, exc, attempts=0)
                 return "dead_lettered"
+            except Exception as exc:
+                log.exception("function.decoder_failed", error=f"{type(exc).__name__}: {exc}")
+                await self._dead_letter(fn, message, exc, attempts=0)
+                return "dead_lettered"
+            if isinstance(decoded, Decoded):
+                for reject in decoded.rejects:
+                    await self._dead_letter(fn, message, reject.error, attempts=0, value=reject.value, record=reject.index)
+                if decoded.envelope is None:
+                    return "dead_lettered"
+                event = decoded.envelope
+            else:
+                event = decoded
             if event.type not in fn.event_types:
                 return "skipped"
             with structlog.contextvars.bound_contextvars(
@@ -320,10 +431,11 @@ class Runner:
                 return "dead_lettered"
             except Exception as exc:
                 transient = isinstance(exc, TransientError)
-                if attempt >= self.retry.max_attempts:
+                # The recorder of dead letters has no topic behind it: it waits out transient failures.
+                if attempt >= self.retry.max_attempts and not (transient and self._reads_dead_letters(fn)):
                     await self._dead_letter(fn, message, exc, attempts=attempt)
                     return "dead_lettered"
-                delay = self.retry.delay(attempt)
+                delay = self.retry.delay(min(attempt, self.retry.max_attempts))
                 log.warning(
                     "function.retry", attempt=attempt, delay_s=round(delay, 3), transient=transient,
                     error=f"{type(exc).__name__}: {exc}",
@@ -361,19 +473,25 @@ class Runner:
         if results:
             log.info("function.published", events=[ev.type for ev in results])
 
-    async def _dead_letter(self, fn: Function, message: Message, exc: BaseException, *, attempts: int) -> None:
-        error_type = getattr(exc, "error_type", type(exc).__name__)
-        log.error("function.dead_lettered", error_type=error_type, error=str(exc), attempts=attempts)
-        headers = [
-            ("x-sluice-function", fn.name.encode()),
-            ("x-sluice-error-type", str(error_type).encode()),
-            ("x-sluice-error", str(exc).encode()[:4096]),
-            ("x-sluice-source-topic", message.topic.encode()),
-            ("x-sluice-source-partition", str(message.partition).encode()),
-            ("x-sluice-source-offset", str(message.offset).encode()),
-            ("x-sluice-attempts", str(attempts).encode()),
-        ]
-        await self.bus.publish(self.topics.dead_letters, message.value, key=message.key, headers=headers)
+    def _reads_dead_letters(self, fn: Function) -> bool:
+        return fn.topic_in(self.topics) == self.topics.dead_letters
+
+    async def _dead_letter(self, fn: Function, message: Message, exc: BaseException, *, attempts: int,
+                           value: bytes | None = None, record: int | None = None) -> None:
+        """Publish `value` (default: the message's bytes) to the dead-letter topic with headers
+        saying who gave up, why, and where it came from (`record`: the index of one rejected record)."""
+        error_type = str(getattr(exc, "error_type", type(exc).__name__))
+        if self._reads_dead_letters(fn):
+            # Never into the topic it came from: that would loop. It stays there for an operator.
+            log.error("function.dead_letter_unrecorded", error_type=error_type, error=str(exc), attempts=attempts)
+            return
+        log.error("function.dead_lettered", error_type=error_type, error=str(exc), attempts=attempts, record=record)
+        headers = dlq.headers(function=fn.name, error_type=error_type, error=str(exc), source_topic=message.topic,
+                              source_partition=message.partition, source_offset=message.offset, attempts=attempts,
+                              record_index=record)
+        await self.bus.publish(self.topics.dead_letters, message.value if value is None else value, key=message.key,
+                               headers=headers)
+        metrics.dead_lettered(fn.name)
 
 
 TopicPartition = tuple[str, int]

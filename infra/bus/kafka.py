@@ -12,6 +12,17 @@ Two things are there for Tansu, the embedded broker (`infra.bus.broker`) of the 
 Tansu also holds every JoinGroup for half the session timeout (at least 1 s) before answering, so
 on Tansu a short `session_timeout_ms` (3000) makes subscribing fast; Apache Kafka refuses less
 than 6000 by default.
+
+Long handlers and `max_poll_interval_ms`: aiokafka leaves the group (and the broker rebalances
+and redelivers) when no `getmany` was in progress for `max_poll_interval_ms`, whatever the
+heartbeats say. Handlers run in tasks off the runner's fetch loop, so what could starve the polls is
+the loop itself when its function is full. Rather than raising the interval (which also delays the
+detection of a consumer that is really stuck, and only moves the cliff), the consumer can be
+paused: `pause()` pauses every assigned partition (again at each fetch, as a rebalance hands out
+partitions unpaused), and `fetch` keeps calling `getmany`, which returns nothing from paused
+partitions but counts as a poll. The runner pauses while it is full and resumes when there is room
+(`functions/runtime/runner.py`), so a member stays in its group however long its handlers run.
+Records aiokafka had prefetched for a paused partition are dropped and fetched again on resume.
 """
 
 from __future__ import annotations
@@ -82,6 +93,7 @@ class KafkaBus(EventBus):
         session_timeout_ms: int = 10_000,
         request_timeout_ms: int = 30_000,
         enable_idempotence: bool = False,
+        max_poll_interval_ms: int = 300_000,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
@@ -90,6 +102,7 @@ class KafkaBus(EventBus):
         self.session_timeout_ms = session_timeout_ms
         self.request_timeout_ms = request_timeout_ms
         self.enable_idempotence = enable_idempotence
+        self.max_poll_interval_ms = max_poll_interval_ms
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._consumers: set[_KafkaConsumer] = set()
@@ -187,6 +200,7 @@ class KafkaBus(EventBus):
             auto_offset_reset="earliest" if from_beginning else "latest",
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 3, 100),
+            max_poll_interval_ms=self.max_poll_interval_ms,
             request_timeout_ms=self.request_timeout_ms,
         )
         try:
@@ -217,12 +231,32 @@ class _KafkaConsumer(Consumer):
         self._consumer = consumer
         self.group_id = group_id
         self._closed = False
+        self._paused = False
 
     async def fetch(self, *, max_records: int = 100, timeout_s: float = 1.0) -> list[Message]:
         self._require_open()
+        if self._paused:
+            self._pause_assigned()  # a rebalance hands partitions out unpaused
         async with _transient("fetch"):
             batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         return [_message(record) for records in batches.values() for record in records]
+
+    async def pause(self) -> None:
+        self._require_open()
+        self._paused = True
+        self._pause_assigned()
+
+    async def resume(self) -> None:
+        self._require_open()
+        self._paused = False
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.resume(*assigned)
+
+    def _pause_assigned(self) -> None:
+        assigned = self._consumer.assignment() - self._consumer.paused()
+        if assigned:
+            self._consumer.pause(*assigned)
 
     async def commit(self, message: Message) -> None:
         self._require_open()

@@ -462,11 +462,14 @@ P = NS + "/plugins"
 M = NS + "/models"
 C = NS + "/collections"
 OBJ = "/v1/objects/{bucket}/{key:path}"
+DLQ = "/v1/admin/dead-letters"  # every namespace's dead letters: the platform admin key only
 
 # Routes that name no tenant: driven with A's key too, and checked for B's markers.
 NO_TENANT = {
     ("GET", "/v1/health"), ("GET", "/v1/openapi.json"), ("GET", "/v1/docs"), ("GET", "/docs/oauth2-redirect"),
     ("POST", "/v1/namespaces"), ("GET", "/v1/namespaces"), ("PUT", OBJ), ("GET", OBJ),
+    ("GET", DLQ), ("GET", DLQ + "/{dead_letter_id}"), ("POST", DLQ + "/{dead_letter_id}/replay"),
+    ("POST", DLQ + "/{dead_letter_id}/discard"),
 }
 
 CASES: list[Case] = [
@@ -482,6 +485,11 @@ CASES: list[Case] = [
     Case("PUT", OBJ, None, (403,), "A's URL edited to B's pending model upload", send=put_into_b_model_upload,
          check=b_objects_untouched),
     Case("GET", OBJ, None, (403,), "A's signature on B's object", send=get_b_object_with_a_signature),
+    Case("GET", DLQ, None, (403,), "a namespace admin is not the platform admin"),
+    Case("GET", DLQ, None, (403,), "filtered by B's namespace", body=lambda w: {"params": {"namespace": B}}),
+    Case("GET", DLQ + "/{dead_letter_id}", None, (403,), path={"dead_letter_id": "=dlq_0123456789abcdef"}),
+    Case("POST", DLQ + "/{dead_letter_id}/replay", None, (403,), path={"dead_letter_id": "=dlq_0123456789abcdef"}),
+    Case("POST", DLQ + "/{dead_letter_id}/discard", None, (403,), path={"dead_letter_id": "=dlq_0123456789abcdef"}),
 
     # --- form B: B's namespace in the path, every route -> 403
     Case("GET", NS, B, (403,)),
