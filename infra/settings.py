@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers, host:port[,host:port].")
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, description="Consumer group session timeout.")
+    bus_retention_s: float = Field(
+        default=7 * 24 * 3600, ge=0, description="Log buses (sqlite, memory): consumed messages older than this are "
+        "pruned. A message stays while any consumer group reading its partition has not committed past it, and a topic "
+        "no group reads keeps everything. Kafka keeps its own retention.")
+    bus_retention_max_messages: int | None = Field(
+        default=100_000, ge=0, description="Log buses: the most messages one partition keeps; consumed messages over it "
+        "are pruned oldest first, however young (unconsumed ones always stay). None (in code), or a large number: "
+        "consumed messages go by age alone.")
+    bus_prune_interval_s: float = Field(
+        default=600.0, gt=0, le=24 * 3600, description="How often the bus janitor prunes a log bus (sqlite, memory).")
 
     object_store: Literal["local", "s3"] | None = Field(default=None, description="Default s3 when s3_endpoint_url is set.")
     s3_endpoint_url: str | None = Field(default=None, description="S3 / MinIO endpoint; unset with object_store=s3: AWS.")
@@ -72,6 +82,12 @@ class Settings(BaseSettings):
     upload_sweep_interval_s: float = Field(
         default=300.0, gt=0, le=24 * 3600, description="How often the upload sweeper removes the objects of uploads never "
         "confirmed before their URL expired (and of failed plugin uploads).")
+    drop_stable_s: float = Field(
+        default=2.0, ge=0, le=3600, description="Drop folder: how long a file must stay unchanged (size, mtime, inode), "
+        "counted from the last change seen, before it is taken; a file open for writing waits longer.")
+    drop_rescan_s: float = Field(
+        default=30.0, gt=0, le=24 * 3600, description="Drop folder: how often the whole folder is walked again, as a "
+        "safety net for events the file-system watcher missed.")
     outbox_poll_s: float = Field(
         default=0.2, gt=0, le=60, description="How often the outbox relay looks for events stored by other processes "
         "(events stored in its own process are relayed at once).")

@@ -7,7 +7,11 @@ and the benches all call `run_functions` (or `functions_running` around it).
 - the deploy reconciler: versions that should be serving but whose Serve applications are gone;
 - the drop folder, when given one;
 - the upload sweeper (functions/runtime/sweeper.py): objects of uploads never confirmed before
-  their URL expired, every `settings.upload_sweep_interval_s`.
+  their URL expired, every `settings.upload_sweep_interval_s`;
+- the bus janitor (functions/runtime/janitor.py): retention of consumed log entries on the SQLite
+  and in-memory buses, every `settings.bus_prune_interval_s`.
+
+The outbox relay is not started here: every connected `Platform` runs one (infra/outbox.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import structlog
 
 from functions.runtime.dropfolder import DropFolder
 from functions.runtime.idempotency import IdempotencyStore
+from functions.runtime.janitor import BusJanitor
 from functions.runtime.runner import Function, Runner
 from functions.runtime.scheduler import IngestScheduler
 from functions.runtime.sweeper import UploadSweeper
@@ -70,10 +75,9 @@ async def run_functions(
             await reconcile_deployments(platform.catalog, platform.serve, platform.publish)
         tasks.append(asyncio.create_task(_schedule_after_models(platform, scheduler, stop) if reconcile else scheduler.run(stop)))
         tasks.append(asyncio.create_task(UploadSweeper.for_platform(platform).run(stop)))
+        tasks.append(asyncio.create_task(BusJanitor.for_platform(platform).run(stop)))
         if drop_folder is not None:
-            tasks.append(asyncio.create_task(DropFolder(
-                drop_folder, platform.store, platform.catalog, platform.bus, platform.topics,
-                data_bucket=platform.settings.data_bucket).run(stop)))
+            tasks.append(asyncio.create_task(DropFolder.for_platform(platform, drop_folder).run(stop)))
         if started is not None:
             started(Running(runner, scheduler))
         await stop.wait()

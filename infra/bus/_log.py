@@ -111,14 +111,34 @@ class LogStorage(abc.ABC):
         """The members whose lease runs past `now_ms`."""
 
     @abc.abstractmethod
-    async def prune(self, older_than_ms: int) -> int:
-        """Delete messages stamped before `older_than_ms` that every group with a committed offset
-        on their partition has committed past; partitions no group reads keep everything.
-        Return how many were deleted."""
+    async def prune(self, older_than_ms: int, *, max_messages: int | None = None) -> int:
+        """Retention: delete, on each partition, the oldest messages that every group with a committed
+        offset on it has committed past (partitions no group reads keep everything), as long as they
+        are stamped before `older_than_ms` or the partition holds more than `max_messages`. Only a
+        prefix of a partition goes, so offsets never change and what remains stays contiguous; see
+        `retention_cut`. Return how many were deleted."""
 
     @abc.abstractmethod
     async def describe(self) -> dict[str, Any]:
         """Facts for `health()`."""
+
+
+def retention_cut(
+    *, floor: int | None, first_young: int | None, end: int, max_messages: int | None
+) -> int | None:
+    """The first offset of a partition that retention keeps (everything before it may go), or None
+    when the partition keeps everything.
+
+    `floor` is the lowest offset committed by the groups that read the partition (None: no group
+    does: a topic nobody consumes keeps its messages), `first_young` the first offset stamped at or
+    after the age limit (None: every message is old), `end` the next offset to be written. A message
+    goes when it is consumed (below `floor`) and either old (before `first_young`) or over the cap
+    (more than `max_messages` after it)."""
+    if floor is None:
+        return None
+    by_age = end if first_young is None else first_young
+    by_size = end - max_messages if max_messages is not None else 0
+    return min(floor, max(by_age, by_size))
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -225,11 +245,16 @@ class LogBus(EventBus):
         await self._notify()
         return consumer
 
-    async def prune(self, older_than_s: float) -> int:
-        """Retention: delete messages older than `older_than_s` that every group reading their
-        partition has committed past. Returns how many were deleted."""
+    async def prune(self, older_than_s: float, *, max_messages: int | None = None) -> int:
+        """Retention: delete the messages every group reading their partition has committed past
+        that are older than `older_than_s`, or over `max_messages` per partition (oldest first).
+        Unconsumed messages, and every message of a partition no group reads (a topic nobody
+        subscribed to), stay. Offsets never change: a group from the beginning starts at the first
+        message left. Returns how many were deleted. `functions/runtime/janitor.py` calls it."""
         self._require_connected()
-        deleted = await self._storage.prune(now_ms() - int(older_than_s * 1000))
+        if max_messages is not None and max_messages < 0:
+            raise ValueError("max_messages must not be negative")
+        deleted = await self._storage.prune(now_ms() - int(older_than_s * 1000), max_messages=max_messages)
         log.info("bus.pruned", adapter=self.adapter_name, deleted=deleted)
         return deleted
 
@@ -272,9 +297,13 @@ class LogConsumer(Consumer):
         self._turn = 0
         self._heartbeats: asyncio.Task[None] | None = None
         self._closed = False
+        self._paused = False
 
     async def fetch(self, *, max_records: int = 100, timeout_s: float = 1.0) -> list[Message]:
         self._require_open()
+        if self._paused:  # membership is kept by the heartbeats; nothing is read, positions stay
+            await asyncio.sleep(timeout_s)
+            return []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         poll_s = self._storage.poll_interval_s
@@ -289,6 +318,14 @@ class LogConsumer(Consumer):
     async def commit(self, message: Message) -> None:
         self._require_open()
         await self._storage.commit(self.group_id, message.topic, message.partition, message.offset + 1)
+
+    async def pause(self) -> None:
+        self._require_open()
+        self._paused = True
+
+    async def resume(self) -> None:
+        self._require_open()
+        self._paused = False
 
     async def close(self) -> None:
         if self._closed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from events.bus import Message
-from infra.bus._log import LogBus, LogStorage, Member
+from infra.bus._log import LogBus, LogStorage, Member, retention_cut
 
 
 class _Partition:
@@ -72,19 +72,16 @@ class MemoryLogStorage(LogStorage):
     async def members(self, group_id: str, now_ms: int) -> list[Member]:
         return [member for member, expires_ms in self._members.get(group_id, {}).values() if expires_ms > now_ms]
 
-    async def prune(self, older_than_ms: int) -> int:
+    async def prune(self, older_than_ms: int, *, max_messages: int | None = None) -> int:
         floors: dict[tuple[str, int], int] = {}
         for (_group, topic, partition), offset in self._offsets.items():
             floors[topic, partition] = min(offset, floors.get((topic, partition), offset))
         deleted = 0
         for (topic, partition), floor in floors.items():
             log = self._topics[topic][partition]
-            drop = 0
-            for message in log.messages:
-                assert message.timestamp_ms is not None  # append() stores every message with its timestamp
-                if message.offset >= floor or message.timestamp_ms >= older_than_ms:
-                    break
-                drop += 1
+            first_young = next((m.offset for m in log.messages if (m.timestamp_ms or 0) >= older_than_ms), None)
+            cut = retention_cut(floor=floor, first_young=first_young, end=log.end, max_messages=max_messages)
+            drop = 0 if cut is None else max(0, min(cut - log.start, len(log.messages)))
             del log.messages[:drop]
             log.start += drop
             deleted += drop

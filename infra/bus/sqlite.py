@@ -9,6 +9,16 @@ file too, with leases, so members in different processes share a group's partiti
 All SQLite work runs on one dedicated thread with its own connection, so the event loop never
 blocks on disk. A fetch wakes at once on a publish from this bus and otherwise looks again every
 `poll_interval_s` for other processes' writes.
+
+Retention (`prune`, called by `functions/runtime/janitor.py`) deletes consumed messages in batches
+of `PRUNE_BATCH`, each its own short transaction, so publishers in this and other processes go on
+in between. A file created by this version has `auto_vacuum = INCREMENTAL`: after a prune, the
+freed pages are given back to the file system (`incremental_vacuum`, `VACUUM_STEP` pages per
+transaction). A file created earlier has no auto-vacuum and cannot get it without a full `VACUUM`,
+which this code never runs on its own (it locks the whole file for as long as it takes); there
+SQLite reuses the freed pages for later messages, so the file stops growing at its high-water
+mark instead of shrinking. The write-ahead log is truncated to `JOURNAL_SIZE_LIMIT` after each
+checkpoint, so one large prune does not leave a large `-wal` file behind.
 """
 
 from __future__ import annotations
@@ -25,10 +35,14 @@ from typing import Any, TypeVar
 
 from events.bus import Message
 from events.errors import TransientError
-from infra.bus._log import LogBus, LogStorage, Member
+from infra.bus._log import LogBus, LogStorage, Member, retention_cut
 from infra.sqlite import immediate, open_durable
 
 T = TypeVar("T")
+
+PRUNE_BATCH = 5000  # messages deleted per transaction
+VACUUM_STEP = 2048  # free pages returned to the file system per transaction
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes of -wal file kept after a checkpoint
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -118,7 +132,9 @@ class SqliteLogStorage(LogStorage):
     def _open(self) -> None:
         db = open_durable(self.path, busy_timeout_s=self._busy_timeout_s)
         try:
+            _make_incremental_if_new(db)
             db.executescript(SCHEMA)
+            db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         except BaseException:
             db.close()
             raise
@@ -258,17 +274,53 @@ class SqliteLogStorage(LogStorage):
             for member_id, topics, joined_ms, host, pid in rows
         ]
 
-    async def prune(self, older_than_ms: int) -> int:
-        return await self._run(self._prune, older_than_ms)
+    async def prune(self, older_than_ms: int, *, max_messages: int | None = None) -> int:
+        deleted = 0
+        for topic, partition, first, cut in await self._run(self._prune_plan, older_than_ms, max_messages):
+            for low in range(first, cut, PRUNE_BATCH):
+                deleted += await self._run(self._delete_range, topic, partition, low, min(low + PRUNE_BATCH, cut))
+        if deleted:
+            while await self._run(self._vacuum_step):
+                pass
+        return deleted
 
-    def _prune(self, older_than_ms: int) -> int:
+    def _prune_plan(self, older_than_ms: int, max_messages: int | None) -> list[tuple[str, int, int, int]]:
+        """(topic, partition, first retained offset, first offset to keep) of each partition with
+        something to delete. Commits only raise the floor, so a plan read now stays safe to apply."""
+        rows = self._conn.execute(
+            "SELECT p.topic, p.partition, p.next_offset,"
+            " (SELECT MIN(o.offset) FROM group_offsets o WHERE o.topic = p.topic AND o.partition = p.partition),"
+            " (SELECT m.offset FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition"
+            "   ORDER BY m.offset LIMIT 1),"
+            " (SELECT m.offset FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition"
+            "   AND m.timestamp >= ? ORDER BY m.offset LIMIT 1)"
+            " FROM partitions p",
+            (older_than_ms,),
+        ).fetchall()
+        plan: list[tuple[str, int, int, int]] = []
+        for topic, partition, end, floor, first, first_young in rows:
+            cut = retention_cut(floor=floor, first_young=first_young, end=end, max_messages=max_messages)
+            if cut is not None and first is not None and first < cut:
+                plan.append((topic, partition, first, cut))
+        return plan
+
+    def _delete_range(self, topic: str, partition: int, low: int, high: int) -> int:
         with self._write() as db:
             return db.execute(
-                "DELETE FROM messages WHERE timestamp < ? AND offset < ("
-                "  SELECT MIN(o.offset) FROM group_offsets o"
-                "  WHERE o.topic = messages.topic AND o.partition = messages.partition)",
-                (older_than_ms,),
+                "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset >= ? AND offset < ?",
+                (topic, partition, low, high),
             ).rowcount
+
+    def _vacuum_step(self) -> bool:
+        """Give up to `VACUUM_STEP` free pages back to the file system; True while more are left.
+        A no-op (False) on a file without incremental auto-vacuum, which reuses its free pages."""
+        if self._conn.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+            return False
+        if not self._conn.execute("PRAGMA freelist_count").fetchone()[0]:
+            return False
+        # executescript steps the pragma to its end; execute() would free a single page.
+        self._conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP})")
+        return bool(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
 
     async def describe(self) -> dict[str, Any]:
         return await self._run(self._describe)
@@ -277,6 +329,22 @@ class SqliteLogStorage(LogStorage):
         (topics,) = self._conn.execute("SELECT COUNT(*) FROM topics").fetchone()
         (groups,) = self._conn.execute("SELECT COUNT(DISTINCT group_id) FROM group_offsets").fetchone()
         return {"path": str(self.path), "topics": topics, "groups": groups}
+
+
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
+
+def _make_incremental_if_new(db: sqlite3.Connection) -> None:
+    """Give a file without tables `auto_vacuum = INCREMENTAL`. The mode can only change before
+    the first table, and the WAL switch in `open_durable` has already written the header, so the
+    empty file is rebuilt (`VACUUM`: instant when empty). A file with tables keeps its mode."""
+    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+        return
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    try:
+        db.execute("VACUUM")
+    except sqlite3.OperationalError:
+        pass  # another process is creating the file at this moment: it works without auto-vacuum
 
 
 class SqliteLogBus(LogBus):

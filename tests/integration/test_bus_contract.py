@@ -9,6 +9,7 @@ loaded machine makes the suite slower, not red.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -327,3 +328,105 @@ async def test_prune_deletes_old_messages_every_group_has_committed_past(tmp_pat
         async with await bus.subscribe([topic, unread], group_id=unique("late")) as consumer:
             remaining = await fetch_until(consumer, 3)
         assert sorted(values(remaining)) == [b"m1", b"m2", b"nobody reads this"]
+
+
+# --- retention (memory and SQLite): only consumed messages go, offsets stay ---------------------------
+
+
+async def test_retention_prunes_only_consumed_messages_that_are_old_or_over_the_cap(make_log_bus):
+    async with make_log_bus() as bus:
+        topic, unread, ahead, behind = unique("topic"), unique("unread"), unique("ahead"), unique("behind")
+        await bus.ensure_topics([topic, unread])
+        await publish_values(bus, topic, *(f"m{i}".encode() for i in range(10)))
+        await bus.publish(unread, b"nobody reads this")  # like dead letters before their recorder exists
+        # GIVEN one group consumed m0..m7 and another only m0..m5
+        for group, done in ((ahead, 8), (behind, 6)):
+            async with await bus.subscribe([topic], group_id=group) as consumer:
+                await consumer.commit((await fetch_until(consumer, done))[-1])
+
+        # WHEN nothing is old and nothing is over the cap THEN nothing goes
+        assert await bus.prune(older_than_s=3600) == 0
+        assert await bus.prune(older_than_s=3600, max_messages=10) == 0
+        # WHEN the cap is 5 THEN the five oldest go (all consumed by both groups)
+        assert await bus.prune(older_than_s=3600, max_messages=5) == 5
+        await asyncio.sleep(0.05)
+        # WHEN everything is old THEN what both groups consumed goes, nothing they have not
+        assert await bus.prune(older_than_s=0, max_messages=0) == 1
+        assert await bus.prune(older_than_s=0, max_messages=0) == 0
+
+        # THEN offsets did not change: each group resumes where it was
+        async with await bus.subscribe([topic], group_id=behind) as consumer:
+            resumed = await fetch_until(consumer, 4)
+        assert [(m.offset, m.value) for m in resumed] == [(i, f"m{i}".encode()) for i in range(6, 10)]
+        async with await bus.subscribe([topic], group_id=ahead) as consumer:
+            assert [m.offset for m in await fetch_until(consumer, 2)] == [8, 9]
+        # AND a new group from the beginning starts at the first message left; the unread topic kept all
+        async with await bus.subscribe([topic, unread], group_id=unique("late"), from_beginning=True) as consumer:
+            remaining = await fetch_until(consumer, 5)
+        assert sorted((m.topic == topic, m.offset, m.value) for m in remaining) == [
+            (False, 0, b"nobody reads this"), *((True, i, f"m{i}".encode()) for i in range(6, 10))]
+
+
+async def test_a_group_that_reads_a_pruned_topic_from_the_end_sees_only_new_messages(make_log_bus):
+    async with make_log_bus(partitions=2) as bus:
+        topic, group = unique("topic"), unique("group")
+        await bus.ensure_topics([topic])
+        await publish_values(bus, topic, *(f"m{i}".encode() for i in range(6)))
+        async with await bus.subscribe([topic], group_id=group) as consumer:
+            for message in await fetch_until(consumer, 6):
+                await consumer.commit(message)
+        await asyncio.sleep(0.05)
+        assert await bus.prune(older_than_s=0) == 6
+        async with await bus.subscribe([topic], group_id=unique("late"), from_beginning=True) as late:
+            assert await late.fetch(timeout_s=0.2) == []
+            await bus.publish(topic, b"new")
+            [message] = await fetch_until(late, 1)
+        assert message.value == b"new" and message.offset == 3  # numbering goes on after the pruned ones
+
+
+def _file_bytes(path: Path) -> int:
+    """The main file's size once its write-ahead log is checkpointed into it."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path.stat().st_size
+
+
+async def _fill_and_consume(bus: SqliteLogBus, topic: str, group: str, count: int) -> None:
+    blob = b"x" * 4096
+    for _ in range(count):
+        await bus.publish(topic, blob)
+    async with await bus.subscribe([topic], group_id=group) as consumer:
+        messages = await fetch_until(consumer, count)
+        await consumer.commit(messages[-1])
+
+
+async def test_a_new_sqlite_file_gives_pruned_space_back(tmp_path):
+    path, topic, group = tmp_path / "bus.sqlite3", unique("topic"), unique("group")
+    async with SqliteLogBus(path) as bus:
+        await _fill_and_consume(bus, topic, group, 1000)
+        full = _file_bytes(path)
+        await asyncio.sleep(0.05)
+        assert await bus.prune(older_than_s=0) == 1000
+        assert _file_bytes(path) < full / 4
+
+
+async def test_an_sqlite_file_made_before_auto_vacuum_reuses_pruned_space(tmp_path):
+    import sqlite3
+
+    path, topic, group = tmp_path / "bus.sqlite3", unique("topic"), unique("group")
+    with contextlib.closing(sqlite3.connect(path)) as old:  # GIVEN a file made by an earlier version
+        old.executescript("PRAGMA journal_mode = WAL; CREATE TABLE topics (topic TEXT PRIMARY KEY, partitions INTEGER NOT NULL);")
+        assert old.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    async with SqliteLogBus(path) as bus:
+        await _fill_and_consume(bus, topic, group, 500)
+        await asyncio.sleep(0.05)
+        assert await bus.prune(older_than_s=0) == 500
+        high_water = _file_bytes(path)
+        for _ in range(3):  # WHEN as much again is published, consumed and pruned, several times
+            await _fill_and_consume(bus, topic, group, 500)
+            await asyncio.sleep(0.05)
+            assert await bus.prune(older_than_s=0) == 500
+        # THEN the file stays at its high-water mark instead of growing
+        assert _file_bytes(path) <= high_water * 1.1

@@ -71,7 +71,7 @@ async def test_the_drop_folder_writes_into_the_namespaces_own_folder(tmp_path):
         target.parent.mkdir(parents=True)
         target.write_bytes(b"PK")
         folder = DropFolder(root, platform.store, platform.catalog, platform.bus, platform.topics,
-                            data_bucket=platform.settings.data_bucket)
+                            data_bucket=platform.settings.data_bucket, stable_s=0)
         await folder.poll(), await folder.poll()
         assert not target.exists()
         assert await platform.store.head(platform.settings.plugins_bucket, "globex/plugins/trojan.zip") is None
