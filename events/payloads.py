@@ -171,7 +171,8 @@ class ObjectCreated(_Payload):
     sequencer: str | None = Field(default=None, description="S3 sequencer: orders events for one key.")
     content_type: str | None = Field(default=None, description="MIME type, when known.")
     event_time: datetime | None = Field(default=None, description="When the store saw the write.")
-    source: Literal["s3", "minio", "upload", "drop", "cli"] = Field(description="How Sluice learned of it.")
+    source: Literal["s3", "minio", "upload", "drop", "cli", "backfill"] = Field(
+        description="How Sluice learned of it (`backfill`: listed in the bucket when a collection was created or reingested).")
 
     @property
     def version_marker(self) -> str:
@@ -209,6 +210,19 @@ class ObjectPurged(_Payload):
     documents_deleted: int = Field(ge=0, description="Documents removed from the catalog.")
     vectors_deleted: dict[str, int] = Field(default_factory=dict, description="Points removed, per collection.")
     skipped: str | None = Field(default=None, description="Why nothing was removed (a newer version of the key exists).")
+    entries_dropped: int = Field(default=0, ge=0, description="Queued, not yet claimed ingest entries of the object that were dropped.")
+
+
+class BackfillCollection(_Payload):
+    """Command: queue for ingest every object already in a collection's bucket (under its prefix), as
+    `ObjectCreated` would; sent when a collection is created and by `POST .../reingest`. Progress and
+    counts go to the backfill record (kind `backfills`)."""
+
+    type: Literal["BackfillCollection"] = "BackfillCollection"
+    backfill_id: str = Field(description="The backfill record this run reports to.", examples=["bkf_3f2a9c0d1e4b5a6c7d8e"])
+    collection_id: str = Field(description="Collection whose bucket is listed.", examples=["col_8e1f0c2b3a4d5e6f7a8b"])
+    force: bool = Field(default=False, description="Queue object versions already ingested as well (reingest); a version "
+                        "queued or being ingested now is never queued twice.")
 
 
 class BucketNotification(_Payload):
@@ -279,6 +293,7 @@ Payload = Annotated[
     | ObjectCreated
     | ObjectRemoved
     | ObjectPurged
+    | BackfillCollection
     | BucketNotification
     | IngestStarted
     | IngestProgress
@@ -292,6 +307,7 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     for cls in (
         PluginUploadConfirmed, PluginScanned, PluginRegistered, PluginRegistrationFailed, DeployPlugin,
         PluginDeploymentChanged, ModelUploadConfirmed, ModelRegistered, ModelRejected, ModelDeployed,
-        ObjectCreated, ObjectRemoved, ObjectPurged, BucketNotification, IngestStarted, IngestProgress, IngestCompleted, IngestFailed,
+        ObjectCreated, ObjectRemoved, ObjectPurged, BackfillCollection, BucketNotification, IngestStarted, IngestProgress,
+        IngestCompleted, IngestFailed,
     )
 }

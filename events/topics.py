@@ -19,6 +19,7 @@ _ROUTES: dict[str, str] = {
     "ObjectCreated": "objects",
     "ObjectRemoved": "objects",
     "ObjectPurged": "ingest",
+    "BackfillCollection": "collections",
     "IngestStarted": "ingest",
     "IngestProgress": "ingest",
     "IngestCompleted": "ingest",
@@ -50,6 +51,11 @@ class Topics:
     @property
     def objects(self) -> str:
         return f"{self.prefix}.objects"
+
+    @property
+    def collections(self) -> str:
+        """Commands about whole collections (BackfillCollection)."""
+        return f"{self.prefix}.collections"
 
     @property
     def ingest(self) -> str:

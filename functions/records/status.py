@@ -42,10 +42,19 @@ class TaskStatus(StrEnum):
     FAILED = "FAILED"
 
 
+class BackfillStatus(StrEnum):
+    """A backfill (a collection's bucket listed and queued for ingest): QUEUED → RUNNING → COMPLETED | FAILED."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
 UPLOAD_TERMINAL = (UploadStatus.REGISTERED, UploadStatus.FAILED)
 MODEL_TERMINAL = (ModelStatus.REGISTERED, ModelStatus.REJECTED)
 DEPLOYMENT_IN_FLIGHT = frozenset({DeploymentStatus.QUEUED, DeploymentStatus.PENDING, DeploymentStatus.IN_PROGRESS})
 TASK_FINISHED = (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS, TaskStatus.FAILED)
 
-__all__ = ["DEPLOYMENT_IN_FLIGHT", "DeploymentStatus", "MODEL_TERMINAL", "ModelStatus", "TASK_FINISHED", "TaskStatus",
+__all__ = ["BackfillStatus", "DEPLOYMENT_IN_FLIGHT", "DeploymentStatus", "MODEL_TERMINAL", "ModelStatus", "TASK_FINISHED", "TaskStatus",
            "UPLOAD_TERMINAL", "UploadStatus"]

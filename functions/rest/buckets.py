@@ -1,8 +1,11 @@
-"""Object uploads into a namespace's bucket: presigned PUT, then confirm → `ObjectCreated`.
+"""Objects of a namespace's bucket: uploads (presigned PUT, then confirm → `ObjectCreated`) and
+removal (`DELETE .../objects/{key}` → `ObjectRemoved`).
 
 A bucket is the namespace's own folder of the data bucket (`infra/objectstore/tenant.py`): any
 valid name works, and the same name in another namespace is another folder. Confirm publishes
-`ObjectCreated` once; the ingest function takes it from there.
+`ObjectCreated` once; the ingest function takes it from there. A removal deletes the object from the
+store, then publishes `ObjectRemoved(source="rest")`: the remove function takes its documents and
+points out of every collection (`functions/services/remove.py`) and reports `ObjectPurged`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import make
 from events.errors import Conflict, InvalidInput, NotFound, TooLarge
-from events.payloads import ObjectCreated
+from events.payloads import ObjectCreated, ObjectRemoved
 from functions.records.collection import check_bucket_name, ensure_bucket
 from functions.records.status import UploadStatus
 from functions.rest.deps import ScopedNamespace
@@ -47,9 +50,9 @@ def _check_key(key: str) -> None:
 
 
 def router() -> APIRouter:
-    api = APIRouter(prefix="/v1/namespaces/{namespace}/buckets/{bucket}/uploads", tags=["objects"])
+    api = APIRouter(prefix="/v1/namespaces/{namespace}/buckets/{bucket}", tags=["objects"])
 
-    @api.post("", status_code=201)
+    @api.post("/uploads", status_code=201)
     async def request_upload(namespace: ScopedNamespace, bucket: str, body: ObjectUploadRequest, request: Request) -> Any:
         platform = request.app.state.platform
         check_bucket_name(bucket)
@@ -75,7 +78,7 @@ def router() -> APIRouter:
             "confirm_url": f"{base}/v1/namespaces/{namespace}/buckets/{bucket}/uploads/{upload_id}/confirm",
         }
 
-    @api.post("/{upload_id}/confirm")
+    @api.post("/uploads/{upload_id}/confirm")
     async def confirm(namespace: ScopedNamespace, bucket: str, upload_id: str, request: Request) -> Any:
         platform = request.app.state.platform
         upload = await platform.catalog.get(OBJECT_UPLOADS, upload_id)
@@ -103,5 +106,23 @@ def router() -> APIRouter:
         with contextlib.suppress(WriteConflict):  # a second confirm publishes nothing new
             await platform.outbox.commit([change], [make(obj, namespace=namespace)])  # the status and its event: both or neither
         return {"upload_id": upload_id, "status": UploadStatus.CONFIRMED, "object": obj.model_dump(mode="json")}
+
+    @api.delete("/objects/{key:path}", status_code=202)
+    async def remove_object(namespace: ScopedNamespace, bucket: str, key: str, request: Request) -> Any:
+        """Delete the object from the store; its documents and points go from every collection of the
+        namespace once the remove function has handled the `ObjectRemoved` this publishes (202: the
+        event id; the outcome is the `ObjectPurged` event). 404 when the object does not exist."""
+        platform = request.app.state.platform
+        check_bucket_name(bucket)
+        _check_key(key)
+        objects = platform.objects(namespace)
+        info = await objects.head(bucket, key)
+        if info is None:
+            raise NotFound(f"object {key!r} does not exist in bucket {bucket!r} of namespace {namespace!r}",
+                           details={"bucket": bucket, "key": key})
+        await objects.delete(bucket, key)  # first: the remove function asks the store whether the key exists again
+        event = make(ObjectRemoved(bucket=bucket, key=key, event_time=datetime.now(UTC), source="rest"), namespace=namespace)
+        await platform.publish(event)
+        return {"event_id": event.event_id, "bucket": bucket, "key": key, "status": "REMOVING"}
 
     return api

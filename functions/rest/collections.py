@@ -1,4 +1,12 @@
-"""Collection routes: create (with its vector index), list, get with counts, search, delete."""
+"""Collection routes: create (with its vector index), list, get with counts, search, delete, and the
+backfill of what is already in the bucket.
+
+Creating a collection queues a backfill (`BackfillCollection`, handled by the backfill function,
+`functions/handlers/backfill.py`): objects already in its bucket under its prefix are ingested too.
+`POST .../reingest` queues another one with `force`: object versions already ingested run again.
+Both answer at once with the backfill's id; `GET .../backfills/{backfill_id}` shows its status and
+counts (objects listed, queued, skipped) as the listing goes.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from events.envelope import make
+from events.payloads import BackfillCollection
+from functions.records.backfills import BACKFILLS, Backfills, new_backfill
 from functions.records.collection import Collections
 from functions.rest.deps import ScopedNamespace
 from functions.services.deploy import request_deploy
 from functions.services.retrieve import feature_search
+from infra.catalog.base import Insert
 
 
 class Source(BaseModel):
@@ -54,6 +66,22 @@ def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("id", "index_name")}
 
 
+async def _backfill(request: Request, namespace: str, collection: dict, *, force: bool, trigger: str) -> dict:
+    """A QUEUED backfill record and its command, stored together (the outbox relays the command)."""
+    platform = request.app.state.platform
+    record = new_backfill(namespace, collection, force=force, trigger=trigger)
+    command = make(BackfillCollection(backfill_id=record["backfill_id"], collection_id=collection["collection_id"], force=force),
+                   namespace=namespace)
+    await platform.outbox.commit([Insert(BACKFILLS, record["backfill_id"], record)], [command])
+    base = str(request.base_url).rstrip("/")
+    return {"backfill_id": record["backfill_id"], "status": record["status"], "force": force,
+            "status_url": f"{base}/v1/namespaces/{namespace}/collections/{collection['collection_id']}/backfills/{record['backfill_id']}"}
+
+
+def _public_backfill(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "id"}
+
+
 def router() -> APIRouter:
     api = APIRouter(prefix="/v1/namespaces/{namespace}/collections", tags=["collections"])
 
@@ -65,12 +93,13 @@ def router() -> APIRouter:
             parameters=body.feature_extractor.parameters, description=body.description,
         )
         platform = request.app.state.platform
+        backfill = await _backfill(request, namespace, record, force=False, trigger="created")
         deployment = None
         if getattr(platform.compute, "runs_jobs", False):
             # Queries of this collection are embedded by its plugin version's deployment: start it now.
             deployment = await request_deploy(platform.catalog, platform.publish, namespace,
                                               record["feature_extractor"]["plugin_id"])
-        return {**_public(record), "deployment_status": deployment["status"] if deployment else "NOT_DEPLOYED"}
+        return {**_public(record), "deployment_status": deployment["status"] if deployment else "NOT_DEPLOYED", "backfill": backfill}
 
     @api.get("")
     async def list_collections(namespace: ScopedNamespace, request: Request) -> Any:
@@ -88,6 +117,20 @@ def router() -> APIRouter:
         return await feature_search(p.catalog, p.vectors, p.settings, p.compute, namespace=namespace,
                                     collection_id=collection_id, query={"text": body.query}, limit=body.limit,
                                     feature=body.feature)
+
+    @api.post("/{collection_id}/reingest", status_code=202)
+    async def reingest(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:
+        """List the collection's bucket again and ingest every object under its prefix, those already
+        ingested at their current version too (a version queued or being ingested now is not queued
+        twice). 202 with the backfill's id and status URL."""
+        collection = await _collections(request).get(namespace, collection_id)
+        return await _backfill(request, namespace, collection, force=True, trigger="reingest")
+
+    @api.get("/{collection_id}/backfills/{backfill_id}")
+    async def get_backfill(namespace: ScopedNamespace, collection_id: str, backfill_id: str, request: Request) -> Any:
+        """A backfill's status (QUEUED, RUNNING, COMPLETED, FAILED with `reason`) and counts: objects
+        listed, queued for ingest, and skipped (already ingested at that version, or already queued)."""
+        return _public_backfill(await Backfills(request.app.state.platform.catalog).get(namespace, collection_id, backfill_id))
 
     @api.delete("/{collection_id}")
     async def delete(namespace: ScopedNamespace, collection_id: str, request: Request) -> Any:

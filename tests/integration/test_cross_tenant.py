@@ -173,6 +173,7 @@ async def plant(client: httpx.AsyncClient, platform: Platform, app: FastAPI) -> 
         "feature_extractor": {"feature_extractor_name": B_PLUGIN}})
     assert r.status_code == 201, r.text
     b["collection_id"] = collection_id = r.json()["collection_id"]
+    b["backfill_id"] = r.json()["backfill"]["backfill_id"]
     record = await platform.catalog.get(COLLECTIONS, collection_id)
     b["document_id"] = document_id = "doc_" + token.token_hex(10)
     b["object_id"] = object_id = "obj_" + token.token_hex(10)
@@ -446,6 +447,33 @@ async def b_objects_untouched(w: World, r: httpx.Response) -> None:
         assert ok.status_code in (200, 204), ok.text
 
 
+OBJECT = NS + "/buckets/{bucket}/objects/{key:path}"
+
+
+async def delete_object(w: World, namespace: str, bucket: str, key: str) -> tuple[httpx.Response, str]:
+    """`DELETE .../objects/{key:path}` (a path template `str.format` cannot fill)."""
+    url = f"/v1/namespaces/{namespace}/buckets/{bucket}/objects/{key}"
+    return await w.client.delete(url, headers=auth(w.a_key)), url
+
+
+async def delete_b_object_under_b(w: World) -> tuple[httpx.Response, str]:
+    return await delete_object(w, B, B_BUCKET, B_KEY)
+
+
+async def delete_b_object_under_a(w: World) -> tuple[httpx.Response, str]:
+    """A's namespace, B's bucket name and key: A's own (empty) folder answers 404, and reads the same
+    for names that exist nowhere (no existence oracle)."""
+    r, url = await delete_object(w, A, B_BUCKET, B_KEY)
+    fake, _ = await delete_object(w, A, decoy(B_BUCKET), decoy(B_KEY))
+    assert fake.status_code == r.status_code, described(fake)
+    assert substitute(fake.text, [(decoy(B_BUCKET), B_BUCKET), (decoy(B_KEY), B_KEY)]) == r.text, described(fake)
+    return r, url
+
+
+async def b_object_still_there(w: World, r: httpx.Response) -> None:
+    assert await w.platform.objects(B).get_bytes(B_BUCKET, B_KEY) == B_OBJECT_BODY
+
+
 async def deploy_b_plugin_under_a(w: World) -> tuple[httpx.Response, str]:
     """With compute none the route refuses before any lookup; pretend compute runs jobs so the
     lookup is what answers."""
@@ -521,6 +549,10 @@ CASES: list[Case] = [
                                       feature_extractor={"feature_extractor_name": B_PLUGIN})),
     Case("GET", C, B, (403,)),
     Case("GET", C + "/{collection_id}", B, (403,), path={"collection_id": "collection_id"}),
+    Case("POST", C + "/{collection_id}/reingest", B, (403,), path={"collection_id": "collection_id"}),
+    Case("GET", C + "/{collection_id}/backfills/{backfill_id}", B, (403,),
+         path={"collection_id": "collection_id", "backfill_id": "backfill_id"}),
+    Case("DELETE", OBJECT, B, (403,), send=delete_b_object_under_b, check=b_object_still_there),
     Case("POST", C + "/{collection_id}/search", B, (403,), path={"collection_id": "collection_id"}, body=j(query="quartz")),
     Case("POST", NS + "/buckets/{bucket}/uploads", B, (403,), path={"bucket": "=" + B_BUCKET},
          body=j(key=B_KEY, content_type="text/plain")),
@@ -567,6 +599,10 @@ CASES: list[Case] = [
     Case("GET", C, A, (200,), "A's list", check=listed_empty("collections")),
     Case("GET", C + "/{collection_id}", A, (404,), path={"collection_id": "collection_id"}),
     Case("POST", C + "/{collection_id}/search", A, (404,), path={"collection_id": "collection_id"}, body=j(query="quartz")),
+    Case("POST", C + "/{collection_id}/reingest", A, (404,), path={"collection_id": "collection_id"}),
+    Case("GET", C + "/{collection_id}/backfills/{backfill_id}", A, (404,),
+         path={"collection_id": "collection_id", "backfill_id": "backfill_id"}),
+    Case("DELETE", OBJECT, A, (404,), "A's own folder, B's bucket and key", send=delete_b_object_under_a, check=b_object_still_there),
     Case("POST", NS + "/buckets/{bucket}/uploads/{upload_id}/confirm", A, (404,), "B's pending upload, B's bucket name",
          path={"bucket": "=" + B_BUCKET, "upload_id": "pending_object_upload_id"}),
     Case("POST", NS + "/buckets/{bucket}/uploads/{upload_id}/confirm", A, (404,), "B's confirmed upload",

@@ -152,6 +152,8 @@ async def scenario(root: Path, rounds: list[list[bytes]], store: ObjectStore | N
                     continue
                 key = "/".join(rest)
                 assert (namespace, bucket, key) in created, f"lost: {file.rel!r}"
+                if (namespace, bucket, key) in removed:
+                    continue  # a marker for the same key in the same round: files go first, so the delete wins
                 assert await store.get_bytes(DATA_BUCKET, f"{namespace}/{bucket}/{key}") == file.content
         assert ("acme", "docs", "good-after.txt") in created
         assert await store.get_bytes(DATA_BUCKET, "acme/docs/good-after.txt") == b"content %d" % (start - 1)

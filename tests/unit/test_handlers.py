@@ -85,7 +85,8 @@ def test_the_table_takes_its_event_types_from_the_handlers_signatures() -> None:
     assert {f.name: set(f.event_types) for f in FUNCTIONS} == {
         "scan": {"PluginUploadConfirmed"}, "register": {"PluginScanned"}, "deploy": {"DeployPlugin"},
         "ingest": {"ObjectCreated"}, "validate_model": {"ModelUploadConfirmed"}, "notifications": {"BucketNotification"},
-        "dead_letters": {"DeadLetter"},
+        "dead_letters": {"DeadLetter"}, "remove": {"ObjectRemoved"}, "purge_removed": {"IngestCompleted", "IngestFailed"},
+        "backfill": {"BackfillCollection"},
     }
 
 
