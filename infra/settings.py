@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     ingest_reconcile_s: float = Field(
         default=60.0, gt=0, le=24 * 3600, description="How often the ingest reconciler looks for work a crash left behind "
         "(queue entries claimed by no task, unfinished tasks no lease names); it also runs at start.")
+    ingest_sweep_s: float = Field(
+        default=3600.0, gt=0, le=7 * 24 * 3600, description="How often every collection's bucket is listed for objects "
+        "without an ingest record (one backfill per collection, versions already written skipped); the first sweep "
+        "runs at start. One process sweeps per period.")
     ingest_max_attempts: int = Field(
         default=3, ge=1, le=20, description="Runs of an ingest task before a transient failure (a store or index unreachable, "
         "a Ray worker or node lost) fails it; also caps how often a task whose process died is resumed.")

@@ -4,9 +4,20 @@ session on free loopback ports; a missing server is a failure, never a skip.
 The unit tier is `pytest -m unit` (handlers on fakes, the scanner, codecs, the fakes' contract
 suites: seconds, no torch, no Ray, no servers). With exactly that marker expression, test modules
 that hold no unit test are not even imported, so their heavy imports cost nothing.
+
+Property tests (hypothesis) run derandomized by default, so CI sees the same examples on every run
+and a failure reproduces; `SLUICE_HYPOTHESIS=explore` draws new examples each run (and more of them)
+for hunting bugs locally.
 """
 
+import os
 from pathlib import Path
+
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("explore", deadline=None, max_examples=500, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("SLUICE_HYPOTHESIS", "ci"))
 
 pytest_plugins = [
     "tests.fixtures.kafka",

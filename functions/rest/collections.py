@@ -15,14 +15,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.envelope import make
-from events.payloads import BackfillCollection
-from functions.records.backfills import BACKFILLS, Backfills, new_backfill
+from functions.records.backfills import Backfills
 from functions.records.collection import Collections
 from functions.rest.deps import ScopedNamespace
+from functions.services.backfill import queue_backfill
 from functions.services.deploy import request_deploy
 from functions.services.retrieve import feature_search
-from infra.catalog.base import Insert
 
 
 class Source(BaseModel):
@@ -68,11 +66,7 @@ def _public(record: dict) -> dict:
 
 async def _backfill(request: Request, namespace: str, collection: dict, *, force: bool, trigger: str) -> dict:
     """A QUEUED backfill record and its command, stored together (the outbox relays the command)."""
-    platform = request.app.state.platform
-    record = new_backfill(namespace, collection, force=force, trigger=trigger)
-    command = make(BackfillCollection(backfill_id=record["backfill_id"], collection_id=collection["collection_id"], force=force),
-                   namespace=namespace)
-    await platform.outbox.commit([Insert(BACKFILLS, record["backfill_id"], record)], [command])
+    record = await queue_backfill(request.app.state.platform.outbox, namespace, collection, force=force, trigger=trigger)
     base = str(request.base_url).rstrip("/")
     return {"backfill_id": record["backfill_id"], "status": record["status"], "force": force,
             "status_url": f"{base}/v1/namespaces/{namespace}/collections/{collection['collection_id']}/backfills/{record['backfill_id']}"}

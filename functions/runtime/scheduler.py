@@ -58,21 +58,26 @@ from events.errors import AlreadyExists, NotFound, TooLarge, TransientError
 from events.payloads import IngestCompleted, IngestFailed, IngestProgress, IngestStarted, ObjectCreated
 from events.publisher import Publish, Publisher
 from events.topics import Topics
-from functions.records.collection import DOCUMENTS, INGEST_QUEUE, INGESTED, ingested_key
+from functions.records.backfills import BACKFILLS
+from functions.records.collection import COLLECTIONS, DOCUMENTS, INGEST_QUEUE, INGESTED, ingested_key
 from functions.records.plugins import VERSIONS, now
-from functions.records.status import TASK_FINISHED, TaskStatus
+from functions.records.status import TASK_FINISHED, BackfillStatus, TaskStatus
 from functions.records.tasks import TASKS
 from functions.runtime.task_writer import Source, TaskWriter
+from functions.services.backfill import queue_backfill
 from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
 from infra.catalog.base import Catalog, Delete, Insert, Update, WriteConflict
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.tenant import NamespaceStore
+from infra.outbox import LEASES
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
 
 log = structlog.get_logger("sluice.scheduler")
 
 JOB_LEASES = "ingest_leases"
+SWEEP_LEASE = "ingest-sweep"
+SWEEP_PAGE = 500
 
 
 LEASE_S = 60.0
@@ -159,6 +164,7 @@ class IngestScheduler:
                     if time.monotonic() >= next_reconcile:
                         next_reconcile = time.monotonic() + self.settings.ingest_reconcile_s
                         await self.reconcile()
+                        await self.sweep()
                     await self.recover()
                     await self.schedule()
                 except Exception as exc:  # noqa: BLE001 - the catalog may be briefly down: try again
@@ -281,6 +287,40 @@ class IngestScheduler:
             log.warning("ingest.reconciled", **fixed)
             self.poke()
         return fixed
+
+    async def sweep(self) -> int:
+        """Objects in a collection's bucket that have no ingest record (a notification lost while
+        nothing listened, an upload never confirmed, objects older than the collection): one
+        backfill per collection (not forced: versions already written or queued are skipped), at
+        most once per `SLUICE_INGEST_SWEEP_S` across processes (lease `leases/ingest-sweep`), first
+        at start. Returns how many backfills it queued."""
+        now_s = time.time()
+        held = await self.catalog.get(LEASES, SWEEP_LEASE)
+        mine = {"owner": self.owner, "expires_at": now_s + self.settings.ingest_sweep_s}
+        try:
+            if held is None:
+                await self.catalog.transact([Insert(LEASES, SWEEP_LEASE, mine)])
+            elif held.get("expires_at", 0) <= now_s:
+                await self.catalog.transact([Update(LEASES, SWEEP_LEASE, mine, expect={"expires_at": held.get("expires_at")})])
+            else:
+                return 0
+        except (AlreadyExists, WriteConflict):
+            return 0  # another process sweeps this period
+        queued, offset = 0, 0
+        while True:
+            page = await self.catalog.find(COLLECTIONS, limit=SWEEP_PAGE, offset=offset)
+            offset += len(page)
+            for collection in page:
+                if await self.catalog.count(BACKFILLS, {"collection_id": collection["collection_id"],
+                                                        "status": {"$in": [BackfillStatus.QUEUED, BackfillStatus.RUNNING]}}):
+                    continue  # one is under way: it lists the same bucket
+                await queue_backfill(self.publish, collection["namespace"], collection, force=False, trigger="sweep")
+                queued += 1
+            if len(page) < SWEEP_PAGE:
+                break
+        if queued:
+            log.info("ingest.swept", backfills=queued)
+        return queued
 
     # --- scheduling ------------------------------------------------------------------------
 

@@ -27,8 +27,11 @@ from dataclasses import asdict, dataclass
 
 import structlog
 
+from events.envelope import make
 from events.errors import AlreadyExists, NotFound
-from events.payloads import ObjectCreated
+from events.payloads import BackfillCollection, ObjectCreated
+from events.publisher import Publish
+from functions.records.backfills import BACKFILLS, new_backfill
 from functions.records.collection import COLLECTIONS, INGEST_QUEUE, INGESTED, ingested_key, queue_key
 from infra.catalog.base import Catalog, Insert
 from infra.objectstore.base import ObjectInfo
@@ -65,6 +68,16 @@ def object_created(info: ObjectInfo) -> ObjectCreated:
     the scheduler guesses it from the key, and reads small files to tell text)."""
     return ObjectCreated(bucket=info.bucket, key=info.key, size=info.size, etag=info.etag, version_id=info.version_id,
                          content_type=info.content_type, event_time=info.last_modified, source="backfill")
+
+
+async def queue_backfill(publish: Publish, namespace: str, collection: dict, *, force: bool, trigger: str) -> dict:
+    """A QUEUED backfill record and its `BackfillCollection` command, stored together (the outbox
+    relays the command to the backfill function). Returns the record."""
+    record = new_backfill(namespace, collection, force=force, trigger=trigger)
+    command = make(BackfillCollection(backfill_id=record["backfill_id"], collection_id=collection["collection_id"], force=force),
+                   namespace=namespace)
+    await publish.commit([Insert(BACKFILLS, record["backfill_id"], record)], [command])
+    return record
 
 
 async def backfill(

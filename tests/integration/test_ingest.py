@@ -421,3 +421,20 @@ async def test_the_reconciler_requeues_claims_of_a_task_that_never_existed_and_t
     done = await stack.finished(collection_id)
     assert done.type == "IngestCompleted" and done.payload.documents_written == 2
     assert await stack.counts(collection_id) == (2, 2)
+
+
+async def test_the_sweep_ingests_objects_that_arrived_without_an_event_once_per_period(stack):
+    r = await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")
+    assert r.status_code == 200, r.text
+    collection = await stack.collection("silent", "silent-bucket", "hash_embedder")
+    collection_id = collection["collection_id"]
+    store = stack.platform.objects("acme")
+    await store.ensure_bucket("silent-bucket")
+    for i in range(2):  # written behind Sluice's back: no notification, no confirm
+        await store.put_bytes("silent-bucket", f"s{i}.txt", f"silent text {i}".encode(), content_type="text/plain")
+    await stack.platform.catalog.delete("leases", "ingest-sweep")  # the period of the sweep at start is over
+    assert await stack.scheduler.sweep() >= 1
+    assert await stack.scheduler.sweep() == 0  # once per period, whichever process holds it
+    done = await stack.finished(collection_id)
+    assert done.type == "IngestCompleted" and done.payload.documents_written == 2, done.payload
+    assert await stack.counts(collection_id) == (2, 2)
