@@ -2,9 +2,9 @@
 removed object leaves search over each route it can be removed by, and a collection created over a
 bucket that already holds objects ingests them all (and `reingest` runs them again).
 
-Routes of removal covered here: REST `DELETE .../objects/{key}` and a raw S3 `ObjectRemoved`
-notification through the notifications function. The drop folder's removal (a file deleted from
-it) is someone else's part of the issue: add its case to the first test when it lands.
+Routes of removal covered here: REST `DELETE .../objects/{key}`, a raw S3 `ObjectRemoved`
+notification through the notifications function, and a drop-folder marker
+(`drop/{namespace}/{bucket}/.delete/{key}`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from functions.runtime.dropfolder import DropFolder
 from tests.integration.test_ingest import Stack, running_stack
 from tests.integration.test_plugins_rest import ADMIN, auth, hash_plugin, push
 
@@ -61,10 +62,10 @@ async def test_deleting_an_object_over_each_route_removes_it_from_search(stack):
     assert (await push(stack.client, "acme", hash_plugin(), "hash_embedder", version="1.0.0")).status_code == 200
     collection_id = (await stack.collection("notes", "notes-bucket", "hash_embedder"))["collection_id"]
     texts = {"rest.txt": "a heron stands in the sluice gate", "s3.txt": "barges wait below the weir at dawn",
-             "kept.txt": "the lock keeper writes down every boat"}
+             "kept.txt": "the lock keeper writes down every boat", "drop.txt": "eels slip through the fish ladder at night"}
     for key, text in texts.items():
         await stack.put("notes-bucket", key, text.encode())
-    await until(lambda: _counts_are(stack, collection_id, (3, 3)), what="three objects ingested")
+    await until(lambda: _counts_are(stack, collection_id, (4, 4)), what="four objects ingested")
     assert (await search_keys(stack, collection_id, texts["rest.txt"]))[0] == "rest.txt"
 
     # REST: the object goes from the store at once, its documents and points once `remove` ran
@@ -76,7 +77,7 @@ async def test_deleting_an_object_over_each_route_removes_it_from_search(stack):
     assert purged.payload.key == "rest.txt" and purged.payload.collections == [collection_id]
     assert purged.payload.documents_deleted == 1 and purged.payload.vectors_deleted == {collection_id: 1}
     assert await stack.platform.objects("acme").head("notes-bucket", "rest.txt") is None
-    assert await stack.counts(collection_id) == (2, 2)
+    assert await stack.counts(collection_id) == (3, 3)
     assert "rest.txt" not in await search_keys(stack, collection_id, texts["rest.txt"])
     again = await stack.client.delete(url, headers=auth(ADMIN))
     assert again.status_code == 404 and again.json()["error"]["type"], again.text
@@ -87,8 +88,23 @@ async def test_deleting_an_object_over_each_route_removes_it_from_search(stack):
     await stack.platform.bus.publish(stack.platform.topics.s3_notifications, raw)
     purged = await stack.wait_for(lambda e: e.type == "ObjectPurged" and e.payload.key == "s3.txt")
     assert purged.payload.documents_deleted == 1 and purged.payload.vectors_deleted == {collection_id: 1}
+    assert await stack.counts(collection_id) == (2, 2)
+    assert "s3.txt" not in await search_keys(stack, collection_id, texts["s3.txt"])
+
+    # the drop folder: a marker under `.delete/` deletes the object and announces it (through the outbox)
+    root = stack.platform.settings.data_dir / "drop-test"
+    folder = DropFolder.for_platform(stack.platform, root)
+    folder.stable_s, folder.check_writers = 0, False
+    marker = root / "acme" / "notes-bucket" / ".delete" / "drop.txt"
+    marker.parent.mkdir(parents=True)
+    marker.write_bytes(b"")
+    await folder.poll()
+    assert not marker.exists()
+    purged = await stack.wait_for(lambda e: e.type == "ObjectPurged" and e.payload.key == "drop.txt")
+    assert purged.payload.documents_deleted == 1 and purged.payload.vectors_deleted == {collection_id: 1}
+    assert await stack.platform.objects("acme").head("notes-bucket", "drop.txt") is None
     assert await stack.counts(collection_id) == (1, 1)
-    assert await search_keys(stack, collection_id, texts["s3.txt"]) == ["kept.txt"]
+    assert await search_keys(stack, collection_id, texts["drop.txt"]) == ["kept.txt"]
     assert await stack.platform.catalog.count("ingested_objects", {"collection_id": collection_id}) == 1
 
 
