@@ -22,9 +22,11 @@ from events.envelope import make
 from events.errors import Conflict, InvalidInput, NotFound, TooLarge
 from events.payloads import ObjectCreated, ObjectRemoved
 from functions.records.collection import check_bucket_name, ensure_bucket
+from functions.records.removals import REMOVAL_INTENTS
 from functions.records.status import UploadStatus
 from functions.rest.deps import ScopedNamespace
-from infra.catalog.base import Update, WriteConflict
+from functions.services.remove import record_intent
+from infra.catalog.base import Delete, Update, WriteConflict
 from infra.objectstore.local import key_problem
 
 OBJECT_UPLOADS = "object_uploads"
@@ -120,9 +122,10 @@ def router() -> APIRouter:
         if info is None:
             raise NotFound(f"object {key!r} does not exist in bucket {bucket!r} of namespace {namespace!r}",
                            details={"bucket": bucket, "key": key})
-        await objects.delete(bucket, key)  # first: the remove function asks the store whether the key exists again
         event = make(ObjectRemoved(bucket=bucket, key=key, event_time=datetime.now(UTC), source="rest"), namespace=namespace)
-        await platform.publish(event)
+        await record_intent(platform.catalog, event)  # a crash before the commit below: the reconciler finishes it
+        await objects.delete(bucket, key)  # first: the remove function asks the store whether the key exists again
+        await platform.outbox.commit([Delete(REMOVAL_INTENTS, event.event_id)], [event])
         return {"event_id": event.event_id, "bucket": bucket, "key": key, "status": "REMOVING"}
 
     return api

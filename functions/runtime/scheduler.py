@@ -66,6 +66,7 @@ from functions.records.tasks import TASKS
 from functions.runtime.task_writer import Source, TaskWriter
 from functions.services.backfill import queue_backfill
 from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
+from functions.services.remove import complete_removals
 from infra.catalog.base import Catalog, Delete, Insert, Update, WriteConflict
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.tenant import NamespaceStore
@@ -257,7 +258,9 @@ class IngestScheduler:
         - `unclaimed`: queue entries claimed by a task that does not exist go back to the queue;
         - `cleared`: entries of a finished task are removed (its close was cut short);
         - `orphans`: an unfinished task that no lease names (its process died between two writes)
-          gets an expired lease, so `recover` resumes it like any task whose process died.
+          gets an expired lease, so `recover` resumes it like any task whose process died;
+        - `removals`: REST deletes cut short between the store and their event are finished
+          (`services.remove.complete_removals`).
         Only records older than one lease period are touched: anything younger may be a write in
         flight in another process."""
         fixed: Counter[str] = Counter()
@@ -283,6 +286,9 @@ class IngestScheduler:
                     await self.catalog.insert(JOB_LEASES, task["collection_id"], {
                         "collection_id": task["collection_id"], "owner": "orphan", "task_id": task["task_id"], "expires_at": 0})
                     fixed["orphans"] += 1
+        fixed["removals"] = await complete_removals(self.catalog, self.publish,
+                                                     lambda ns: NamespaceStore(self.store, self.settings.data_bucket, ns))
+        fixed += Counter()  # drop zero counts
         if fixed:
             log.warning("ingest.reconciled", **fixed)
             self.poke()

@@ -28,16 +28,20 @@ points the vector index no longer counts for the object.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 
+from events import codec
+from events.envelope import AnyEnvelope
 from events.errors import NotFound
 from events.payloads import ObjectCreated, ObjectPurged, ObjectRemoved
+from events.publisher import Publish
 from functions.records.collection import COLLECTIONS, DOCUMENTS, INGEST_QUEUE, INGESTED, Collections, ingested_key
-from functions.records.removals import REMOVAL_WATCHES, watch_key
+from functions.records.removals import REMOVAL_INTENTS, REMOVAL_WATCHES, watch_key
 from functions.records.status import TASK_FINISHED
 from functions.records.tasks import TASKS
 from functions.services.ingest import object_id_for
@@ -267,3 +271,37 @@ def _describe(obj: ObjectCreated) -> str:
     parts = [f"sequencer {obj.sequencer}" if obj.sequencer else "", f"written {obj.event_time.isoformat()}" if obj.event_time else "",
              f"version {obj.version_marker}"]
     return ", ".join(p for p in parts if p)
+
+
+async def record_intent(catalog: Catalog, event: AnyEnvelope) -> None:
+    """Before a REST delete touches the store: what to finish if the process dies before the
+    `ObjectRemoved` is stored (`functions/records/removals.py`)."""
+    removal = event.payload
+    await catalog.insert(REMOVAL_INTENTS, event.event_id, {
+        "namespace": event.namespace, "bucket": removal.bucket, "key": removal.key, "event": codec.encode(event).decode(),
+        "at": time.time(),
+    })
+
+
+async def complete_removals(catalog: Catalog, publish: Publish, objects_of: Callable[[str], NamespaceStore], *,
+                            older_than_s: float = 60.0) -> int:
+    """Finish the REST deletes a crash cut short: the object goes from the store (unless it was
+    written again after the delete was asked for) and the intent's `ObjectRemoved` is stored with the
+    intent's removal, in one outbox commit. Returns how many intents it finished."""
+    finished = 0
+    for intent in await catalog.find(REMOVAL_INTENTS, {"at": {"$lt": time.time() - older_than_s}}, limit=1000):
+        event = codec.decode(intent["event"].encode())
+        objects = objects_of(intent["namespace"])
+        info = await objects.head(intent["bucket"], intent["key"])
+        if info is None or info.last_modified is None or info.last_modified.timestamp() <= intent["at"]:
+            if info is not None:
+                await objects.delete(intent["bucket"], intent["key"])
+            try:
+                await publish.commit([Delete(REMOVAL_INTENTS, intent["id"])], [event])
+            except WriteConflict:
+                continue
+        else:  # written again after the delete was asked for: the new object stays, nothing to announce
+            await catalog.delete(REMOVAL_INTENTS, intent["id"])
+        log.warning("remove.intent_completed", namespace=intent["namespace"], bucket=intent["bucket"], key=intent["key"])
+        finished += 1
+    return finished

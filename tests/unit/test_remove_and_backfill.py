@@ -360,3 +360,30 @@ async def test_a_backfill_of_a_deleted_collection_fails_naming_it(world):
     await backfill.handle(command, catalog=world.catalog, store=world.store, settings=world.settings)
     done = await world.catalog.get(BACKFILLS, record["backfill_id"])
     assert done["status"] == "FAILED" and "col_gone" in done["reason"]
+
+
+# --- REST deletes cut short --------------------------------------------------------------------
+
+
+async def test_a_delete_cut_short_after_its_intent_is_finished_by_the_reconciler(world):
+    from functions.records.removals import REMOVAL_INTENTS
+    from functions.services.remove import complete_removals, record_intent
+
+    await world.objects().ensure_bucket(BUCKET)
+    await world.objects().put_bytes(BUCKET, "gone.txt", b"x")
+    await world.objects().put_bytes(BUCKET, "stays.txt", b"y")
+    cut = make(ObjectRemoved(bucket=BUCKET, key="gone.txt", event_time=datetime.now(UTC), source="rest"), namespace=NS)
+    await record_intent(world.catalog, cut)  # the process died here: the object is still in the store, no event
+    assert await complete_removals(world.catalog, world.publish, world.objects, older_than_s=0) == 1
+    assert await world.objects().head(BUCKET, "gone.txt") is None
+    assert [e.event_id for e in world.published] == [cut.event_id]
+    assert await world.catalog.count(REMOVAL_INTENTS) == 0
+
+    # an object written again after the delete was asked for stays, and nothing is announced
+    world.published.clear()
+    old = make(ObjectRemoved(bucket=BUCKET, key="stays.txt", event_time=DAY, source="rest"), namespace=NS)
+    await record_intent(world.catalog, old)
+    await world.catalog.update(REMOVAL_INTENTS, old.event_id, {"at": DAY.timestamp()})
+    assert await complete_removals(world.catalog, world.publish, world.objects, older_than_s=0) == 1
+    assert await world.objects().head(BUCKET, "stays.txt") is not None and world.published == []
+    assert await world.catalog.count(REMOVAL_INTENTS) == 0
