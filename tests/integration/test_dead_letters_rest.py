@@ -37,7 +37,8 @@ def notification(settings: Settings, *sizes: object) -> bytes:
         for i, size in enumerate(sizes)]}).encode()
 
 
-POISON = json.dumps({"namespace": "acme", "payload": {"type": "ObjectCreated", "bucket": "docs"}}).encode()
+POISON = json.dumps({"namespace": "acme", "payload": {"type": "DeployPlugin"}}).encode()
+"""Poison on the deployments topic, which one function reads (deploy): one dead letter."""
 
 
 async def listed(client: httpx.AsyncClient, want: int, **params: str) -> list[dict]:
@@ -63,16 +64,16 @@ async def test_the_platform_admin_lists_shows_replays_and_discards_dead_letters(
             r = await client.post("/v1/namespaces/acme/api-keys", json={"role": "admin"}, headers=auth(ADMIN))
             namespace_admin = r.json()["api_key"]
 
-            await platform.bus.publish(topics.objects, POISON, key=b"acme")
+            await platform.bus.publish(topics.deployments, POISON, key=b"acme")
             await platform.bus.publish(topics.s3_notifications, notification(settings, 5, "big"))
             both = await listed(client, 2)
             by_function = {d["function"]: d for d in both}
-            assert set(by_function) == {"ingest", "notifications"} and {d["status"] for d in both} == {"open"}
+            assert set(by_function) == {"deploy", "notifications"} and {d["status"] for d in both} == {"open"}
             assert "value_b64" not in both[0]  # the list leaves the bytes out
 
             # filters and paging
             [acme] = await listed(client, 1, namespace="acme")
-            assert acme["function"] == "ingest" and acme["error_type"] == "poison_message"
+            assert acme["function"] == "deploy" and acme["error_type"] == "poison_message"
             [one] = await listed(client, 1, function="notifications")
             assert one["record_index"] == 1 and one["namespace"] is None
             assert len((await client.get(DLQ, params={"limit": 1, "offset": 1}, headers=auth(ADMIN))).json()["dead_letters"]) == 1
@@ -139,7 +140,7 @@ def json_in(out: str) -> dict:
 
 def test_sluice_events_dlq_lists_shows_replays_and_discards(stack, capsys):
     topics = Topics(stack.settings.topic_prefix)
-    stack._run(stack.platform.bus.publish(topics.objects, POISON, key=b"acme"))
+    stack._run(stack.platform.bus.publish(topics.deployments, POISON, key=b"acme"))
     deadline = time.monotonic() + 20
     while True:
         code, out, err = sluice(capsys, "events", "dlq", "list", "--json")
@@ -153,13 +154,13 @@ def test_sluice_events_dlq_lists_shows_replays_and_discards(stack, capsys):
     dead_letter_id = letter["dead_letter_id"]
 
     code, out, _ = sluice(capsys, "events", "dlq", "list", "--status", "open")
-    assert code == 0 and dead_letter_id in out and "ingest" in out and "poison_message" in out and "acme" in out
+    assert code == 0 and dead_letter_id in out and "deploy" in out and "poison_message" in out and "acme" in out
     code, out, _ = sluice(capsys, "events", "dlq", "show", dead_letter_id)
     assert code == 0 and f"dead_letter_id: {dead_letter_id}" in out and "status: open" in out
     code, out, _ = sluice(capsys, "events", "dlq", "show", dead_letter_id, "--json")
     assert code == 0 and base64.b64decode(json_in(out)["value_b64"]) == POISON
     code, out, _ = sluice(capsys, "events", "dlq", "replay", dead_letter_id)
-    assert code == 0 and f"replayed {dead_letter_id} to {topics.objects} (1 so far)" in out
+    assert code == 0 and f"replayed {dead_letter_id} to {topics.deployments} (1 so far)" in out
     code, out, _ = sluice(capsys, "events", "dlq", "discard", dead_letter_id)
     assert code == 0 and f"discarded {dead_letter_id}" in out
     code, _, err = sluice(capsys, "events", "dlq", "replay", dead_letter_id)
