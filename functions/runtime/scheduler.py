@@ -70,7 +70,7 @@ from functions.services.remove import complete_removals
 from infra.catalog.base import Catalog, Delete, Insert, Update, WriteConflict
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.tenant import NamespaceStore
-from infra.outbox import LEASES
+from infra.outbox import LEASES, owner_alive
 from infra.settings import Settings
 from infra.vectors.base import VectorIndex
 
@@ -217,7 +217,7 @@ class IngestScheduler:
             return True
         except AlreadyExists:
             held = await self.catalog.get(JOB_LEASES, collection_id)
-            if held is None or (held["expires_at"] > time.time() and _owner_alive(held["owner"])):
+            if held is None or (held["expires_at"] > time.time() and owner_alive(held["owner"])):
                 return False
             return await self.catalog.update(JOB_LEASES, collection_id, lease,
                                              expect={"owner": held["owner"], "expires_at": held["expires_at"]}) is not None
@@ -225,7 +225,7 @@ class IngestScheduler:
     async def recover(self) -> None:
         """Run again the tasks whose owner died: their lease expired while they were unfinished."""
         for lease in await self.catalog.find(JOB_LEASES):
-            if lease["expires_at"] > time.time() and _owner_alive(lease["owner"]):
+            if lease["expires_at"] > time.time() and owner_alive(lease["owner"]):
                 continue
             collection_id, old_task = lease["collection_id"], lease.get("task_id")
             if collection_id in self._running or len(self._running) >= self.settings.ingest_max_jobs:
@@ -819,24 +819,6 @@ def _created_before(task: dict, moment: float) -> bool:
         return datetime.fromisoformat(str(task.get("created_at"))).timestamp() < moment
     except ValueError:
         return True  # no readable time: an old record
-
-
-def _owner_alive(owner: str) -> bool:
-    """False when `owner` is a process of this host that no longer runs (its lease is void at
-    once); True for other hosts, whose leases run out by time."""
-    host, _, rest = owner.partition(":")
-    pid = rest.split(":", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    if int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _entry(record: dict) -> dict:
