@@ -55,7 +55,7 @@ from engine.plugins.extractors.pipeline import TEXT_MIME_TYPES
 from events.bus import EventBus
 from events.envelope import AnyEnvelope, make
 from events.errors import AlreadyExists, NotFound, TooLarge, TransientError
-from events.payloads import IngestCompleted, IngestFailed, IngestProgress, IngestStarted, ObjectCreated
+from events.payloads import IngestCompleted, IngestFailed, IngestFailure, IngestProgress, IngestStarted, ObjectCreated
 from events.publisher import Publish, Publisher
 from events.topics import Topics
 from functions.records.backfills import BACKFILLS
@@ -243,8 +243,11 @@ class IngestScheduler:
                 await self.catalog.delete(JOB_LEASES, collection_id)
                 continue
             if int(task.get("resumed") or 0) >= self.settings.ingest_max_attempts:  # its runs keep killing their process
-                await self._fail(task, entries, f"the task's process died {task.get('resumed', 0) + 1} times while running it "
-                                 "(SLUICE_INGEST_MAX_ATTEMPTS): not resumed again", None)
+                reason = (f"the task's process died {task.get('resumed', 0) + 1} times while running it "
+                          "(SLUICE_INGEST_MAX_ATTEMPTS): not resumed again; its objects are queued again by the next sweep")
+                await self._fail(task, entries, reason, None, failures=[
+                    IngestFailure(object_id=object_id_for(task["namespace"], e["object"]["bucket"], e["object"]["key"]),
+                                  step="process", error="its process died while the task ran") for e in entries])
                 continue
             log.warning("ingest.task_resumed", task_id=old_task, collection_id=collection_id, previous_owner=lease["owner"])
             await self.catalog.update(
@@ -741,9 +744,11 @@ class IngestScheduler:
         await self.catalog.upsert_many(INGESTED, records)
 
     async def _fail(self, task: dict, entries: list[dict], reason: str, writer: TaskWriter | None,
-                    *, warnings: list[str] | None = None) -> None:
+                    *, warnings: list[str] | None = None, failures: list[IngestFailure] | None = None) -> None:
+        """The task FAILED, with its `failures` (default: the writer's), in one outbox commit with
+        `IngestFailed`. Objects without an `ingested_objects` record are queued again by the sweep."""
         task_id, collection_id = task["task_id"], task["collection_id"]
-        failures = writer.failures if writer else []
+        failures = failures if failures is not None else writer.failures if writer else []
         log.error("ingest.failed", task_id=task_id, collection_id=collection_id, reason=reason)
         facts = {
             "status": TaskStatus.FAILED, "finished_at": now(), "reason": reason,

@@ -172,6 +172,7 @@ class Sluice:
         """SIGKILL every process of the stack at once; returns when they are gone, with the time
         since the start."""
         at = time.monotonic() - self.started_at
+        killed = 0
         for _ in range(50):
             pids = self.stack_pids()
             if not pids:
@@ -179,11 +180,13 @@ class Sluice:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+                    killed += 1
             time.sleep(0.1)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-        self.mark(f"kill -9 at {at:.2f}s")
+        if killed:  # a sweep after a clean stop finds nothing: no mark
+            self.mark(f"kill -9 at {at:.2f}s ({killed} processes)")
         with self._lock:
             self._triggers.clear()
         return at

@@ -6,9 +6,9 @@ and compares what the catalog holds, once nothing is in flight, with a clean run
 0 objects lost, 0 duplicated, no record left in an intermediate state, and the stack still stops
 on Ctrl-C. The faults: `kill -9` of the whole stack (its session: REST, functions, Ray, plugin
 hosts) during ingest, during a plugin push and during a deploy, then a restart on the same data
-dir; the Kafka bus's Tansu broker paused, and restarted, mid-stream; the Ray worker running the
-plugin's actor killed mid-job. The harness is tests/e2e/faults.py; bench/faults.py runs the same
-trials in a loop with random kill points (`--trials N --seed S`).
+dir; the Kafka bus's Tansu broker paused mid-stream (restarted: a bench trial, see the end); the
+Ray worker running the plugin's actor killed mid-job. The harness is tests/e2e/faults.py;
+bench/faults.py runs the same trials in a loop with random kill points (`--trials N --seed S`).
 
 Sized for 2 cores: 12 small objects, one local Ray CPU, one trial at a time. The random kill point
 comes from FAULTS_SEED (printed with every trial; set it to replay one).
@@ -101,7 +101,7 @@ def test_a_ray_worker_killed_mid_job_still_ends_in_a_completed_task_with_the_cle
 
 
 def test_a_paused_broker_mid_stream_delays_ingest_but_loses_and_duplicates_nothing(world, tmp_path):
-    """GIVEN the Kafka bus on a Tansu broker, WHEN the broker is frozen (SIGSTOP) for 8 s as the drop
+    """GIVEN the Kafka bus on a Tansu broker, WHEN the broker is frozen (SIGSTOP) for 6 s as the drop
     folder publishes, THEN once it is back every object is written once, as in the clean run."""
     trial = faults.broker_trial(world.seed, tmp_path, world.items, world.clean, mode="pause", rng=rng_for("pause"))
     check(trial, tmp_path)

@@ -438,3 +438,31 @@ async def test_the_sweep_ingests_objects_that_arrived_without_an_event_once_per_
     done = await stack.finished(collection_id)
     assert done.type == "IngestCompleted" and done.payload.documents_written == 2, done.payload
     assert await stack.counts(collection_id) == (2, 2)
+
+
+async def test_a_task_whose_process_keeps_dying_fails_naming_its_objects_instead_of_being_resumed_again(stack):
+    import socket
+    import subprocess
+
+    from events.payloads import ObjectCreated
+
+    collection = await stack.collection("doomed", "doomed-bucket", "text_embedding")
+    collection_id = collection["collection_id"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = f"{socket.gethostname()}:{dead.pid}:gone"
+    obj = ObjectCreated(bucket="doomed-bucket", key="d.txt", size=3, etag="e", content_type="text/plain", source="upload")
+    await stack.platform.catalog.upsert("ingest_queue", f"{collection_id}|{obj.dedup_key}", {
+        "namespace": "acme", "collection_id": collection_id, "object": obj.model_dump(mode="json"), "queued_at": time.time(),
+        "claimed_by": "tsk_doomed"})
+    await stack.platform.catalog.insert("tasks", "tsk_doomed", {
+        "task_id": "tsk_doomed", "namespace": "acme", "collection_id": collection_id, "status": "RUNNING", "objects": 1,
+        "owner": owner, "created_at": "2026-11-22T00:00:00+00:00", "resumed": 3, "documents_written": 0, "vectors_upserted": {},
+        "rows_failed": 0, "rows_skipped": 0, "failures": [], "warnings": [], "reason": None, "rows_done": 0, "rows_total": 1})
+    await stack.platform.catalog.insert("ingest_leases", collection_id, {"collection_id": collection_id, "owner": owner,
+                                                                         "task_id": "tsk_doomed", "expires_at": 0})
+    await stack.scheduler.recover()
+    done = await stack.finished(collection_id)
+    assert done.type == "IngestFailed" and "died 4 times" in done.payload.reason
+    assert [f.step for f in done.payload.failures] == ["process"] and done.payload.failures[0].object_id.startswith("obj_")
+    assert not await stack.platform.catalog.count("ingest_queue", {"collection_id": collection_id})
