@@ -176,9 +176,10 @@ class Outbox:
                                                                                         "expires_at": held.get("expires_at")})])
             else:
                 return False
-        except (WriteConflict, Exception) as exc:  # noqa: BLE001 - lost the race, or the catalog blinked: try later
-            if not isinstance(exc, WriteConflict):
-                log.warning("outbox.lease_failed", error=f"{type(exc).__name__}: {exc}")
+        except WriteConflict:  # another process won the race
+            return False
+        except Exception as exc:  # noqa: BLE001 - the catalog blinked: try later
+            log.warning("outbox.lease_failed", error=f"{type(exc).__name__}: {exc}")
             return False
         return True
 

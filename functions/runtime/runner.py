@@ -40,7 +40,6 @@ import contextlib
 import functools
 import inspect
 import os
-import random
 import socket
 import types
 import typing
@@ -61,7 +60,7 @@ from events.publisher import Publisher
 from events.topics import Topics
 from functions.records.function_states import FunctionStatus
 from functions.runtime.idempotency import IdempotencyStore
-from functions.runtime.supervision import RestartPolicy, StateBook
+from functions.runtime.supervision import RestartPolicy, StateBook, backoff
 from infra import metrics
 from infra.catalog.base import Catalog
 
@@ -132,7 +131,7 @@ class RetryPolicy:
     max_delay_s: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+        return backoff(attempt, base_s=self.base_delay_s, max_s=self.max_delay_s)
 
 
 _RESULT_NS = uuid.UUID("2f1d0c4e-8d55-4c55-9d7e-0b6f3c7c2a90")

@@ -35,7 +35,6 @@ import itertools
 import math
 import mimetypes
 import os
-import random
 import secrets
 import socket
 import threading
@@ -63,6 +62,7 @@ from functions.records.collection import COLLECTIONS, DOCUMENTS, INGEST_QUEUE, I
 from functions.records.plugins import VERSIONS, now
 from functions.records.status import TASK_FINISHED, BackfillStatus, TaskStatus
 from functions.records.tasks import TASKS
+from functions.runtime.supervision import backoff
 from functions.runtime.task_writer import Source, TaskWriter
 from functions.services.backfill import queue_backfill
 from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
@@ -453,7 +453,7 @@ class IngestScheduler:
                 await self._fail(task, entries, f"the job failed {attempts} times (SLUICE_INGEST_MAX_ATTEMPTS); last error: {error}",
                                  writer)
                 return
-            delay = min(60.0, self.settings.ingest_retry_base_s * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
+            delay = backoff(attempts, base_s=self.settings.ingest_retry_base_s, max_s=60.0)
             log.warning("ingest.retry", task_id=task_id, attempt=attempts, retry_in_s=round(delay, 2), error=error)
             await self.catalog.update(TASKS, task_id, {"status": TaskStatus.QUEUED, "attempts": attempts, "last_error": error,
                                                        "retry_at": time.time() + delay})

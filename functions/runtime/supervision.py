@@ -32,6 +32,12 @@ log = structlog.get_logger("sluice.runner")
 ERROR_MAX_CHARS = 2000
 
 
+def backoff(attempt: int, *, base_s: float, max_s: float) -> float:
+    """Wait before the `attempt`-th retry (1-based): doubling from `base_s`, capped at `max_s`,
+    jittered to 50-100 %. The one backoff of the runner, the supervisor and the ingest scheduler."""
+    return min(max_s, base_s * 2 ** min(attempt - 1, 32)) * (0.5 + random.random() / 2)
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     base_delay_s: float = 0.5
@@ -41,7 +47,7 @@ class RestartPolicy:
 
     def delay(self, failures: int) -> float:
         """Wait before the `failures`-th consecutive restart: doubling, capped, jittered (50–100 %)."""
-        return min(self.max_delay_s, self.base_delay_s * 2 ** min(failures - 1, 32)) * (0.5 + random.random() / 2)
+        return backoff(failures, base_s=self.base_delay_s, max_s=self.max_delay_s)
 
 
 @dataclass
