@@ -1,0 +1,1 @@
+"""Benchmarks: each script prints ratios measured in one run (see README)."""
