@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         "lowest message not yet done.")
     confirm_wait_s: float = Field(default=60.0, ge=0, le=600, description="How long a confirm waits for scan and register.")
     plugin_validation_timeout_s: float = Field(default=300.0, gt=0, description="Limit on one plugin's validation and dry run.")
+    validation_warm_hosts: int = Field(
+        default=2, ge=0, le=64, description="Spare plugin hosts the register function keeps started and warmed (the "
+        "libraries and platform models the namespace's last dry run loaded), one per namespace at most, so the next push's "
+        "dry run skips the host's start. Each runs plugin code once, then is replaced; 0: none.")
+    validation_warm_idle_s: float = Field(
+        default=300.0, gt=0, le=24 * 3600, description="How long an unused spare validation host is kept.")
     ingest_max_delay_s: float = Field(default=2.0, ge=0, le=3600, description="How long a burst of drops may wait to join one job.")
     ingest_max_objects: int = Field(
         default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once."
@@ -124,6 +130,13 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="Wall-clock limit of one ingest task, from its start to the end of its job; "
         "past it the job is stopped and the task fails (IngestFailed), freeing its slot.")
     ingest_max_inline_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="Largest text object passed inline in `data`.")
+    ingest_warm_idle_s: float = Field(
+        default=120.0, ge=0, le=24 * 3600, description="How long a warm pool (a collection's plugin hosts, their models "
+        "loaded, in Ray actors that hold their CPUs and GPUs) stays up after its last job; 0 turns warm pools off. Idle "
+        "pools also give their resources back as soon as a Ray Data job or another pool needs them.")
+    ingest_warm_max_objects: int = Field(
+        default=64, ge=0, le=100_000, description="Largest ingest task (in objects) that runs in the collection's warm "
+        "pool rather than a Ray Data pipeline of its own; larger tasks get a pipeline sized to the cluster.")
     deploy_timeout_s: float = Field(
         default=240.0, gt=0, le=3600, description="How long a realtime deployment may take to become healthy before it is FAILED."
     )

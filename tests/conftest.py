@@ -19,6 +19,10 @@ hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, prin
 hypothesis_settings.register_profile("explore", deadline=None, max_examples=500, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("SLUICE_HYPOTHESIS", "ci"))
 
+# Spare validation hosts (engine.sandbox.spare) start a warmed plugin host after every push: on a
+# 2-CPU runner that is seconds of CPU per push for nothing. Tests that measure them turn them on.
+os.environ.setdefault("SLUICE_VALIDATION_WARM_HOSTS", "0")
+
 pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.s3",

@@ -336,20 +336,23 @@ async def validate_isolated(
 
 def _validate_in_host(root: Path, *, name: str, version: str, namespace: str, plugin_id: str, timeout_s: float,
                       strict: bool, context: dict[str, Any], options: Any, network_allow: tuple[str, ...]) -> ValidationReport:
-    from engine.sandbox.cache import models_dir
-    from engine.sandbox.client import SandboxOptions, open_host
+    from engine.sandbox.client import SandboxOptions
     from engine.sandbox.errors import PluginHostError
-    from engine.sandbox.services import HostServices
+    from engine.sandbox.spare import SPARE_HOSTS, SpareKey
 
     options = options or SandboxOptions()
-    services = HostServices(namespace, asset_access={"kind": "none"}, secrets_context=context,
-                            models_dir=models_dir(options.root(), namespace))
-    run = {"plugin_id": plugin_id, "name": name, "version": version, "parameters": {}}
-    host = None
+    key = SpareKey.of(namespace, options, context, network_allow)
+    spare = SPARE_HOSTS.take(key, root)
+    host = spare.host if spare is not None else None
+    answer: dict[str, Any] = {}
     try:
-        host = open_host(namespace=namespace, plugin=f"{name} {version}", plugin_root=root, run=run, services=services,
-                         options=options, network_allow=network_allow)
-        answer, _ = host.call("validate", {"strict": strict}, timeout_s=timeout_s)
+        if host is None:
+            host = SPARE_HOSTS.open(key, root, run={"plugin_id": plugin_id, "name": name, "version": version, "parameters": {}},
+                                    label=f"{name} {version}")
+        else:
+            host.plugin = f"{name} {version}"
+        answer, _ = host.call("validate", {"strict": strict, "name": name, "version": version, "plugin_id": plugin_id},
+                              timeout_s=timeout_s)
     except PluginHostError as exc:
         if exc.kind == "timeout":
             return ValidationReport(passed=False, findings=[finding("SLU860", f"validation did not finish within {timeout_s:g} s")])
@@ -358,6 +361,9 @@ def _validate_in_host(root: Path, *, name: str, version: str, namespace: str, pl
         violations = host.drain_violations() if host is not None else []
         if host is not None:
             host.close()
+        if spare is not None:
+            spare.release()
+        SPARE_HOSTS.replenish(key, (answer.get("warm") or {}) if answer.get("ok") else {})
     if not answer.get("ok"):
         error = answer.get("error") or {}
         return ValidationReport(passed=False, findings=[finding("SLU861", str(error.get("message", answer))[-2000:])])

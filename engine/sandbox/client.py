@@ -70,6 +70,10 @@ class SandboxOptions:
     pinned_hosts: dict[str, str] = field(default_factory=dict)
     denied_ports: tuple[int, ...] = ()
     extra_read: tuple[str, ...] = ()
+    spare_hosts: int = 0
+    """Spare validation hosts kept warm in the validating process (`engine.sandbox.spare`); 0: none."""
+    spare_idle_s: float = 300.0
+    """How long an unused spare validation host is kept."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SandboxOptions:
@@ -301,6 +305,11 @@ class PluginHost:
             self._kill()
 
     # --- calls ----------------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """Whether the host process is running."""
+        process = self._process
+        return process is not None and process.poll() is None
 
     def call(self, op: str, header: dict[str, Any] | None = None, body: bytes = b"", *,
              timeout_s: float | None = -1.0) -> tuple[dict[str, Any], bytes]:

@@ -37,6 +37,8 @@ from typing import Any, Protocol
 from engine.sandbox import protocol
 from engine.sandbox.errors import SandboxViolation
 
+MAX_WARM_MODULES = 300
+"""Most libraries one `warm` op imports."""
 RELAY_PORT = 3128
 """The egress relay's port inside the host's own network namespace (nothing else listens there)."""
 _PR_SET_PDEATHSIG = 1
@@ -254,14 +256,45 @@ class Runtime:
     # -- dry run ------------------------------------------------------------------------------------
 
     def op_validate(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        """The manifest check and dry run. A spare validation host is started before its plugin is
+        known: the owner names it here (`name`, `version`, `plugin_id`), and fills the (empty)
+        plugin folder just before. The answer lists the libraries the plugin's import and dry run
+        loaded (`warm`), which the owner preloads into the namespace's next spare host."""
         from engine.plugins.validate import validate_plugin
+        from engine.shared.inference.registry import loaded_services
 
+        before = set(sys.modules)
         report = validate_plugin(
-            self.root, name=self.run["name"], version=self.run["version"], namespace=self.config["namespace"],
-            plugin_id=self.run["plugin_id"], container=self.container, strict=bool(header.get("strict")),
-            workdir=self.scratch / "samples",
+            self.root, name=str(header.get("name") or self.run["name"]), version=str(header.get("version") or self.run["version"]),
+            namespace=self.config["namespace"], plugin_id=str(header.get("plugin_id") or self.run["plugin_id"]),
+            container=self.container, strict=bool(header.get("strict")), workdir=self.scratch / "samples",
         )
-        return {"report": report.model_dump(mode="json")}, b""
+        from engine.plugins.loader import package_name
+
+        own = package_name(self.root)
+        modules = sorted({m.split(".", 1)[0] for m in set(sys.modules) - before} - {own, "__main__"})
+        return {"report": report.model_dump(mode="json"), "warm": {"modules": modules, "services": loaded_services()}}, b""
+
+    def op_warm(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        """Before any plugin code: import the installed libraries `modules` names (top-level names
+        only, found on the runtime's own path: the plugin folder is still empty) and load the
+        models of the platform's batch services `services` names, so a dry run finds them warm."""
+        import importlib
+        import re
+
+        from engine.shared.inference.registry import preload_service
+
+        done, failed = [], []
+        for name in (header.get("modules") or [])[:MAX_WARM_MODULES]:
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,99}", name) or name.startswith("sluice_plugin_"):
+                continue
+            try:
+                importlib.import_module(name)
+                done.append(name)
+            except Exception:  # noqa: BLE001 - a library that does not import here is simply not warm
+                failed.append(name)
+        services = [str(s) for s in header.get("services") or [] if preload_service(str(s))]
+        return {"modules": done, "failed": failed, "services": services}, b""
 
     # -- realtime ----------------------------------------------------------------------------------
 

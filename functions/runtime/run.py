@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from engine.sandbox.spare import SPARE_HOSTS
 from functions.runtime.dropfolder import DropFolder
 from functions.runtime.idempotency import IdempotencyStore
 from functions.runtime.janitor import BusJanitor
@@ -85,6 +86,7 @@ async def run_functions(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.stop()
+        SPARE_HOSTS.close()  # the register function's spare validation hosts
 
 
 @contextlib.asynccontextmanager

@@ -115,5 +115,6 @@ def sandbox_options(settings: Settings) -> Any:
         memory_bytes=int(settings.sandbox_memory_gb * 2**30) if settings.sandbox_memory_gb else None,
         cpu_seconds=settings.sandbox_cpu_seconds, call_timeout_s=settings.sandbox_call_timeout_s,
         pinned_hosts=dict(settings.egress_pinned_hosts), denied_ports=tuple(p for p in (settings.port,) if p),
+        spare_hosts=settings.validation_warm_hosts, spare_idle_s=settings.validation_warm_idle_s,
     )
 

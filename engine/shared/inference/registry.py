@@ -66,12 +66,7 @@ class MiniLMBatch(BaseBatchInferenceService):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    from sentence_transformers import SentenceTransformer
-
-                    from engine.models import resolve_model_dir, select_device
-
-                    path = resolve_model_dir(MINILM_ID)
-                    self._model = SentenceTransformer(str(path), device=select_device(), local_files_only=True)
+                    self._model = _minilm()
         return self._model
 
     def _process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -95,6 +90,39 @@ class MiniLMBatch(BaseBatchInferenceService):
         )
         out[self.config.output_column_name] = pd.Series([row.astype(float).tolist() for row in vectors], index=out.index, dtype=object)
         return out
+
+
+_MODELS: dict[str, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _minilm() -> Any:
+    """all-MiniLM-L6-v2 on `select_device()`, loaded once per process: every instance of the
+    service in this process (one plugin host: one namespace) shares it, read-only."""
+    from engine.models import resolve_model_dir, select_device
+
+    device = select_device()
+    with _MODELS_LOCK:
+        if device not in _MODELS:
+            from sentence_transformers import SentenceTransformer
+
+            path = resolve_model_dir(MINILM_ID)
+            _MODELS[device] = SentenceTransformer(str(path), device=device, local_files_only=True)
+        return _MODELS[device]
+
+
+def loaded_services() -> list[str]:
+    """The batch services whose models this process has loaded."""
+    return [MINILM_ID] if _MODELS else []
+
+
+def preload_service(service_id: str) -> bool:
+    """Load the model of batch service `service_id` into this process (a spare plugin host, before
+    any plugin code runs); False when it is not one whose model can be preloaded."""
+    if service_id != MINILM_ID:
+        return False
+    _minilm()
+    return True
 
 
 _SERVICES: dict[str, type[BaseBatchInferenceService]] = {
