@@ -28,11 +28,15 @@ OUTPUT_BATCH_ROWS = 256
 """Rows per write: one vector upsert and one catalog transaction each."""
 
 
+PLAN_CPUS = 0.1
+"""What the planning task reserves (it starts a host, asks it, and ends)."""
+
+
 def plan_steps(spec: PluginSpec, *, timeout_s: float = 300.0) -> list[StepPlan]:
     """The plugin's steps as it builds them for this collection, computed in a Ray worker."""
     import ray
 
-    remote = ray.remote(num_cpus=0.1, max_retries=0)(plan)
+    remote = ray.remote(num_cpus=PLAN_CPUS, max_retries=0)(plan)
     return ray.get(remote.remote(spec), timeout=timeout_s)
 
 

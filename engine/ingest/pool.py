@@ -44,6 +44,8 @@ log = logging.getLogger("sluice.ingest.pool")
 
 IN_FLIGHT = 4
 """Batches of one job in a pool at once: enough that every stage has work while the driver writes."""
+RELEASE_WAIT_S = 2.0
+"""How long a release waits for Ray to free a killed pool's resources before releasing another."""
 PLAN_CACHE = 512
 """Plans remembered (least recently used dropped first)."""
 
@@ -116,12 +118,16 @@ class WarmPools:
         return pool is None or not pool.busy
 
     def plan(self, spec: PluginSpec, compute: Callable[[PluginSpec], list[StepPlan]]) -> list[StepPlan]:
-        """The spec's step plans: remembered, or `compute(spec)` (which starts a host)."""
+        """The spec's step plans: remembered, or `compute(spec)` (a Ray task that starts a host;
+        idle pools make room for it first)."""
         key = pool_key(spec)
         with self._lock:
             if key in self._plans:
                 self._plans.move_to_end(key)
                 return list(self._plans[key])
+        from engine.ingest.job import PLAN_CPUS
+
+        self.release_idle(keep=key, need_cpus=PLAN_CPUS)  # idle warm actors never keep a plan from being made
         plans = compute(spec)
         with self._lock:
             self._plans[key] = list(plans)
@@ -191,18 +197,22 @@ class WarmPools:
         `need_gpus` are free in the cluster; by default every idle pool. Returns how many went."""
         import ray
 
+        def enough() -> bool:
+            free = ray.available_resources()
+            return free.get("CPU", 0.0) >= need_cpus and free.get("GPU", 0.0) >= need_gpus
+
         released = 0
         while True:
             with self._lock:
                 idle = sorted((p for p in self._pools.values() if not p.busy and p.key != keep), key=lambda p: p.last_used)
-            if not idle:
+            if not idle or (not math.isinf(need_cpus) and enough()):
                 return released
-            if not math.isinf(need_cpus):
-                free = ray.available_resources()
-                if free.get("CPU", 0.0) >= need_cpus and free.get("GPU", 0.0) >= need_gpus:
-                    return released
             self._drop(idle[0], "its resources were needed")
             released += 1
+            if not math.isinf(need_cpus):  # Ray frees a killed actor's resources a moment later
+                deadline = time.monotonic() + RELEASE_WAIT_S
+                while time.monotonic() < deadline and not enough():
+                    time.sleep(0.05)
 
     def reap(self) -> int:
         """Shut every pool idle for longer than `idle_s`; returns how many went."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.ingest.inputs import INLINE_COLUMN, InlineReader, read_inline
 from engine.plugins.extractors.pipeline import PipelineStep, StepFailed, StepRunner
 from engine.plugins.frame import PRODUCTION_COLUMNS, add_input_aliases
 from engine.sandbox.cache import PluginIntegrityError
@@ -347,6 +348,7 @@ class PluginStage:
         self.last = last
         self.root = plugin_root(spec)
         self.host: Any = None
+        self.reader = InlineReader(spec.namespace, spec.asset_access) if first else None
         self._open()
 
     def _open(self) -> None:
@@ -362,29 +364,44 @@ class PluginStage:
         from engine.sandbox.protocol import ProtocolError, encode_frame, trusted_table
 
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+        unread = None
+        if self.reader is not None and INLINE_COLUMN in table.column_names:
+            frame, failures = read_inline(table.to_pandas(), self.reader)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if failures:
+                unread = pa.table({"object_id": pa.array([f[0] for f in failures], pa.string()),
+                                   ERROR_COLUMN: pa.array([f[1][:2000] for f in failures], pa.string()),
+                                   STEP_COLUMN: pa.array(["read"] * len(failures), pa.string())})
         try:
-            if self.host is None:
-                self._open()
-            answer, body = self.host.call("run", {}, encode_frame(table))
-            if not answer.get("ok"):
-                raise host_error(answer, "run")
-            out = trusted_table(body)
-            if self.last:
-                out = output_table(out, self.spec.features)
+            if table.num_rows == 0 and unread is not None:
+                out = unread.slice(0, 0)
+            else:
+                if self.host is None:
+                    self._open()
+                answer, body = self.host.call("run", {}, encode_frame(table))
+                if not answer.get("ok"):
+                    raise host_error(answer, "run")
+                out = trusted_table(body)
+                if self.last:
+                    out = output_table(out, self.spec.features)
         except (PluginHostError, ProtocolError, StepFailed) as exc:
             if isinstance(exc, (PluginHostError, ProtocolError)) and self.host is not None:
                 self.host.close()
                 self.host = None
             out = _failed_table(table, str(exc), "plugin")
         violations = self.host.drain_violations() if self.host is not None else []
-        if violations:
-            out = pa.concat_tables([out, _violation_table(violations)], promote_options="permissive")
+        extra = ([unread] if unread is not None else []) + ([_violation_table(violations)] if violations else [])
+        if extra:
+            out = pa.concat_tables([out, *extra], promote_options="permissive")
         return out
 
     def __del__(self) -> None:
         host = getattr(self, "host", None)
         if host is not None:
             host.close()
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.close()
 
 
 def _failed_table(table: Any, error: str, step: str) -> Any:

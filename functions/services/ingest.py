@@ -49,16 +49,6 @@ def blob_type_for(mime: str) -> str:
     return "pdf" if mime == "application/pdf" else "file"
 
 
-def looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start >= len(head) - 3  # a multi-byte character cut by the sample's end
-    return True
-
-
 class IngestRefused(Exception):
     """The task cannot run: nothing was written. The message is the event's `reason`."""
 

@@ -868,13 +868,15 @@ def deploy_kill_trial(seed_: Seed, workdir: Path, *, point: str, rng: random.Ran
 # --- a Ray worker killed mid-job -------------------------------------------------------------------
 
 def ray_workers(stack: Sluice) -> list[tuple[int, str]]:
-    """(pid, title) of the stack's Ray workers that run an ingest actor (`ray::MapWorker(MapBatches(
-    PluginStage))`, the title ending in the method it runs) once its constructor is done."""
+    """(pid, title) of the stack's Ray workers that run an ingest actor once its constructor is
+    done: a pipeline's (`ray::MapWorker(MapBatches(PluginStage))`) or a warm pool's
+    (`ray::WarmStage`), the title ending in the method it runs."""
     found = []
     for pid in stack.session_pids():
         with contextlib.suppress(OSError):
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            if title.startswith("ray::MapWorker(") and "PluginStage" in title and not title.endswith(".__init__"):
+            pipeline = title.startswith("ray::MapWorker(") and "PluginStage" in title
+            if (pipeline or title.startswith("ray::WarmStage")) and not title.endswith(".__init__"):
                 found.append((pid, title))
     return found
 

@@ -51,7 +51,8 @@ async def test_small_tasks_reuse_the_collections_warm_pool_and_report_the_same_c
         other = (await stack.collection("other", "other-bucket", "hash_embedder"))["collection_id"]
         await stack.put("other-bucket", "x.txt", b"another collection's note")
         assert (await stack.finished(other)).type == "IngestCompleted"
-        assert len(_actor_ids(stack.scheduler)) == 2 and warm <= _actor_ids(stack.scheduler)
+        assert _actor_ids(stack.scheduler) - warm  # its own actor (the first pool may have made room for it: 2 CPUs)
+        assert len(stack.scheduler.pools.stats()) <= 2
 
 
 async def test_an_idle_pool_is_shut_down_and_the_next_task_starts_a_new_one(tmp_path, ray_cluster):

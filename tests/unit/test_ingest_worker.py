@@ -7,6 +7,7 @@ import hashlib
 import pandas as pd
 import pytest
 
+from engine.ingest.inputs import looks_like_text
 from engine.ingest.job import _stage_options, fit_to_cluster, gpu_shortfall, group_steps
 from engine.ingest.worker import (
     ERROR_COLUMN,
@@ -23,7 +24,7 @@ from engine.ingest.worker import (
     to_records,
 )
 from engine.plugins.extractors.pipeline import PipelineStep, StepRunner
-from functions.services.ingest import blob_type_for, document_id_for, looks_like_text, object_id_for
+from functions.services.ingest import blob_type_for, document_id_for, object_id_for
 from tests.fixtures.plugins import HASH_EMBEDDER, zip_folder
 
 pytestmark = pytest.mark.unit
