@@ -102,7 +102,15 @@ class Settings(BaseSettings):
         "dry run skips the host's start. Each runs plugin code once, then is replaced; 0: none.")
     validation_warm_idle_s: float = Field(
         default=300.0, gt=0, le=24 * 3600, description="How long an unused spare validation host is kept.")
-    ingest_max_delay_s: float = Field(default=2.0, ge=0, le=3600, description="How long a burst of drops may wait to join one job.")
+    ingest_max_delay_s: float = Field(
+        default=2.0, ge=0, le=3600, description="Longest an object waits for a burst still arriving to join its job: a "
+        "collection's queue starts a job once it is quiet (SLUICE_INGEST_SETTLE_S), once its oldest object waited this "
+        "long, or once it is full; objects arriving while the collection's job runs wait for that job to end.")
+    ingest_settle_s: float = Field(
+        default=0.25, ge=0, le=60, description="A collection's queue that received nothing for this long starts its job "
+        "at once (when no job of the collection runs): one object dropped into an idle collection starts without waiting "
+        "SLUICE_INGEST_MAX_DELAY_S, a burst that has ended starts whole. Longer than the gap between two uploads of one "
+        "client uploading objects one after another, so they join one job.")
     ingest_max_objects: int = Field(
         default=10_000, ge=1, description="Most objects in one ingest job; a fuller queue starts a job at once."
     )

@@ -19,7 +19,7 @@ from typing import Any
 from events.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from functions.records import cache as record_cache
 from functions.services.builtin_plugins import version_or_builtin
-from infra.catalog.base import Catalog
+from infra.catalog.base import Catalog, declare_index
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.rules import BUCKET_RE
 from infra.vectors.base import VectorIndex, VectorSpec
@@ -32,6 +32,15 @@ INGEST_QUEUE = "ingest_queue"
 INGESTED = "ingested_objects"
 
 COLLECTION_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
+
+# What the ingest scheduler reads on every wake, so its work per object stays the same however long
+# the queue (functions/runtime/scheduler.py): a task's entries, and the walk over collections with
+# unclaimed entries, each collection's oldest and newest, and its next batch.
+declare_index(INGEST_QUEUE, "claimed_by")
+declare_index(INGEST_QUEUE, "claimed_by", "collection_id")
+declare_index(INGEST_QUEUE, "claimed_by", "collection_id", "queued_at")
+# a collection's documents, and an object's (counts, replaced versions, removals)
+declare_index(DOCUMENTS, "collection_id", "object_id")
 
 
 

@@ -4,9 +4,23 @@
 The handler only records: each object goes into the durable queue (kind `ingest_queue`) of every
 collection whose bucket and prefix it matches, once per object version, and the handler returns
 at once. The `IngestScheduler` (one per process that runs functions) turns a collection's queue
-into a task when the burst is over (`SLUICE_INGEST_MAX_DELAY_S` since its first object) or full
-(`SLUICE_INGEST_MAX_OBJECTS`), checks before anything runs, and runs the job in a thread: Ray
-Data runs the plugin in workers and streams the output back here, where it is written in batches.
+into a task, checks before anything runs, and runs the job in a thread: Ray Data runs the plugin in
+workers and streams the output back here, where it is written in batches.
+
+Coalescing: a collection's queue becomes a task, of its oldest `SLUICE_INGEST_MAX_OBJECTS` objects,
+as soon as no job of the collection runs and one of these holds:
+- the queue is quiet: nothing arrived for `SLUICE_INGEST_SETTLE_S` (0.25 s), so one object dropped
+  into an idle collection starts at once, and a burst that has ended starts whole (objects
+  uploaded one after another, each a round trip of tens of milliseconds, are one burst);
+- its oldest object has waited `SLUICE_INGEST_MAX_DELAY_S` (2 s): a burst still arriving is cut;
+- it holds `SLUICE_INGEST_MAX_OBJECTS` objects.
+While a collection's job runs, what arrives for it waits and becomes its next task, so 10,000
+objects dropped at once make a few large jobs, not thousands of small ones.
+
+The scheduler's work per object does not grow with the queue: it reads the queue through the
+indexes `functions/records/collection.py` declares (a walk over the collections with unclaimed
+entries, a few one-row reads per collection, and the batch it claims), never the whole queue;
+the reconciler walks the tasks that hold entries the same way.
 
 Several jobs run at once (`SLUICE_INGEST_MAX_JOBS`), and tenants take turns: when a slot is free,
 the namespace served least recently (one never served first) whose running jobs are under
@@ -31,7 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import json
 import math
 import mimetypes
 import os
@@ -40,8 +56,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -49,11 +65,12 @@ import pandas as pd
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from engine.ingest.inputs import INLINE_COLUMN
+from engine.ingest.pool import WarmPools
 from engine.ingest.worker import PluginSpec
-from engine.plugins.extractors.pipeline import TEXT_MIME_TYPES
 from events.bus import EventBus
 from events.envelope import AnyEnvelope, make
-from events.errors import AlreadyExists, NotFound, TooLarge, TransientError
+from events.errors import AlreadyExists, TransientError
 from events.payloads import IngestCompleted, IngestFailed, IngestFailure, IngestProgress, IngestStarted, ObjectCreated
 from events.publisher import Publish, Publisher
 from events.topics import Topics
@@ -65,9 +82,9 @@ from functions.records.tasks import TASKS
 from functions.runtime.supervision import backoff
 from functions.runtime.task_writer import Source, TaskWriter
 from functions.services.backfill import queue_backfill
-from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, looks_like_text, object_id_for, plugin_spec
+from functions.services.ingest import IngestRefused, blob_type_for, document_id_for, object_id_for, plugin_spec
 from functions.services.remove import complete_removals
-from infra.catalog.base import Catalog, Delete, Insert, Update, WriteConflict
+from infra.catalog.base import Catalog, Delete, Insert, Update, WriteConflict, declare_index
 from infra.objectstore.base import ObjectStore
 from infra.objectstore.tenant import NamespaceStore
 from infra.outbox import LEASES, owner_alive
@@ -86,24 +103,35 @@ LEASE_S = 60.0
 HEARTBEAT_S = 10.0
 PROGRESS_EVERY_S = 1.0
 SCAN_PAGE = 20_000
-"""Queue entries read per query when looking for work. When more are queued, further queries skip
-the collections already seen, so every collection with queued objects is seen, however long the
-queue of others."""
+"""Most unfinished tasks the reconciler reads per run."""
+UNCLAIM_PAGE = 1_000
+"""Queue entries of a vanished task handed back to the queue per write."""
 RESCAN_S = 2.0
 """The queue is read again at least this often (other processes' leases end, bursts become due);
-sooner when this process queues objects or ends a job (`poke`)."""
+sooner when this process queues objects or ends a job (`poke`), or when a queue becomes due."""
+MIN_SCAN_S = 0.02
+"""While objects keep arriving (each one pokes), the queue is looked at no more often than this."""
+
+declare_index(TASKS, "status")  # the reconciler's unfinished tasks
+REAP_S = 5.0
+"""How often warm pools idle past `SLUICE_INGEST_WARM_IDLE_S` are looked for and shut down."""
 STOP_GRACE_S = 30.0
 """How long a timed-out job's thread is given to end once its Ray Data execution is shut down."""
 
 
 @dataclass
 class PendingQueue:
-    """One collection's unclaimed queue entries, as the scheduler sees them."""
+    """One collection's unclaimed queue entries, as the scheduler sees them: when the oldest and
+    the newest were queued (`time.time()`)."""
 
     collection_id: str
     namespace: str
     oldest: float
-    entries: list[dict] = field(default_factory=list)
+    newest: float = 0.0
+
+    def due(self, *, settle_s: float, max_delay_s: float) -> float:
+        """When the queue is ready, unless full first: quiet for `settle_s`, or its oldest waited `max_delay_s`."""
+        return min(max(self.newest, self.oldest) + settle_s, self.oldest + max_delay_s)
 
 
 def next_queue(ready: Sequence[PendingQueue], *, served: Mapping[str, int], running: Mapping[str, int],
@@ -141,6 +169,8 @@ class IngestScheduler:
         self._dirty = True
         self._next_scan = 0.0
         self._stopping = False
+        self.pools = WarmPools(idle_s=settings.ingest_warm_idle_s, max_objects=settings.ingest_warm_max_objects)
+        self._next_reap = 0.0
 
     def poke(self) -> None:
         self._dirty = True
@@ -168,6 +198,9 @@ class IngestScheduler:
                         await self.sweep()
                     await self.recover()
                     await self.schedule()
+                    if time.monotonic() >= self._next_reap:
+                        self._next_reap = time.monotonic() + REAP_S
+                        await asyncio.to_thread(self.pools.reap)
                 except Exception as exc:  # noqa: BLE001 - the catalog may be briefly down: try again
                     log.warning("ingest.schedule_failed", error=f"{type(exc).__name__}: {exc}")
                 self._wake.clear()
@@ -184,13 +217,15 @@ class IngestScheduler:
                 await asyncio.wait(running, timeout=5)
             for task in running:
                 task.cancel()
+            with contextlib.suppress(Exception):  # Ray may be gone already: its actors went with it
+                await asyncio.to_thread(self.pools.close)
 
     async def drain(self, timeout_s: float = 600.0) -> None:
         """Schedule until the queue is empty and no job runs (tests, `sluice demo`)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await self.schedule(force=True)
-            if not self._running and not await self.catalog.count(INGEST_QUEUE, {"claimed_by": None}):
+            if not self._running and not await self.catalog.find(INGEST_QUEUE, {"claimed_by": None}, limit=1):
                 return
             if self._running:
                 await asyncio.wait(list(self._running.values()), timeout=0.5)
@@ -269,17 +304,22 @@ class IngestScheduler:
         fixed: Counter[str] = Counter()
         settled = time.time() - LEASE_S
         mine = {task.get_name().removeprefix("sluice-ingest-") for task in self._running.values()}
-        claims: dict[str, list[dict]] = {}
-        for entry in await self.catalog.find(INGEST_QUEUE, {"claimed_by": {"$ne": None}}, limit=SCAN_PAGE):
-            claims.setdefault(entry["claimed_by"], []).append(entry)
-        for task_id, entries in claims.items():
+        claimant = ""
+        while True:  # each task that claims entries, one short read apiece through the index on `claimed_by`
+            head = await self.catalog.find(INGEST_QUEUE, {"claimed_by": {"$gt": claimant}}, order_by="claimed_by", limit=1)
+            if not head:
+                break
+            task_id = claimant = head[0]["claimed_by"]
             if task_id in mine:
                 continue
             task = await self.catalog.get(TASKS, task_id)
-            if task is None and all((e.get("claimed_at") or 0) < settled for e in entries):
-                await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": None}) for e in entries])
-                fixed["unclaimed"] += len(entries)
-            elif task is not None and task["status"] in TASK_FINISHED:
+            if task is None:
+                if await self.catalog.find(INGEST_QUEUE, {"claimed_by": task_id, "claimed_at": {"$gte": settled}}, limit=1):
+                    continue  # claimed lately: its task may be a write in flight
+                while entries := await self.catalog.find(INGEST_QUEUE, {"claimed_by": task_id}, limit=UNCLAIM_PAGE):
+                    await self.catalog.upsert_many(INGEST_QUEUE, [(e["id"], {**_entry(e), "claimed_by": None}) for e in entries])
+                    fixed["unclaimed"] += len(entries)
+            elif task["status"] in TASK_FINISHED:
                 fixed["cleared"] += await self.catalog.delete_many(INGEST_QUEUE, {"claimed_by": task_id})
         for task in await self.catalog.find(TASKS, {"status": {"$in": [TaskStatus.QUEUED, TaskStatus.RUNNING]}}, limit=SCAN_PAGE):
             if task["task_id"] in mine or await self.catalog.get(JOB_LEASES, task["collection_id"]) is not None:
@@ -333,63 +373,89 @@ class IngestScheduler:
 
     # --- scheduling ------------------------------------------------------------------------
 
+    _due: asyncio.TimerHandle | None = None
+    """The wake-up `schedule` arranged for the moment the next queue becomes ready."""
+    _last_scan: float = 0.0
+
     async def schedule(self, *, force: bool = False) -> None:
         """Start tasks while slots are free: namespaces in turn (see `next_queue`), at most
-        `ingest_max_jobs_per_namespace` of one namespace, one per collection."""
+        `ingest_max_jobs_per_namespace` of one namespace, one per collection, each collection once
+        its queue is ready (see the module's docstring; `force`: every queue is ready)."""
         if len(self._running) >= self.settings.ingest_max_jobs:
             return
-        if not (force or self._dirty or time.monotonic() >= self._next_scan):
-            return  # nothing changed since the last look: reading the whole queue again would find the same
+        now_m = time.monotonic()
+        if not (force or self._dirty or now_m >= self._next_scan):
+            return  # nothing changed since the last look: reading the queue again would find the same
+        if not force and now_m - self._last_scan < MIN_SCAN_S and now_m < self._next_scan:
+            self._wake_in(self._last_scan + MIN_SCAN_S - now_m)  # objects pouring in: one look per MIN_SCAN_S
+            return
         self._dirty = False
-        queues, complete = await self._pending()
-        clock, max_delay = time.time(), self.settings.ingest_max_delay_s
+        self._last_scan = now_m
+        queues = await self._pending()
+        clock, max_delay, settle = time.time(), self.settings.ingest_max_delay_s, self.settings.ingest_settle_s
         self._next_scan = time.monotonic() + RESCAN_S
         ready: list[PendingQueue] = []
-        for queue in queues.values():
-            if queue.collection_id in self._running:
-                continue
-            if force or len(queue.entries) >= self.settings.ingest_max_objects or clock - queue.oldest >= max_delay:
+        for queue in queues:
+            due = queue.due(settle_s=settle, max_delay_s=max_delay)
+            if force or clock >= due or await self._full(queue.collection_id):
                 ready.append(queue)
-            else:  # look again when its burst is due
-                self._next_scan = min(self._next_scan, time.monotonic() + queue.oldest + max_delay - clock)
+            else:  # look again when it becomes due
+                self._next_scan = min(self._next_scan, time.monotonic() + due - clock)
+                self._wake_in(due - clock)
         while len(self._running) < self.settings.ingest_max_jobs:
             pick = next_queue(ready, served=self._served, running=self._running_per_namespace(),
                               per_namespace=self.settings.ingest_max_jobs_per_namespace)
             if pick is None:
                 return
             ready.remove(pick)
-            await self._claim(pick, complete=complete)
+            await self._claim(pick)
 
-    async def _pending(self) -> tuple[dict[str, PendingQueue], bool]:
-        """Every collection's unclaimed entries, oldest first; False when some collections were read
-        only in part (more than `SCAN_PAGE` entries queued)."""
-        queues: dict[str, PendingQueue] = {}
+    def _wake_in(self, delay_s: float) -> None:
+        """`poke` in `delay_s` seconds, unless a wake-up at or before then is already arranged."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + max(0.0, delay_s) + 0.001
+        due = self._due
+        if due is not None and not due.cancelled() and loop.time() <= due.when() <= at:
+            return
+        if due is not None:
+            due.cancel()
+        self._due = loop.call_at(at, self.poke)
+
+    async def _pending(self) -> list[PendingQueue]:
+        """The collections with unclaimed entries, but those whose job runs here, each with when its
+        oldest and its newest entry were queued: a walk through the queue's indexes, three one-row
+        reads per collection, however many entries are queued."""
+        queues: list[PendingQueue] = []
         where: dict[str, Any] = {"claimed_by": None}
-        complete = True
-        while True:
-            page = await self.catalog.find(INGEST_QUEUE, where, order_by="queued_at", limit=SCAN_PAGE)
-            for entry in page:
-                queue = queues.get(entry["collection_id"])
-                if queue is None:
-                    queue = queues[entry["collection_id"]] = PendingQueue(entry["collection_id"], entry["namespace"],
-                                                                          entry["queued_at"])
-                queue.entries.append(entry)
-            if len(page) < SCAN_PAGE:
-                return queues, complete
-            complete = False
-            where = {"claimed_by": None, "collection_id": {"$nin": sorted(queues)}}
+        while head := await self.catalog.find(INGEST_QUEUE, where, order_by="collection_id", limit=1):
+            collection_id = head[0]["collection_id"]
+            where = {"claimed_by": None, "collection_id": {"$gt": collection_id}}
+            if collection_id in self._running:
+                continue
+            unclaimed = {"claimed_by": None, "collection_id": collection_id}
+            oldest = await self.catalog.find(INGEST_QUEUE, unclaimed, order_by="queued_at", limit=1)
+            newest = await self.catalog.find(INGEST_QUEUE, unclaimed, order_by="queued_at", descending=True, limit=1)
+            if oldest and newest:  # (unless claimed meanwhile)
+                queues.append(PendingQueue(collection_id, oldest[0]["namespace"], oldest[0]["queued_at"], newest[0]["queued_at"]))
+        return queues
 
-    async def _claim(self, queue: PendingQueue, *, complete: bool) -> None:
-        """Make `queue` a task and start it, unless another process holds the collection."""
+    async def _full(self, collection_id: str) -> bool:
+        """Whether the collection has `ingest_max_objects` unclaimed entries (without counting them all)."""
+        return bool(await self.catalog.find(INGEST_QUEUE, {"claimed_by": None, "collection_id": collection_id},
+                                            order_by="queued_at", limit=1, offset=self.settings.ingest_max_objects - 1))
+
+    async def _claim(self, queue: PendingQueue) -> None:
+        """Make `queue` a task of its oldest `ingest_max_objects` entries and start it, unless another
+        process holds the collection."""
         collection_id = queue.collection_id
         task_id = "tsk_" + secrets.token_hex(10)
         if not await self._acquire(collection_id, task_id):
             return
-        limit = self.settings.ingest_max_objects
-        chosen = queue.entries[:limit]
-        if not complete and len(chosen) < limit:  # the scan saw only part of this queue
-            chosen = await self.catalog.find(INGEST_QUEUE, {"claimed_by": None, "collection_id": collection_id},
-                                             order_by="queued_at", limit=limit) or chosen
+        chosen = await self.catalog.find(INGEST_QUEUE, {"claimed_by": None, "collection_id": collection_id},
+                                         order_by="queued_at", limit=self.settings.ingest_max_objects)
+        if not chosen:  # claimed or removed meanwhile
+            await self.catalog.delete(JOB_LEASES, collection_id)
+            return
         first = chosen[0]
         record = {
             "task_id": task_id, "namespace": first["namespace"], "collection_id": collection_id, "status": TaskStatus.QUEUED,
@@ -550,7 +616,8 @@ class IngestScheduler:
         try:
             # The planning task may wait for a CPU that other jobs hold: the task's own limit bounds
             # it (a little later, so that a task out of time fails naming its limit, not this wait).
-            steps = await asyncio.to_thread(plan_steps, spec, timeout_s=max(1.0, deadline - time.monotonic()) + 5.0)
+            timeout_s = max(1.0, deadline - time.monotonic()) + 5.0
+            steps = await asyncio.to_thread(self.pools.plan, spec, lambda s: plan_steps(s, timeout_s=timeout_s))
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc
             raise IngestRefused(f"building the steps of {plugin['plugin_name']} {plugin['version']} failed: "
@@ -567,13 +634,16 @@ class IngestScheduler:
     async def _inputs(
         self, collection: dict, plugin: dict, entries: Sequence[dict],
     ) -> tuple[dict[str, Source], list[dict], list[tuple[str, str]]]:
-        """One row per object: text inline in `data`, other files as the URL `open_asset` reads."""
-        limit = asyncio.Semaphore(16)
+        """One row per object, its bytes not read here: `data` is the object's URL (what
+        `open_asset` reads), and an object that may go inline (text, or a small file that may be
+        text) carries its location in `INLINE_COLUMN`: the first stage reads it into `data` on the
+        worker, batch by batch (`engine.ingest.inputs`), so this process never holds a task's bytes."""
         objects = NamespaceStore(self.store, self.settings.data_bucket, collection["namespace"])
+        limit = self.settings.ingest_max_inline_bytes
         sources: dict[str, Source] = {}
         failures: list[tuple[str, str]] = []
-
-        async def one(entry: dict) -> dict | None:
+        rows: list[dict] = []
+        for entry in entries:
             obj = ObjectCreated.model_validate(entry["object"])
             object_id = object_id_for(collection["namespace"], obj.bucket, obj.key)
             document_id = document_id_for(collection["collection_id"], obj.bucket, obj.key, obj.version_marker)
@@ -581,43 +651,22 @@ class IngestScheduler:
             if not mime or mime in ("application/octet-stream", "binary/octet-stream"):
                 mime = mimetypes.guess_type(obj.key)[0] or ""
             kind = blob_type_for(mime) if mime else "file"
-            data: str | None = None
-            async with limit:
-                try:
-                    if kind == "text" or (kind == "file" and obj.size <= self.settings.ingest_max_inline_bytes):
-                        if obj.size > self.settings.ingest_max_inline_bytes:
-                            failures.append((object_id, f"text object of {obj.size} bytes is over the inline limit "
-                                                        f"({self.settings.ingest_max_inline_bytes}, SLUICE_INGEST_MAX_INLINE_BYTES)"))
-                            return None
-                        # bounded: on S3 the object may have been replaced after its confirm (a presigned URL
-                        # cannot be made single-use there), and nothing larger than the limit is read
-                        raw = await objects.get_bytes(obj.bucket, obj.key, max_bytes=self.settings.ingest_max_inline_bytes)
-                        if kind == "text" or looks_like_text(raw[:8192]):
-                            try:
-                                data = raw.decode("utf-8-sig")
-                            except UnicodeDecodeError as exc:
-                                failures.append((object_id, f"{obj.key!r} is not UTF-8 text: {exc}"))
-                                return None
-                            kind, mime = "text", mime if mime.startswith("text/") or mime in TEXT_MIME_TYPES else "text/plain"
-                    if data is None:
-                        data = objects.url(obj.bucket, obj.key)
-                except NotFound:
-                    failures.append((object_id, f"object {obj.bucket}/{obj.key} no longer exists"))
-                    return None
-                except TooLarge:
-                    failures.append((object_id, f"object {obj.bucket}/{obj.key} is now larger than the inline limit "
-                                                f"({self.settings.ingest_max_inline_bytes}, SLUICE_INGEST_MAX_INLINE_BYTES): "
-                                                "it changed after it was announced"))
-                    return None
-            obj = obj.model_copy(update={"content_type": mime or obj.content_type})
-            sources[object_id] = Source(entry["id"], obj, object_id, document_id, kind == "text")
-            return {
-                "data": data, "document_id": document_id, "object_id": object_id, "blob_id": f"{object_id}/content",
-                "blob_property": "content", "blob_type": kind, "collection_id": collection["collection_id"],
-                "feature_extractor_id": plugin["plugin_id"], "mime_type": mime or "application/octet-stream", "size_bytes": obj.size,
-            }
-
-        rows = [row for row in await asyncio.gather(*(one(e) for e in entries)) if row is not None]
+            if kind == "text" and obj.size > limit:
+                failures.append((object_id, f"text object of {obj.size} bytes is over the inline limit "
+                                            f"({limit}, SLUICE_INGEST_MAX_INLINE_BYTES)"))
+                continue
+            inline = None
+            if kind == "text" or (kind == "file" and obj.size <= limit):
+                bucket, key = objects.locate(obj.bucket, obj.key)
+                inline = json.dumps({"bucket": bucket, "key": key, "name": f"{obj.bucket}/{obj.key}", "text": kind == "text",
+                                     "max_bytes": limit})
+            sources[object_id] = Source(entry["id"], obj, object_id, document_id, inline is not None)
+            rows.append({
+                "data": objects.url(obj.bucket, obj.key), "document_id": document_id, "object_id": object_id,
+                "blob_id": f"{object_id}/content", "blob_property": "content", "blob_type": kind,
+                "collection_id": collection["collection_id"], "feature_extractor_id": plugin["plugin_id"],
+                "mime_type": mime or "application/octet-stream", "size_bytes": obj.size, INLINE_COLUMN: inline,
+            })
         return sources, rows, failures
 
     def _progress_reporter(self, task: dict, total: int):
@@ -637,11 +686,11 @@ class IngestScheduler:
         or the scheduler stopping), the job is stopped: its sink refuses further batches, and its
         Ray Data execution is shut down, killing its actors (and so the plugin hosts in them),
         which ends the thread even while a plugin never returns."""
-        from engine.ingest.job import run_job
+        from engine.ingest.job import run_job, shut_down
 
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        datasets: list[Any] = []
+        stoppers: list[Callable[[], Any]] = []
 
         def sink(batch: pd.DataFrame) -> None:
             if stop.is_set():
@@ -650,28 +699,34 @@ class IngestScheduler:
                 raise RuntimeError("the scheduler is stopping")
             asyncio.run_coroutine_threadsafe(writer.write(batch), loop).result()
 
+        def on_dataset(dataset: Any) -> None:
+            stoppers.append(lambda: shut_down(dataset, JobStopped("the ingest task was stopped")))
+
         # each job is sized to its slot's share of the cluster, so the other slot's job (another
         # tenant's, by the turns above) starts at once instead of waiting for this one's actors
-        job = asyncio.ensure_future(asyncio.to_thread(run_job, spec, steps, rows, sink, on_dataset=datasets.append,
-                                                      share=1 / self.settings.ingest_max_jobs))
+        share = 1 / self.settings.ingest_max_jobs
+        if self.pools.takes(spec, len(rows)):  # small: the collection's warm pool, no pipeline to start
+            run = functools.partial(self.pools.run, spec, steps, rows, sink, on_stop=stoppers.append, share=share)
+        else:
+            await asyncio.to_thread(self.pools.release_idle)  # warm actors give their CPUs back to the pipeline
+            run = functools.partial(run_job, spec, steps, rows, sink, on_dataset=on_dataset, share=share)
+        job = asyncio.ensure_future(asyncio.to_thread(run))
         try:
             await asyncio.shield(job)
         except asyncio.CancelledError:
             stop.set()
-            await self._stop_job(job, datasets, task_id=task_id)
+            await self._stop_job(job, stoppers, task_id=task_id)
             raise
 
-    async def _stop_job(self, job: asyncio.Future, datasets: list[Any], *, task_id: str) -> None:
-        """Shut down the job's Ray Data execution (once it has a dataset) until its thread ends, for
-        at most `STOP_GRACE_S`."""
-        from engine.ingest.job import shut_down
-
+    async def _stop_job(self, job: asyncio.Future, stoppers: list[Callable[[], Any]], *, task_id: str) -> None:
+        """Stop the job until its thread ends, for at most `STOP_GRACE_S`: shut down its Ray Data
+        execution (once it has a dataset), or kill its warm pool's actors."""
         started = time.monotonic()
         stopped = 0
         while not job.done() and time.monotonic() - started < STOP_GRACE_S:
-            if datasets:
+            if stoppers:
                 try:
-                    stopped += await asyncio.to_thread(shut_down, datasets[0], JobStopped("the ingest task was stopped"))
+                    stopped += int(await asyncio.to_thread(stoppers[0]) or 0)
                 except Exception as exc:  # noqa: BLE001 - Ray going away at shutdown: the thread ends with it
                     log.warning("ingest.job_stop_failed", task_id=task_id, error=f"{type(exc).__name__}: {exc}")
             await asyncio.wait([job], timeout=0.5)

@@ -8,6 +8,14 @@ small and one contract suite checks them all.
 Filters (`where`) map dotted field paths to a value (equality) or to one operator dict:
 `{"status": "RUNNING", "source.bucket": "docs", "size": {"$gte": 10}, "state": {"$in": ["A", "B"]}}`.
 Operators: `$eq $ne $in $nin $lt $lte $gt $gte $exists`. Values are JSON types only.
+
+Indexes: a module that owns a kind declares the indexes its hot queries need with
+`declare_index(kind, *fields)`; adapters create them when they first touch the kind (SQLite: an
+expression index over the fields, then the key; MongoDB: a compound index over the fields, then
+`_id`; the in-memory fake: nothing). The fields of a declared index must hold strings, numbers or
+null (or be missing) in every record of the kind: filters and ordering on them then keep their
+meaning and can use the index (SQLite compares them as plain values instead of element by
+element). The field `id` (the key) needs no declaration.
 """
 
 from __future__ import annotations
@@ -30,6 +38,34 @@ KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", "$lt", "$lte", "$gt", "$gte", "$exists"})
 RESERVED_FIELDS = frozenset({"_id"})  # MongoDB's key field: kept out so every adapter stores the same records
+
+
+_INDEXES: dict[str, list[tuple[str, ...]]] = {}
+
+
+def declare_index(kind: str, *fields: str) -> None:
+    """Ask every adapter for an index on `fields` (in that order) of `kind`, used by equality
+    filters on a prefix of the fields, then a range or an ordering on the next one. The fields
+    must hold strings, numbers or null (or be missing) in every record of `kind`. Idempotent."""
+    check_kind(kind)
+    if not fields:
+        raise InvalidInput(f"an index of {kind!r} needs at least one field")
+    for name in fields:
+        if not FIELD_RE.fullmatch(name) or name == "id":
+            raise InvalidInput(f"invalid index field {name!r} of {kind!r}", details={"kind": kind, "field": name})
+    declared = _INDEXES.setdefault(kind, [])
+    if tuple(fields) not in declared:
+        declared.append(tuple(fields))
+
+
+def declared_indexes(kind: str) -> list[tuple[str, ...]]:
+    """The indexes declared for `kind`, in the order they were declared."""
+    return list(_INDEXES.get(kind, ()))
+
+
+def indexed_fields(kind: str) -> frozenset[str]:
+    """Every field of an index declared for `kind`: each holds a scalar (see `declare_index`)."""
+    return frozenset(name for fields in _INDEXES.get(kind, ()) for name in fields)
 
 
 class Condition(NamedTuple):

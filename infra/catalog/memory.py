@@ -14,6 +14,8 @@ the semantics production relies on:
 - ordering follows MongoDB's type order (null and missing first, then numbers, strings, objects,
   arrays, booleans), ties by key; `descending` reverses the whole order, the key included.
 
+Declared indexes (`declare_index` of the port) change nothing here: every query reads every record of its kind.
+
 Catalogs built on one `kinds` dict share their records, as catalogs on one SQLite file do; the
 records outlive `close()`. Every method runs to completion without yielding to the event loop, so
 each call is atomic: of two concurrent inserts of one key exactly one wins, and `update`'s

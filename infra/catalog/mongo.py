@@ -14,6 +14,9 @@ writes in place. `transact` (the outbox's writes) runs in a multi-document trans
 MongoDB offers on a replica set or a sharded cluster (a one-member replica set is enough); on a
 standalone server, or a fake without sessions, it checks every write first and then applies them in
 order, which is not atomic: `connect` logs a warning saying so.
+
+Declared indexes (`declare_index` of the port) are created with `create_index` (the fields, then
+`_id`, so the key tie-break of `find` comes from the index too) when a kind is first touched.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from infra.catalog.base import (
     check_page,
     check_writes,
     conflict,
+    declared_indexes,
     encode_record,
     is_number,
     parse_where,
@@ -73,6 +77,7 @@ class MongoCatalog(Catalog):
         self._client: Any = None
         self._db: Any = None
         self._transactions = False
+        self._indexes: dict[str, int] = {}  # kind -> how many of its declared indexes exist
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -87,6 +92,7 @@ class MongoCatalog(Catalog):
             client.close()
             raise
         self._client, self._db = client, client[self._database_name]
+        self._indexes.clear()
         self._transactions = await _offers_transactions(client)
         if not self._transactions:
             log.warning("MongoDB catalog %s: not a replica set, so multi-record writes (the outbox) are not atomic; "
@@ -111,6 +117,7 @@ class MongoCatalog(Catalog):
         self._require_connected()
         check_kind(kind)
         record = _record(key, doc)
+        await self._ensure_indexes(kind)
         try:
             with _translated("insert"):
                 await self._db[kind].insert_one({"_id": key, **record})
@@ -132,6 +139,7 @@ class MongoCatalog(Catalog):
         operations = [ReplaceOne({"_id": key}, _record(key, doc), upsert=True) for key, doc in docs]
         if not operations:
             return 0
+        await self._ensure_indexes(kind)
         with _translated("upsert_many"):
             result = await self._db[kind].bulk_write(operations, ordered=True)
         return result.upserted_count + result.matched_count
@@ -169,6 +177,7 @@ class MongoCatalog(Catalog):
         self._require_connected()
         check_kind(kind)
         query = _query(where)
+        await self._ensure_indexes(kind)
         with _translated("delete_many"):
             result = await self._db[kind].delete_many(query)
         return result.deleted_count
@@ -181,9 +190,10 @@ class MongoCatalog(Catalog):
         query = _query(where)
         direction = -1 if descending else 1
         check_order_by(order_by)
-        sort = [(order_by, direction), ("_id", direction)] if order_by else [("_id", direction)]
+        sort = [(order_by, direction), ("_id", direction)] if order_by and order_by != "id" else [("_id", direction)]
         if limit == 0:  # MongoDB reads limit(0) as "no limit"
             return []
+        await self._ensure_indexes(kind)
         with _translated("find"):
             cursor = self._db[kind].find(query).sort(sort).skip(offset)
             if limit is not None:
@@ -194,9 +204,22 @@ class MongoCatalog(Catalog):
         self._require_connected()
         check_kind(kind)
         query = _query(where)
+        await self._ensure_indexes(kind)
         with _translated("count"):
             return await self._db[kind].count_documents(query)
 
+
+    async def _ensure_indexes(self, kind: str) -> None:
+        """Create the indexes declared for `kind` that this connection has not made yet."""
+        declared = declared_indexes(kind)
+        made = self._indexes.get(kind, 0)
+        if len(declared) <= made:
+            return
+        with _translated("create_index"):
+            for fields in declared[made:]:
+                await self._db[kind].create_index([*((name, 1) for name in fields), ("_id", 1)],
+                                                  name="sluice_" + "_".join(name.replace(".", "_") for name in fields))
+        self._indexes[kind] = len(declared)
 
     async def transact(self, writes: Sequence[Write]) -> list[Doc | bool]:
         self._require_connected()
@@ -295,7 +318,8 @@ def _and(clauses: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _clause(field: str, op: str, operand: Any) -> dict[str, Any]:
-    """The query for one condition `parse_where` checked."""
+    """The query for one condition `parse_where` checked; `id` is the key, `_id`, which is indexed."""
+    field = "_id" if field == "id" else field
     if op in ("$eq", "$ne"):
         clause = _equals_any(field, [operand])
     elif op in ("$in", "$nin"):

@@ -24,11 +24,20 @@ Ordering follows MongoDB's type order: null and missing first, then numbers, str
 booleans; ties by key. `descending` reverses the whole order, the key tie-break included. (MongoDB
 sorts an array by its smallest or largest element; here arrays sort after objects, so ordering by
 a field that holds arrays is not portable.)
+
+Indexes (`declare_index` of the port): one expression index per declared index,
+`(json_extract(doc, '$.a'), json_extract(doc, '$.b'), ..., key)`, made when the kind is first
+touched (or when a declaration comes later). Conditions on a declared field compile to plain
+comparisons of `json_extract(doc, '$.field')` (the path inlined, so SQLite matches the index), with
+a `json_type` guard where a number or a bool could be confused; ordering by such a field is by
+value, then key, which the index delivers without sorting. Declared fields hold strings, numbers or
+null, for which this is the same meaning as above. Conditions and ordering on `id` use the key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -52,7 +61,9 @@ from infra.catalog.base import (
     check_page,
     check_writes,
     conflict,
+    declared_indexes,
     encode_record,
+    indexed_fields,
     is_number,
     parse_where,
 )
@@ -84,6 +95,7 @@ class SqliteCatalog(Catalog):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
         self._tables: set[str] = set()
+        self._indexes: dict[str, int] = {}  # table -> how many of its kind's declared indexes exist
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -141,7 +153,7 @@ class SqliteCatalog(Catalog):
         self._require_connected()
         check_kind(kind)
         check_changes(changes)
-        return await self._call(self._update, kind, key, changes, _compile_where(expect))
+        return await self._call(self._update, kind, key, changes, _compile_where(expect, indexed_fields(kind)))
 
     async def delete(self, kind: str, key: str) -> bool:
         self._require_connected()
@@ -151,7 +163,7 @@ class SqliteCatalog(Catalog):
     async def delete_many(self, kind: str, where: Where) -> int:
         self._require_connected()
         check_kind(kind)
-        sql, params = _compile_where(where)
+        sql, params = _compile_where(where, indexed_fields(kind))
         return await self._call(self._delete, kind, sql, params)
 
     async def find(self, kind: str, where: Where | None = None, *, order_by: str | None = None, descending: bool = False,
@@ -159,8 +171,9 @@ class SqliteCatalog(Catalog):
         self._require_connected()
         check_kind(kind)
         check_page(limit, offset)
-        where_sql, where_params = _compile_where(where)
-        order_sql, order_params = _compile_order(order_by, descending)
+        scalars = indexed_fields(kind)
+        where_sql, where_params = _compile_where(where, scalars)
+        order_sql, order_params = _compile_order(order_by, descending, scalars)
         sql = f"WHERE {where_sql} ORDER BY {order_sql} LIMIT ? OFFSET ?"
         params = [*where_params, *order_params, -1 if limit is None else limit, offset]
         return await self._call(self._find, kind, sql, params)
@@ -168,13 +181,13 @@ class SqliteCatalog(Catalog):
     async def count(self, kind: str, where: Where | None = None) -> int:
         self._require_connected()
         check_kind(kind)
-        sql, params = _compile_where(where)
+        sql, params = _compile_where(where, indexed_fields(kind))
         return await self._call(self._count, kind, sql, params)
 
     async def transact(self, writes: Sequence[Write]) -> list[Doc | bool]:
         self._require_connected()
         check_writes(writes)
-        plans = [(w, _compile_where(w.expect) if isinstance(w, Update) else None) for w in writes]
+        plans = [(w, _compile_where(w.expect, indexed_fields(w.kind)) if isinstance(w, Update) else None) for w in writes]
         return await self._call(self._transact, plans)
 
     # -- the worker thread -----------------------------------------------------------------------
@@ -195,6 +208,7 @@ class SqliteCatalog(Catalog):
         conn = open_durable(self._path, busy_timeout_s=BUSY_TIMEOUT_S)
         self._conn = conn
         self._tables.clear()
+        self._indexes.clear()
 
     def _db(self) -> sqlite3.Connection:
         """The open connection: the methods below run on the worker thread between _open and _shut."""
@@ -216,6 +230,12 @@ class SqliteCatalog(Catalog):
         if table not in self._tables:
             self._db().execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
             self._tables.add(table)
+        declared = declared_indexes(kind)
+        if len(declared) > self._indexes.get(table, 0):
+            for fields in declared[self._indexes.get(table, 0):]:
+                self._db().execute(f"CREATE INDEX IF NOT EXISTS {index_name(kind, fields)} ON {table} "
+                                   f"({', '.join(_extract(name) for name in fields)}, key)")
+            self._indexes[table] = len(declared)
         return table
 
     def _insert(self, kind: str, key: str, doc: Doc) -> Doc:
@@ -298,19 +318,34 @@ class SqliteCatalog(Catalog):
 # -- filters ---------------------------------------------------------------------------------------
 
 
-def _compile_where(where: Where | None) -> Sql:
-    """The SQL condition (over the column `doc`) equivalent to a MongoDB filter."""
-    parts = [_condition(field, op, operand) for field, op, operand in parse_where(where)]
+def index_name(kind: str, fields: Sequence[str]) -> str:
+    """The quoted name of the index of `kind` on `fields`."""
+    digest = hashlib.sha1(",".join(fields).encode()).hexdigest()[:12]
+    return f'"index_{kind}_{digest}"'
+
+
+def _extract(field: str) -> str:
+    """`json_extract` of a checked field path, the path inlined (an index matches only that text)."""
+    return f"json_extract(doc, '$.{field}')"
+
+
+def _compile_where(where: Where | None, scalars: frozenset[str] = frozenset()) -> Sql:
+    """The SQL condition (over the columns `key` and `doc`) equivalent to a MongoDB filter; fields
+    in `scalars` (declared indexed) compile to plain comparisons that can use the index."""
+    parts = [_key_condition(op, operand) if field == "id" else _scalar_condition(field, op, operand) if field in scalars
+             else _condition(field, op, operand) for field, op, operand in parse_where(where)]
     if not parts:
         return "1", []
     return " AND ".join(sql for sql, _ in parts), [param for _, params in parts for param in params]
 
 
-def _compile_order(order_by: str | None, descending: bool) -> Sql:
+def _compile_order(order_by: str | None, descending: bool, scalars: frozenset[str] = frozenset()) -> Sql:
     direction = "DESC" if descending else "ASC"
     check_order_by(order_by)
-    if order_by is None:
+    if order_by is None or order_by == "id":
         return f"key {direction}", []
+    if order_by in scalars:  # null and missing, numbers, strings: SQLite's own order, as an index holds it
+        return f"{_extract(order_by)} {direction}, key {direction}", []
     path = f"$.{order_by}"
     return f"{_TYPE_RANK} {direction}, json_extract(doc, ?) {direction}, key {direction}", [path, path]
 
@@ -327,6 +362,43 @@ def _condition(field: str, op: str, operand: Any) -> Sql:
     else:
         sql, params = _in_range(path, _RANGES[op], operand)
     return (f"NOT {sql}", params) if op in ("$ne", "$nin") else (sql, params)
+
+
+def _key_condition(op: str, operand: Any) -> Sql:
+    """A condition on `id`, which always holds the key (a string): on the key column itself."""
+    if op == "$exists":
+        return ("1" if operand else "0"), []
+    if op in _RANGES:
+        return (f"key {_RANGES[op]} ?", [operand]) if isinstance(operand, str) else ("0", [])
+    strings = [v for v in ([operand] if op in ("$eq", "$ne") else operand) if isinstance(v, str)]
+    sql = f"key IN ({', '.join('?' * len(strings))})" if strings else "0"
+    return (f"NOT {sql}", strings) if op in ("$ne", "$nin") else (sql, strings)
+
+
+def _scalar_condition(field: str, op: str, operand: Any) -> Sql:
+    """A condition on a declared (indexed) field, which holds a string, a number or null: plain
+    comparisons of its value, which an index serves. Same meaning as `_condition` on such values."""
+    value, path = _extract(field), f"'$.{field}'"
+    if op == "$exists":
+        return f"json_type(doc, {path}) IS {'NOT ' if operand else ''}NULL", []
+    if op in _RANGES:
+        guard = "= 'text'" if isinstance(operand, str) else "IN ('integer', 'real')"
+        return f"({value} {_RANGES[op]} ? AND json_type(doc, {path}) {guard})", [operand]
+    values = [operand] if op in ("$eq", "$ne") else list(operand)
+    strings = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if is_number(v)]
+    parts: list[str] = []
+    if strings:
+        parts.append(f"{value} = ?" if len(strings) == 1 else f"{value} IN ({', '.join('?' * len(strings))})")
+    if numbers:
+        parts.append(f"({value} IN ({', '.join('?' * len(numbers))}) AND json_type(doc, {path}) IN ('integer', 'real'))")
+    parts += [f"json_type(doc, {path}) = '{name}'" for name, const in (("true", True), ("false", False)) if any(v is const for v in values)]
+    if any(v is None for v in values):
+        parts.append(f"{value} IS NULL")
+    sql = f"({' OR '.join(parts)})" if parts else "0"
+    if op in ("$ne", "$nin"):
+        sql = f"NOT coalesce({sql}, 0)"  # a missing value compares as NULL: its negation still matches
+    return sql, [*strings, *numbers]
 
 
 def _any_element(path: str, predicate: str, params: list[Any]) -> Sql:

@@ -32,7 +32,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 import infra.catalog.sqlite as sqlite_catalog
 from events.errors import AlreadyExists, InvalidInput, NotConnected, TransientError
 from infra.catalog import Catalog, MemoryCatalog, MongoCatalog, SqliteCatalog
-from infra.catalog.base import Delete, Insert, Update, Upsert, WriteConflict
+from infra.catalog.base import Delete, Insert, Update, Upsert, WriteConflict, declare_index, declared_indexes, indexed_fields
 
 pytestmark = pytest.mark.integration
 
@@ -593,6 +593,99 @@ async def test_mongo_unreachable_server_raises_transient_error_on_connect() -> N
     assert not catalog.connected
 
 
+# -- declared indexes ------------------------------------------------------------------------------
+
+# Fields of a declared index hold strings, numbers or null, or are missing (see `declare_index`).
+QUEUED = {
+    "q1": {"claimed_by": None, "collection_id": "col_b", "queued_at": 3.5, "n": 1},
+    "q2": {"claimed_by": None, "collection_id": "col_a", "queued_at": 2, "n": "1"},
+    "q3": {"claimed_by": "tsk_1", "collection_id": "col_a", "queued_at": 1.0, "n": True},
+    "q4": {"collection_id": "col_a", "queued_at": 2, "n": [1, 2]},
+    "q5": {"claimed_by": None, "collection_id": "col_c", "queued_at": "late", "n": None},
+    "q6": {"claimed_by": "tsk_2", "collection_id": 7, "n": {"a": 1}},
+    "q7": {"claimed_by": None, "collection_id": "col_a", "queued_at": 1.5},
+    "q8": {"claimed_by": "tsk_1", "collection_id": "col_b", "queued_at": 0},
+}
+INDEXED_QUERIES: list[tuple[dict[str, Any] | None, dict[str, Any]]] = [
+    ({"claimed_by": None}, {}),
+    ({"claimed_by": None}, {"order_by": "collection_id", "limit": 1}),
+    ({"claimed_by": None, "collection_id": {"$gt": "col_a"}}, {"order_by": "collection_id", "limit": 1}),
+    ({"claimed_by": None, "collection_id": "col_a"}, {"order_by": "queued_at"}),
+    ({"claimed_by": None, "collection_id": "col_a"}, {"order_by": "queued_at", "descending": True, "limit": 1}),
+    ({"claimed_by": None, "collection_id": "col_a"}, {"order_by": "queued_at", "limit": 1, "offset": 1}),
+    ({"claimed_by": {"$ne": None}}, {}),
+    ({"claimed_by": {"$gt": ""}}, {"order_by": "claimed_by"}),
+    ({"claimed_by": {"$gt": "tsk_1"}}, {"order_by": "claimed_by", "limit": 1}),
+    ({"claimed_by": "tsk_1"}, {}),
+    ({"claimed_by": {"$in": ["tsk_2", None]}}, {"order_by": "queued_at"}),
+    ({"claimed_by": {"$nin": ["tsk_2", None]}}, {}),
+    ({"claimed_by": {"$exists": False}}, {}),
+    ({"claimed_by": {"$exists": True}}, {}),
+    ({"collection_id": 7}, {}),
+    ({"collection_id": {"$in": [7, "col_c"]}}, {}),
+    ({"collection_id": {"$ne": "col_a"}}, {"order_by": "collection_id"}),
+    ({"collection_id": {"$nin": [7]}}, {"order_by": "collection_id", "descending": True}),
+    ({"queued_at": {"$gte": 1.5}}, {"order_by": "queued_at"}),
+    ({"queued_at": {"$lt": 2}}, {}),
+    ({"queued_at": {"$gt": "a"}}, {}),
+    ({"queued_at": 2}, {}),
+    ({"queued_at": 2.0, "claimed_by": None}, {}),
+    ({"queued_at": True}, {}),
+    (None, {"order_by": "queued_at"}),
+    (None, {"order_by": "queued_at", "descending": True, "limit": 3, "offset": 2}),
+    (None, {"order_by": "claimed_by"}),
+    ({"n": 1}, {}),
+    ({"id": "q3"}, {}),
+    ({"id": {"$in": ["q1", "q5", "zz", 4]}}, {}),
+    ({"id": {"$nin": ["q1", "q5"]}, "claimed_by": None}, {}),
+    ({"id": {"$ne": "q1"}, "collection_id": "col_b"}, {}),
+    ({"id": {"$gte": "q6"}}, {"order_by": "id", "descending": True}),
+    ({"id": {"$lt": 5}}, {}),
+    ({"id": None}, {}),
+    ({"id": {"$exists": True}}, {"limit": 2}),
+]
+
+
+@pytest.mark.parametrize(("where", "options"), INDEXED_QUERIES)
+async def test_declared_indexes_change_no_result(catalog: Catalog, where: dict[str, Any] | None, options: dict[str, Any]) -> None:
+    """The same records in a kind with declared indexes and in a kind without give the same
+    results, which are those of the reference (the in-memory catalog); `id` filters on the key."""
+    declare_index("contract_queue", "claimed_by")
+    declare_index("contract_queue", "claimed_by", "collection_id", "queued_at")
+    await catalog.upsert_many("contract_queue", list(QUEUED.items()))
+    await catalog.upsert_many("contract_plain", list(QUEUED.items()))
+    async with MemoryCatalog() as reference:
+        await reference.upsert_many("contract_plain", list(QUEUED.items()))
+        expected = [r["id"] for r in await reference.find("contract_plain", where, **options)]
+        assert await reference.count("contract_plain", where) == len(await reference.find("contract_plain", where))
+    assert [r["id"] for r in await catalog.find("contract_queue", where, **options)] == expected
+    assert [r["id"] for r in await catalog.find("contract_plain", where, **options)] == expected
+    if not options:
+        assert await catalog.count("contract_queue", where) == len(expected)
+
+
+async def test_updates_and_deletes_filter_declared_fields_alike(catalog: Catalog) -> None:
+    declare_index("contract_claims", "claimed_by", "collection_id")
+    await catalog.upsert_many("contract_claims", list(QUEUED.items()))
+    assert await catalog.update("contract_claims", "q1", {"claimed_by": "tsk_9"}, expect={"claimed_by": None}) is not None
+    assert await catalog.update("contract_claims", "q1", {"claimed_by": "tsk_8"}, expect={"claimed_by": None}) is None
+    with pytest.raises(WriteConflict):
+        await catalog.transact([Update("contract_claims", "q3", {"claimed_by": "x"}, expect={"claimed_by": None})])
+    assert await catalog.delete_many("contract_claims", {"claimed_by": {"$in": ["tsk_1", "tsk_9"]}}) == 3
+    assert sorted(r["id"] for r in await catalog.find("contract_claims")) == ["q2", "q4", "q5", "q6", "q7"]
+
+
+def test_an_index_needs_fields_with_valid_paths() -> None:
+    with pytest.raises(InvalidInput):
+        declare_index("contract_bad")
+    with pytest.raises(InvalidInput):
+        declare_index("contract_bad", "a..b")
+    with pytest.raises(InvalidInput):
+        declare_index("contract_bad", "id")
+    with pytest.raises(InvalidInput):
+        declare_index("Bad-Kind", "a")
+
+
 # -- SQLite only: one file, many writers -----------------------------------------------------------
 
 
@@ -675,3 +768,52 @@ async def test_sqlite_writers_in_two_processes_and_the_server_lose_nothing(tmp_p
         for worker in workers:
             await asyncio.to_thread(worker.join, 120)
     assert [worker.exitcode for worker in workers] == [0, 0]
+
+
+async def test_sqlite_serves_the_schedulers_queue_reads_from_its_indexes_without_sorting(tmp_path: Path) -> None:
+    """The reads `IngestScheduler` makes on every wake (functions/runtime/scheduler.py) each search
+    a declared index of the queue, and none sorts: their cost does not grow with the queue."""
+    import functions.records.collection
+    import functions.runtime.scheduler
+
+    assert functions.records.collection.INGEST_QUEUE == "ingest_queue" and functions.runtime.scheduler.TASKS == "tasks"  # declared
+
+    async with SqliteCatalog(tmp_path / "catalog.sqlite3") as catalog:
+        await catalog.upsert_many("ingest_queue", [(f"col_{i % 3}|k{i}", {
+            "collection_id": f"col_{i % 3}", "queued_at": float(i), "claimed_by": None if i % 4 else f"tsk_{i % 2}"})
+            for i in range(300)])
+        reads = [
+            ({"claimed_by": None}, "collection_id", False, 1, 0),
+            ({"claimed_by": None, "collection_id": {"$gt": "col_0"}}, "collection_id", False, 1, 0),
+            ({"claimed_by": None, "collection_id": "col_1"}, "queued_at", False, 1, 0),
+            ({"claimed_by": None, "collection_id": "col_1"}, "queued_at", True, 1, 0),
+            ({"claimed_by": None, "collection_id": "col_1"}, "queued_at", False, 1, 49),
+            ({"claimed_by": None, "collection_id": "col_1"}, "queued_at", False, 50, 0),
+            ({"claimed_by": {"$gt": ""}}, "claimed_by", False, 1, 0),
+            ({"claimed_by": "tsk_0"}, None, False, 1000, 0),
+            ({"id": {"$in": ["col_1|k1", "col_2|k2"]}}, None, False, None, 0),
+        ]
+        for where, order_by, descending, limit, offset in reads:
+            scalars = indexed_fields("ingest_queue")
+            where_sql, params = sqlite_catalog._compile_where(where, scalars)
+            order_sql, order_params = sqlite_catalog._compile_order(order_by, descending, scalars)
+            sql = (f'EXPLAIN QUERY PLAN SELECT doc FROM "kind_ingest_queue" WHERE {where_sql} ORDER BY {order_sql} '
+                   "LIMIT ? OFFSET ?")
+            arguments = [*params, *order_params, -1 if limit is None else limit, offset]
+            rows = await catalog._call(lambda sql=sql, arguments=arguments: catalog._db().execute(sql, arguments).fetchall())
+            plan = " | ".join(row[3] for row in rows)
+            assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, (where, order_by, plan)
+            assert await catalog.find("ingest_queue", where, order_by=order_by, descending=descending, limit=limit, offset=offset)
+        names = await catalog._call(lambda: catalog._db().execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'kind_ingest_queue'").fetchall())
+        assert len([n for (n,) in names if n.startswith("index_ingest_queue_")]) == len(declared_indexes("ingest_queue")) >= 3
+
+
+async def test_sqlite_creates_an_index_declared_after_its_kind_was_first_used(tmp_path: Path) -> None:
+    async with SqliteCatalog(tmp_path / "catalog.sqlite3") as catalog:
+        await catalog.insert("contract_late", "a", {"x": "1"})
+        declare_index("contract_late", "x")
+        assert [r["id"] for r in await catalog.find("contract_late", {"x": "1"})] == ["a"]
+        plan = await catalog._call(lambda: catalog._db().execute(
+            "EXPLAIN QUERY PLAN SELECT doc FROM \"kind_contract_late\" WHERE json_extract(doc, '$.x') = '1'").fetchall())
+        assert "USING INDEX" in plan[0][3]
