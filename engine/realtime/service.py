@@ -24,6 +24,7 @@ instead of failing the first query. A host that dies is replaced at the next que
 from __future__ import annotations
 
 import asyncio
+import gc
 import traceback
 from typing import Any
 
@@ -57,6 +58,10 @@ class PluginService:
         # ray types the @serve.batch wrapper as a plain callable; it carries these documented setters
         self._embed_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
+        # what start-up allocated (Ray, Serve, the spec) lives as long as the replica: out of the
+        # collector's sight, a full collection no longer walks it in the middle of a query
+        gc.collect()
+        gc.freeze()
 
     def _open_host(self) -> Any:
         # plugin code may tell a replica from a batch worker or the dry run (the one SLUICE_ variable a host sees)
@@ -184,7 +189,8 @@ class PluginService:
             if rows is not None:
                 return [vector_of({feature: row}, feature, dim) for row in rows]
         answers = await self._services([{"text": t} for t in texts], parameters, tolerate=True)
-        return [a if isinstance(a, BaseException) else vector_of(plain(a), feature, dim) for a in answers]
+        # the host's answers are JSON already (numbers, lists, dicts): no `plain` pass over each vector
+        return [a if isinstance(a, BaseException) else vector_of(a, feature, dim) for a in answers]
 
     def __del__(self) -> None:
         host = getattr(self, "host", None)

@@ -59,15 +59,22 @@ async def call_deployment(record: dict, method: str, *args: Any, catalog: Catalo
     unreachable deployment is NotReady (and its cached record in `catalog` is dropped)."""
     from ray import serve
 
-    try:
-        handle = control.handle(record["app_name"])
-        return await getattr(handle, method).remote(*args)
-    except (serve.exceptions.DeploymentUnavailableError, ValueError, KeyError) as exc:
+    def unreachable(exc: BaseException) -> NotReady:
         control.forget_handle(record["app_name"])
         if catalog is not None:
             record_cache.forget(catalog, DEPLOYMENTS, record["plugin_id"])
-        raise NotReady(f"the deployment of plugin {record['plugin_name']} {record['version']} is not reachable: {exc}",
-                       details={"plugin_id": record["plugin_id"]}) from exc
+        return NotReady(f"the deployment of plugin {record['plugin_name']} {record['version']} is not reachable: {exc}",
+                        details={"plugin_id": record["plugin_id"]})
+
+    if not control.has_handle(record["app_name"]):  # the first call per application asks Serve's controller (blocking)
+        try:
+            await asyncio.to_thread(control.handle, record["app_name"])
+        except serve.exceptions.RayServeException as exc:  # no such application (deleted since the record was read)
+            raise unreachable(exc) from exc
+    try:
+        return await getattr(control.handle(record["app_name"]), method).remote(*args)
+    except (serve.exceptions.DeploymentUnavailableError, ValueError, KeyError) as exc:
+        raise unreachable(exc) from exc
     except Exception as exc:
         cause = getattr(exc, "cause", None) or exc
         raise PluginFailed(
