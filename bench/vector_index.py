@@ -1,14 +1,17 @@
 """Upsert throughput, search latency and recall of the VectorIndex adapters, measured in one run.
 
     .venv/bin/python bench/vector_index.py [--points 100000] [--dim 384] [--batch 1000] [--queries 200]
-        [--recall-queries 50] [--adapters edge,qdrant-local] [--points-local N] [--seed 0]
+        [--recall-queries 50] [--adapters edge,bare,qdrant-local] [--points-local N] [--seed 0]
         [--data uniform|lowrank] [--rank 32]
         [--qdrant-url URL] [--qdrant-api-key KEY]
 
-Adapters, each used through the port (`connect()`, `create_collection`, `upsert`, `count`, `search`,
-`close()`), each in its own temporary folder, removed at the end:
+Adapters, each used through the port (`connect()`, `create_collection`, `upsert`, `optimize`,
+`count`, `search`, `close()`), each in its own temporary folder, removed at the end:
 
   edge           `EdgeVectorIndex`: Qdrant Edge (qdrant-edge-py), in-process, on disk
+  bare           not the port: qdrant-edge used directly, as its own docs show, on the same points
+                 (an `EdgeShard`, `update` per batch, one `optimize()` at the end, `search` with the
+                 same request the port sends): what `edge` is measured against
   qdrant-local   `QdrantVectorIndex(path=...)`: qdrant-client's local mode, on disk (exact search)
   qdrant-memory  `QdrantVectorIndex(location=":memory:")`: local mode in memory (not in the default)
   qdrant-server  `QdrantVectorIndex(url=...)`: a Qdrant server; added to the default list when
@@ -23,11 +26,19 @@ closer to what text embeddings look like to an index. The
 local-mode adapters may be given fewer points (`--points-local`, the first N of the same vectors);
 the output then says so, and their figures are per point (points/s) or size-dependent (latency).
 
-Upsert: batches of `--batch` through the async `upsert`; only the `upsert` awaits are timed (building
-the `Point` objects is not), and `count()` must equal the number of points afterwards. Search: a few
-warm-up queries, then `--queries` random unit vectors, limit 10, one at a time; p50 and p95 of each
-`search` await. Recall@10: the first `--recall-queries` of those queries against the exact top 10
-by numpy (cosine on unit vectors = dot product). Peak RSS: the growth of the process's resident set
+Upsert: batches of `--batch` through the async `upsert` (vectors as float32 numpy rows), then one
+`optimize` (a no-op but for Edge); only the `upsert` and `optimize` awaits are timed (building the
+`Point` objects is not), and upsert/s counts both: points written and indexed, ready to search.
+`count()` must equal the number of points afterwards. For `bare`, each batch's timed part is building
+its `qdrant_edge.Point`s from the same rows (one `tolist()`) and `update`, then one `optimize()`.
+Search: a few warm-up queries, then `--queries` random unit vectors (float lists), limit 10, one at a
+time; p50 and p95 of each `search` await (of each `shard.search` call for `bare`); for `edge`, then
+the same queries again, each through the port and straight to its shard in turn. With both `edge`
+and `bare` run, the port's cost is printed against the targets: upsert/s >= 0.9x bare, search p50 at
+most 0.2 ms above bare; beside them the CPU seconds each used to upsert, which other load on the
+machine skews less than wall time (the optimize dominates both, and is multi-threaded).
+Recall@10: the first `--recall-queries` of those queries against the exact top 10 by numpy (cosine
+on unit vectors = dot product). Peak RSS: the growth of the process's resident set
 high-water mark while the adapter ran (reset per adapter through /proc/self/clear_refs where Linux
 allows it; otherwise ru_maxrss, which only counts growth beyond earlier peaks); memory-mapped files
 count in it. Disk: the adapter's folder while it is still open (after the searches) and after
@@ -55,20 +66,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import qdrant_edge as qe
 
 from infra.vectors import EdgeVectorIndex, Hit, Point, QdrantVectorIndex, VectorIndex, VectorSpec, point_id
 
 VECTOR = "text_embedding"
 LIMIT = 10
 WARMUP_QUERIES = 3
-ADAPTERS = ("edge", "qdrant-local", "qdrant-memory", "qdrant-server")
+ADAPTERS = ("edge", "bare", "qdrant-local", "qdrant-memory", "qdrant-server")
 LOCAL_MODE = ("qdrant-local", "qdrant-memory")
 DESCRIPTIONS = {
     "edge": "EdgeVectorIndex (qdrant-edge-py, on disk)",
+    "bare": "qdrant-edge-py used directly, without the port (on disk)",
     "qdrant-local": "QdrantVectorIndex(path=...) (qdrant-client local mode, on disk)",
     "qdrant-memory": 'QdrantVectorIndex(location=":memory:") (qdrant-client local mode)',
     "qdrant-server": "QdrantVectorIndex(url=...) (Qdrant server)",
 }
+
+
+UPSERT_TARGET = 0.9
+"""edge upsert/s over bare upsert/s, at least."""
+SEARCH_P50_TARGET_MS = 0.2
+"""edge search p50 minus bare search p50, at most."""
 
 
 class BenchFailure(RuntimeError):
@@ -79,7 +98,10 @@ class BenchFailure(RuntimeError):
 class Result:
     adapter: str
     points: int
-    upsert_s: float = 0.0
+    upsert_s: float = 0.0  # the batches and the optimize
+    optimize_s: float = 0.0
+    upsert_cpu_s: float = 0.0  # CPU time of this process over the same span (all its threads)
+    same_shard_ms: tuple[float, float] | None = None  # edge: (port p50, engine p50) on the port's own shard
     batch_s: list[float] = field(default_factory=list)
     search_s: list[float] = field(default_factory=list)
     recall: float = 0.0
@@ -93,6 +115,11 @@ class Result:
     @property
     def upsert_rate(self) -> float:
         return self.points / self.upsert_s
+
+    @property
+    def write_rate(self) -> float:
+        """Points/s of the batches alone, without the optimize."""
+        return self.points / max(self.upsert_s - self.optimize_s, 1e-9)
 
     def search_ms(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.search_s) * 1000, q))
@@ -216,16 +243,18 @@ async def bench_adapter(
             await index.create_collection(collection, {VECTOR: VectorSpec(size=args.dim, distance="cosine")})
 
             acknowledged = 0
+            cpu_began = cpu_seconds()
             for start in range(0, n, args.batch):
                 stop = min(start + args.batch, n)
-                batch = [
-                    Point(ids[i], {VECTOR: vectors[i].tolist()}, {"document_id": f"doc-{i // 10}", "object_id": i})
-                    for i in range(start, stop)
-                ]
+                batch = [Point(ids[i], {VECTOR: vectors[i]}, payload(i)) for i in range(start, stop)]
                 started = time.perf_counter()
                 acknowledged += await index.upsert(collection, batch)
                 result.batch_s.append(time.perf_counter() - started)
-            result.upsert_s = sum(result.batch_s)
+            started = time.perf_counter()
+            await index.optimize(collection)
+            result.optimize_s = time.perf_counter() - started
+            result.upsert_cpu_s = cpu_seconds() - cpu_began  # building the Points too: a little more
+            result.upsert_s = sum(result.batch_s) + result.optimize_s
             counted = await index.count(collection)
             if acknowledged != n or counted != n:
                 raise BenchFailure(
@@ -243,31 +272,15 @@ async def bench_adapter(
                 result.search_s.append(time.perf_counter() - started)
                 hits_of.append(hits)
 
-            recalls = []
-            for row, hits in enumerate(hits_of[: len(truth)]):
-                found = []
-                for hit in hits:
-                    i = index_of.get(hit.id)
-                    if i is None:
-                        raise BenchFailure(f"{adapter}: search returned id {hit.id}, which was never upserted")
-                    if hit.payload.get("object_id") != i or hit.payload.get("document_id") != f"doc-{i // 10}":
-                        raise BenchFailure(f"{adapter}: point {hit.id} (object {i}) came back with payload {hit.payload}")
-                    found.append(i)
-                if len(found) != LIMIT:
-                    raise BenchFailure(f"{adapter}: query {row} returned {len(found)} hits, asked for {LIMIT}")
-                recalls.append(len(set(found) & set(truth[row].tolist())) / LIMIT)
-            result.recall, result.recall_min = float(np.mean(recalls)), float(np.min(recalls))
+            check_recall(result, hits_of, index_of, truth)
 
             if adapter == "edge":
-                info = _edge_info(index, collection)
+                shard = index._open[collection].shard  # type: ignore[attr-defined]
+                info = _edge_info(shard)
                 if info:
                     result.notes.append(info)
-            result.peak_rss_mb = memory.peak_mb()
-            anon, mapped = _status_kb("RssAnon"), _status_kb("RssFile")
-            if anon is not None and mapped is not None:
-                result.notes.append(
-                    f"process RSS before close(): {anon / 1024:.0f} MB anonymous, {mapped / 1024:.0f} MB file-backed (mmap)"
-                )
+                result.same_shard_ms = await same_shard(index, collection, shard, query_lists)
+            note_memory(result, memory)
             if adapter in ("edge", "qdrant-local"):
                 result.disk_open_mb = folder_mb(folder)
             if adapter == "qdrant-server":
@@ -281,10 +294,124 @@ async def bench_adapter(
     return result
 
 
-def _edge_info(index: VectorIndex, collection: str) -> str | None:
+def payload(i: int) -> dict[str, object]:
+    return {"document_id": f"doc-{i // 10}", "object_id": i}
+
+
+def check_recall(result: Result, hits_of: list[list[Hit]], index_of: dict[str, int], truth: np.ndarray) -> None:
+    """Every hit is a point that was upserted, with its payload; recall@10 against `truth`."""
+    adapter = result.adapter
+    recalls = []
+    for row, hits in enumerate(hits_of[: len(truth)]):
+        found = []
+        for hit in hits:
+            i = index_of.get(hit.id)
+            if i is None:
+                raise BenchFailure(f"{adapter}: search returned id {hit.id}, which was never upserted")
+            if hit.payload.get("object_id") != i or hit.payload.get("document_id") != f"doc-{i // 10}":
+                raise BenchFailure(f"{adapter}: point {hit.id} (object {i}) came back with payload {hit.payload}")
+            found.append(i)
+        if len(found) != LIMIT:
+            raise BenchFailure(f"{adapter}: query {row} returned {len(found)} hits, asked for {LIMIT}")
+        recalls.append(len(set(found) & set(truth[row].tolist())) / LIMIT)
+    result.recall, result.recall_min = float(np.mean(recalls)), float(np.min(recalls))
+
+
+def note_memory(result: Result, memory: PeakRss) -> None:
+    result.peak_rss_mb = memory.peak_mb()
+    anon, mapped = _status_kb("RssAnon"), _status_kb("RssFile")
+    if anon is not None and mapped is not None:
+        result.notes.append(
+            f"process RSS before close(): {anon / 1024:.0f} MB anonymous, {mapped / 1024:.0f} MB file-backed (mmap)"
+        )
+
+
+def bench_bare(
+    n: int,
+    args: argparse.Namespace,
+    vectors: np.ndarray,
+    ids: list[str],
+    queries: np.ndarray,
+    warmups: np.ndarray,
+    truth: np.ndarray,
+) -> Result:
+    """qdrant-edge without the port: the same points, batches and searches, one optimize at the end."""
+    result = Result(adapter="bare", points=n)
+    index_of = {ids[i]: i for i in range(n)}
+    memory = PeakRss()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-bare-") as tmp:
+        folder = Path(tmp)
+        memory.start()
+        config = qe.EdgeConfig(vectors={VECTOR: qe.EdgeVectorParams(size=args.dim, distance=qe.Distance.Cosine)})
+        shard = qe.EdgeShard.create(str(folder / "shard"), config)
+        try:
+            cpu_began = cpu_seconds()
+            for start in range(0, n, args.batch):
+                stop = min(start + args.batch, n)
+                rows, payloads = vectors[start:stop], [payload(i) for i in range(start, stop)]
+                started = time.perf_counter()
+                batch = [qe.Point(ids[start + k], {VECTOR: row}, payloads[k]) for k, row in enumerate(rows.tolist())]
+                shard.update(qe.UpdateOperation.upsert_points(batch))
+                result.batch_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            shard.optimize()
+            result.optimize_s = time.perf_counter() - started
+            result.upsert_cpu_s = cpu_seconds() - cpu_began
+            result.upsert_s = sum(result.batch_s) + result.optimize_s
+            counted = shard.count(qe.CountRequest(exact=True))
+            if counted != n:
+                raise BenchFailure(f"bare: upserted {n} points in batches of {args.batch}; count() says {counted}")
+
+            for q in warmups:
+                shard.search(search_request(q.tolist()))
+            scored_of = []
+            for q in [q.tolist() for q in queries]:
+                started = time.perf_counter()
+                scored = shard.search(search_request(q))
+                result.search_s.append(time.perf_counter() - started)
+                scored_of.append(scored)
+            hits_of = [[Hit(id=str(p.id), score=p.score, payload=dict(p.payload or {})) for p in s] for s in scored_of]
+            check_recall(result, hits_of, index_of, truth)
+            info = _edge_info(shard)
+            if info:
+                result.notes.append(info)
+            note_memory(result, memory)
+            result.disk_open_mb = folder_mb(folder)
+        finally:
+            started = time.perf_counter()
+            shard.flush()
+            shard.close()
+            result.close_s = time.perf_counter() - started
+        result.disk_mb = folder_mb(folder)
+    return result
+
+
+def search_request(q: list[float]) -> qe.SearchRequest:
+    return qe.SearchRequest(query=qe.Query.Nearest(q, using=VECTOR), limit=LIMIT, with_payload=True, with_vector=False)
+
+
+async def same_shard(index: VectorIndex, collection: str, shard: qe.EdgeShard, queries: list[list[float]]) -> tuple[float, float]:
+    """p50 of the port's search and of the engine's own `shard.search` on the port's shard, query
+    by query in turn: the port's cost alone, without another HNSW graph or a change of load. The
+    second search of a query finds the graph nodes it visits in the CPU cache, so which goes first
+    alternates."""
+    port_s, engine_s = [], []
+    for i, q in enumerate(queries):
+        for port_turn in (True, False) if i % 2 else (False, True):
+            started = time.perf_counter()
+            if port_turn:
+                await index.search(collection, VECTOR, q, limit=LIMIT)
+                port_s.append(time.perf_counter() - started)
+            else:
+                shard.search(search_request(q))
+                engine_s.append(time.perf_counter() - started)
+    return statistics.median(port_s) * 1000, statistics.median(engine_s) * 1000
+
+
+def _edge_info(shard: qe.EdgeShard) -> str | None:
     """The Edge shard's own account (segments, indexed vectors): a private peek, for the notes."""
     try:
-        info = index._open[collection].shard.info()  # type: ignore[attr-defined]
+        info = shard.info()
     except Exception:  # noqa: BLE001 - diagnostics only
         return None
     return (f"engine: {info.segments_count} segment(s), {info.indexed_vectors_count} of "
@@ -304,6 +431,31 @@ def print_table(results: list[Result]) -> None:
         print(f"{r.adapter:14} {r.points:8d} {r.upsert_rate:9.0f} {statistics.median(r.batch_s) * 1000:8.1f}ms "
               f"{max(r.batch_s) * 1000:8.1f}ms {r.search_ms(50):9.2f}ms {r.search_ms(95):6.2f}ms "
               f"{r.recall:10.3f} {rss:>9} {disk_open:>10} {disk:>9}")
+
+
+def print_targets(results: list[Result]) -> None:
+    """The port against the bare engine, with the targets, when both ran at the same size."""
+    by_name = {r.adapter: r for r in results}
+    port, bare = by_name.get("edge"), by_name.get("bare")
+    if port is None or bare is None or port.points != bare.points:
+        return
+    upsert = port.upsert_rate / bare.upsert_rate
+    p50 = port.search_ms(50) - bare.search_ms(50)
+    print(f"edge upsert / bare upsert = {upsert:.2f}x   (target >= {UPSERT_TARGET}x: "
+          f"{'met' if upsert >= UPSERT_TARGET else 'MISSED'}; written and optimized, points/s)")
+    print(f"edge search p50 - bare search p50 = {p50:+.2f} ms   (target <= {SEARCH_P50_TARGET_MS} ms: "
+          f"{'met' if p50 <= SEARCH_P50_TARGET_MS else 'MISSED'})")
+    if port.upsert_cpu_s and bare.upsert_cpu_s:
+        print(f"  CPU: edge used {port.upsert_cpu_s:.1f} CPU-s to upsert, bare {bare.upsert_cpu_s:.1f}: "
+              f"bare / edge = {bare.upsert_cpu_s / port.upsert_cpu_s:.2f}x (less sensitive to other load than wall time)")
+    if port.same_shard_ms is not None:
+        ported, engine = port.same_shard_ms
+        print(f"  on the port's own shard, query by query: port p50 {ported:.2f} ms, shard.search p50 {engine:.2f} ms: "
+              f"{ported - engine:+.2f} ms (the port's cost without another graph or another load)")
+    print(f"  writes alone: edge / bare = {port.write_rate / bare.write_rate:.2f}x "
+          f"({port.upsert_s - port.optimize_s:.1f} s vs {bare.upsert_s - bare.optimize_s:.1f} s); "
+          f"optimize {port.optimize_s:.1f} s vs {bare.optimize_s:.1f} s; "
+          f"search p95 {port.search_ms(95) - bare.search_ms(95):+.2f} ms")
 
 
 def print_ratios(results: list[Result]) -> None:
@@ -362,7 +514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recall-queries", type=int, default=50, help="how many of the queries are checked for recall")
     parser.add_argument("--adapters", default=None,
                         help=f"comma-separated, from {', '.join(ADAPTERS)} "
-                             "(default: edge,qdrant-local, plus qdrant-server when a URL is given)")
+                             "(default: edge,bare,qdrant-local, plus qdrant-server when a URL is given)")
     parser.add_argument("--points-local", type=int, default=None,
                         help="cap the points given to qdrant-client's local mode (default: --points)")
     parser.add_argument("--seed", type=int, default=0)
@@ -375,7 +527,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="(default: $SLUICE_QDRANT_API_KEY)")
     args = parser.parse_args(argv)
     if args.adapters is None:
-        args.adapters = ["edge", "qdrant-local"] + (["qdrant-server"] if args.qdrant_url else [])
+        args.adapters = ["edge", "bare", "qdrant-local"] + (["qdrant-server"] if args.qdrant_url else [])
     else:
         args.adapters = [a.strip() for a in args.adapters.split(",") if a.strip()]
     unknown = [a for a in args.adapters if a not in ADAPTERS]
@@ -433,9 +585,13 @@ async def run(args: argparse.Namespace) -> int:
         began, cpu_began, load_began = time.perf_counter(), cpu_seconds(), load_average()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Local mode is not recommended")
-            result = await bench_adapter(adapter, n, args, vectors, ids, queries, warmups, truths[n])
+            if adapter == "bare":
+                result = bench_bare(n, args, vectors, ids, queries, warmups, truths[n])
+            else:
+                result = await bench_adapter(adapter, n, args, vectors, ids, queries, warmups, truths[n])
         wall, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
-        print(f"{adapter:13}: {n} points upserted in {result.upsert_s:.1f} s, count() = {n}; "
+        print(f"{adapter:13}: {n} points upserted in {result.upsert_s:.1f} s "
+              f"({result.upsert_s - result.optimize_s:.1f} s of writes, {result.optimize_s:.1f} s to optimize), count() = {n}; "
               f"{args.queries} searches; close {result.close_s:.2f} s; {wall:.1f} s in all", flush=True)
         print(f"{'':13}  this process used {cpu:.0f} CPU-s in those {wall:.0f} s; "
               f"1-min load average {load_began} at the start, {load_average()} at the end ({os.cpu_count()} CPUs)")
@@ -449,6 +605,7 @@ async def run(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r.adapter:13}: recall@{LIMIT} mean {r.recall:.3f}, min {r.recall_min:.2f} over {len(truths[r.points])} queries")
     print_ratios(results)
+    print_targets(results)
     if any(a in LOCAL_MODE for a in args.adapters):
         print("(qdrant-client local mode searches exhaustively: its latency grows with the number of points)")
     return 0

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from engine.ingest.worker import ERROR_COLUMN, FIELDS_COLUMN, SKIPPED_COLUMN, STEP_COLUMN, VECTOR_PREFIX
@@ -101,10 +102,11 @@ class TaskWriter:
             fields = json.loads(row[FIELDS_COLUMN]) if isinstance(row.get(FIELDS_COLUMN), str) else {}
             parent = str(fields.get("parent_document_id") or "")
             data = fields.pop("data", None)
-            vectors = {name: row[VECTOR_PREFIX + name] for name in self.features if _is_vector(row.get(VECTOR_PREFIX + name))}
+            vectors = {name: _float32(row[VECTOR_PREFIX + name]) for name in self.features if _is_vector(row.get(VECTOR_PREFIX + name))}
             pid = point_id(self.collection["collection_id"], document_id)
             obj = source.obj
-            text = data if source.text and isinstance(data, str) else None
+            # read inline on the worker when it was text (a small file that was not keeps its URL)
+            text = data if source.text and isinstance(data, str) and fields.get("blob_type", "text") == "text" else None
             if vectors and index:
                 points.append(Point(id=pid, vectors=vectors, payload={
                     "document_id": document_id, "object_id": source.object_id, "collection_id": self.collection["collection_id"],
@@ -147,6 +149,16 @@ class TaskWriter:
         if local_id == source.document_id:
             return local_id
         return scoped_document_id(self.collection["collection_id"], source.object_id, local_id)
+
+
+def _float32(value: Any) -> Any:
+    """A numeric numpy vector as float32, what the index stores and writes without a loop per
+    float; anything else as it is (a list is converted with its batch when the index checks it,
+    and a value that is not numbers is refused there, naming the point)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        with np.errstate(over="ignore"):  # beyond float32 becomes infinite, which the index refuses
+            return value.astype(np.float32, copy=False)
+    return value
 
 
 def _is_vector(value: Any) -> bool:

@@ -3,7 +3,8 @@
 The engines check too, but point by point and with their own words: a batch whose third point has
 the wrong dimension may already be half written, and the message names neither the collection nor
 the vector. These checks run over the whole batch first and raise `InvalidInput` naming both, so
-an adapter writes all of a batch or nothing of it.
+an adapter writes all of a batch or nothing of it. Vector values are checked with numpy, a whole
+batch per vector name at a time, and handed back as float32 matrices for the adapter to write.
 
 Filters (`where`) are parsed here into engine-neutral conditions that each adapter maps to its own
 filter types.
@@ -12,15 +13,17 @@ filter types.
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
+import numpy as np
+import numpy.typing as npt
+
 from events.errors import Conflict, InvalidInput
-from infra.vectors.base import Distance, Point, VectorSpec, check_point_ids
+from infra.vectors.base import Distance, Point, Vector, VectorSpec, check_point_ids
 
 DISTANCES: tuple[str, ...] = get_args(Distance)
 # Safe as a folder name (edge) and as a Qdrant collection name in a URL path.
@@ -103,70 +106,162 @@ def _spec_text(spec: VectorSpec | None) -> str:
 # -- points and queries ------------------------------------------------------------------------
 
 
-def check_points(name: str, spec: Mapping[str, VectorSpec], points: Sequence[Point]) -> None:
+@dataclass(frozen=True)
+class Stacked:
+    """The batch's vectors of one name, checked: `matrix[k]` (float32) belongs to `points[rows[k]]`."""
+
+    rows: list[int]
+    matrix: npt.NDArray[np.float32]
+
+
+def check_points(name: str, spec: Mapping[str, VectorSpec], points: Sequence[Point]) -> dict[str, Stacked]:
     """The whole batch, before any of it is written: ids are UUIDs, every vector name exists in
-    the collection, every dimension matches, every value is a finite number, payloads are JSON."""
+    the collection, every dimension matches, every value is a finite float32, payloads are JSON.
+
+    Vectors may be numpy arrays or sequences of numbers. They are stacked, converted and checked
+    once per vector name for the whole batch, with numpy; only when that fails are they looked at
+    point by point, to name the first point at fault. Returns those float32 matrices, so an
+    adapter converts nothing twice."""
     check_point_ids(points)
-    for point in points:
+    groups: dict[str, tuple[list[int], list[Any]]] = {}
+    for i, point in enumerate(points):
         if not point.vectors:
             raise InvalidInput(
                 f"collection {name!r}: point {point.id} carries no vectors",
                 details={"collection": name, "point": point.id},
             )
         for vector_name, vector in point.vectors.items():
-            check_vector(name, spec, vector_name, vector, point_id=point.id)
-        try:
-            json.dumps(point.payload, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(
-                f"collection {name!r}: payload of point {point.id} is not JSON: {exc}",
-                details={"collection": name, "point": point.id},
-            ) from exc
+            group = groups.get(vector_name)
+            if group is None:
+                if vector_name not in spec:
+                    _check_shape(name, spec, vector_name, vector, point.id)  # raises, naming the vector
+                group = groups[vector_name] = ([], [])
+            group[0].append(i)
+            group[1].append(vector)
+    try:  # one call for the batch; point by point only to name the culprit
+        json.dumps([point.payload for point in points], allow_nan=False)
+    except (TypeError, ValueError):
+        for point in points:
+            try:
+                json.dumps(point.payload, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(
+                    f"collection {name!r}: payload of point {point.id} is not JSON: {exc}",
+                    details={"collection": name, "point": point.id},
+                ) from exc
+        raise
+    stacked: dict[str, Stacked] = {}
+    for vector_name, (rows, vectors) in groups.items():
+        matrix = _float32(vectors, spec[vector_name].size)
+        if matrix is None:  # a shape or a value is wrong: find the point, in order
+            for row, vector in zip(rows, vectors, strict=True):
+                _check_shape(name, spec, vector_name, vector, points[row].id)
+                if _float32([vector], spec[vector_name].size) is None:
+                    raise _not_numbers(name, vector_name, points[row].id)
+            raise _not_numbers(name, vector_name, None)  # pragma: no cover - the batch failed, so one row does
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            raise _not_finite(name, vector_name, points[rows[int(np.argmin(finite))]].id)
+        stacked[vector_name] = Stacked(rows, matrix)
+    return stacked
 
 
 def check_vector(
     name: str,
     spec: Mapping[str, VectorSpec],
     vector_name: str,
-    vector: Sequence[float],
+    vector: Vector,
     *,
     point_id: str | None = None,
-) -> None:
+) -> npt.NDArray[np.float32]:
+    """One vector (a query), checked as `check_points` checks a batch's; returns it as float32."""
+    _check_shape(name, spec, vector_name, vector, point_id)
+    matrix = _float32([vector], spec[vector_name].size)
+    if matrix is None:
+        raise _not_numbers(name, vector_name, point_id)
+    if not np.isfinite(matrix).all():
+        raise _not_finite(name, vector_name, point_id)
+    return matrix[0]
+
+
+def check_search(
+    name: str, spec: Mapping[str, VectorSpec], vector_name: str, vector: Vector, limit: int
+) -> npt.NDArray[np.float32]:
+    """The query vector as float32, checked; the limit a positive int."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInput(f"search limit must be a positive int, got {limit!r}", details={"limit": limit})
+    return check_vector(name, spec, vector_name, vector)
+
+
+def _where(name: str, vector_name: str, point_id: str | None) -> tuple[str, dict[str, Any]]:
+    """For an error message: where it happened, and its details."""
     where = f"collection {name!r}" + (f", point {point_id}" if point_id else "")
     details: dict[str, Any] = {"collection": name, "vector": vector_name}
     if point_id:
         details["point"] = point_id
+    return where, details
+
+
+def _check_shape(name: str, spec: Mapping[str, VectorSpec], vector_name: str, vector: Any, point_id: str | None) -> None:
+    """The vector name exists and the vector has its dimension (the values are not looked at)."""
     expected = spec.get(vector_name)
     if expected is None:
+        where, details = _where(name, vector_name, point_id)
         raise InvalidInput(
             f"{where}: unknown vector {vector_name!r}; the collection has {sorted(spec)}",
             details={**details, "known": sorted(spec)},
         )
-    try:
-        size = len(vector)
-    except TypeError:
-        raise InvalidInput(f"{where}: vector {vector_name!r} is not a sequence of numbers", details=details) from None
+    if isinstance(vector, np.ndarray):
+        if vector.ndim != 1:
+            where, details = _where(name, vector_name, point_id)
+            raise InvalidInput(
+                f"{where}: vector {vector_name!r} is an array of shape {vector.shape}, expected ({expected.size},)",
+                details={**details, "expected": expected.size, "actual": list(vector.shape)},
+            )
+        size = vector.shape[0]
+    elif isinstance(vector, (str, bytes, Mapping)):
+        raise _not_a_sequence(name, vector_name, point_id)
+    else:
+        try:
+            size = len(vector)
+        except TypeError:
+            raise _not_a_sequence(name, vector_name, point_id) from None
     if size != expected.size:
+        where, details = _where(name, vector_name, point_id)
         raise InvalidInput(
             f"{where}: vector {vector_name!r} has dimension {size}, expected {expected.size}",
             details={**details, "expected": expected.size, "actual": size},
         )
-    try:
-        finite = all(math.isfinite(x) for x in vector)
-    except TypeError:
-        raise InvalidInput(
-            f"{where}: vector {vector_name!r} holds a value that is not a number", details=details
-        ) from None
-    if not finite:
-        raise InvalidInput(f"{where}: vector {vector_name!r} holds NaN or infinity", details=details)
 
 
-def check_search(
-    name: str, spec: Mapping[str, VectorSpec], vector_name: str, vector: Sequence[float], limit: int
-) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidInput(f"search limit must be a positive int, got {limit!r}", details={"limit": limit})
-    check_vector(name, spec, vector_name, vector)
+def _not_a_sequence(name: str, vector_name: str, point_id: str | None) -> InvalidInput:
+    where, details = _where(name, vector_name, point_id)
+    return InvalidInput(f"{where}: vector {vector_name!r} is not a sequence of numbers", details=details)
+
+
+def _float32(vectors: list[Any], size: int) -> npt.NDArray[np.float32] | None:
+    """Vectors of `size` (arrays or sequences) as one float32 matrix, or None when a value is not a
+    real number. A value beyond float32's range becomes infinite, which the caller refuses."""
+    try:  # no dtype asked for: numpy's own reading tells numbers from strings and objects
+        matrix = np.array(vectors)
+    except (TypeError, ValueError, OverflowError):  # ragged
+        return None
+    if matrix.dtype.kind not in "biuf" or matrix.shape != (len(vectors), size):  # not numbers; nested
+        return None
+    if matrix.dtype == np.float32:
+        return matrix
+    with np.errstate(over="ignore", invalid="ignore"):
+        return matrix.astype(np.float32)
+
+
+def _not_numbers(name: str, vector_name: str, point_id: str | None) -> InvalidInput:
+    where, details = _where(name, vector_name, point_id)
+    return InvalidInput(f"{where}: vector {vector_name!r} holds a value that is not a number", details=details)
+
+
+def _not_finite(name: str, vector_name: str, point_id: str | None) -> InvalidInput:
+    where, details = _where(name, vector_name, point_id)
+    return InvalidInput(f"{where}: vector {vector_name!r} holds NaN or infinity (or a value beyond float32)", details=details)
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:

@@ -3,20 +3,34 @@
 Nothing is silent: upserting a vector name the collection lacks, or a vector of the wrong
 dimension, raises `InvalidInput` naming the collection, the vector and the expected dimension.
 Counts returned are what the engine acknowledged.
+
+A vector is a numpy array (float32 is what the engines store; the cheapest to write) or a sequence
+of floats. A batch's vectors are checked together with numpy, not value by value.
+
+Writes are searchable as soon as `upsert` returns. Building an engine's index (HNSW) and vacuuming
+deleted points happen apart from the writes: in the engine's or the adapter's background, and at
+once when `optimize(name)` is called, which a bulk writer (an ingest job) calls once at its end.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
 
 from events.errors import InvalidInput
 from events.lifecycle import Lifecycle
 
 Distance = Literal["cosine", "euclid", "dot"]
+
+Vector: TypeAlias = "npt.NDArray[np.floating[Any]] | Sequence[float]"
+"""One dense vector: a 1-d numpy array (float32 preferred) or a sequence of floats."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +42,7 @@ class VectorSpec:
 @dataclass(frozen=True)
 class Point:
     id: str  # a UUID string; derive it with `point_id(...)`
-    vectors: Mapping[str, Sequence[float]]
+    vectors: Mapping[str, Vector]  # numpy arrays on the write path; `retrieve` returns float lists
     payload: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -47,8 +61,13 @@ def point_id(*parts: str) -> str:
     return str(uuid.uuid5(_POINT_NS, "\x1f".join(parts)))
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def check_point_ids(points: Sequence[Point]) -> None:
     for p in points:
+        if isinstance(p.id, str) and _CANONICAL_UUID.fullmatch(p.id):  # what point_id() gives: no parse
+            continue
         try:
             uuid.UUID(p.id)
         except (ValueError, TypeError, AttributeError):
@@ -79,11 +98,20 @@ class VectorIndex(Lifecycle, abc.ABC):
     async def upsert(self, name: str, points: Sequence[Point]) -> int:
         """Insert or overwrite points by id; returns how many the engine acknowledged.
         A point may carry a subset of the collection's vectors. Raises `NotFound` for a missing
-        collection and `InvalidInput` for an unknown vector name or a wrong dimension, before
-        writing anything of the batch."""
+        collection and `InvalidInput` for an unknown vector name, a wrong dimension or a value
+        that is not a finite float32, naming the point, before writing anything of the batch.
+        Written points are searchable at once (exactly, until the engine has indexed them); it
+        never waits for index building: see `optimize`."""
 
     @abc.abstractmethod
-    async def search(self, name: str, vector_name: str, vector: Sequence[float], *, limit: int = 10,
+    async def optimize(self, name: str) -> None:
+        """Bring the collection's index up to date now and wait for it: index what was written
+        and vacuum deleted points, as far as the engine's thresholds call for. Never needed for
+        correctness, and adapters do it on their own eventually; call it once after a bulk write
+        (the end of a job), not per batch. Raises `NotFound` for a missing collection."""
+
+    @abc.abstractmethod
+    async def search(self, name: str, vector_name: str, vector: Vector, *, limit: int = 10,
                      where: Mapping[str, Any] | None = None) -> list[Hit]:
         """Nearest points, best first. `score` is the engine's: similarity for cosine and dot
         (higher is better), distance for euclid (lower is better)."""

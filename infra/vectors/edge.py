@@ -6,12 +6,29 @@ Layout under `path`, one Edge shard per collection:
                                   this file does (written last on create, removed first on delete)
     path/<collection>/shard/      the EdgeShard: segments, WAL, the engine's edge_config.json
 
-The engine is synchronous, so every call runs in a worker thread (`asyncio.to_thread`), and a lock
-per collection keeps one call at a time on a shard and keeps create and delete apart from use.
-A shard opens on first use and stays open until `close()`, which flushes it to disk. Updates go
-through the engine's write-ahead log; each write ends with `optimize()`, because Edge has no
-background optimizer: it builds the HNSW index and vacuums deleted points once a segment passes
-the engine's thresholds, and returns at once otherwise.
+The engine is synchronous, so its calls run in a worker thread (its updates and searches let go
+of the GIL, so the event loop goes on meanwhile), but for a search on a mostly indexed shard, which
+runs on the loop (see `INLINE_SEARCH_PENDING`). A lock per collection keeps one call at a time on a
+shard and keeps create and delete apart from use. A shard opens on first use and stays open until
+`close()`, which flushes it to disk. Updates go through the engine's write-ahead log and are
+searchable when `upsert` returns: a segment the engine has not indexed yet is searched
+exhaustively, so results are exact there. Vectors reach the engine as float lists made by one
+`tolist()` per vector name and batch from the float32 matrix the checks built.
+
+Edge has no background optimizer of its own: `optimize()` builds the HNSW index and vacuums
+deleted points once a segment passes the engine's thresholds (and returns at once otherwise). It
+keeps the GIL while it works, so the whole process, event loop included, waits for it (minutes for
+a few 100k points of 384 dims on 2 CPUs). Writes never run it. This adapter runs it:
+
+  - when `optimize(name)` is called (a bulk writer calls it once, at the end of its job);
+  - in the background, per collection, once writes to it have been quiet for `optimize_quiet_s`,
+    or sooner once `optimize_after_points` points were written or deleted since the last run,
+    under the collection's lock like any other call. Opening a shard schedules one too, so
+    deletes left unvacuumed by a previous process are vacuumed eventually.
+
+`close()` drops the scheduled runs, waits for one already running (the engine cannot stop it),
+then flushes and closes every shard: every acknowledged write is on disk, and the next open
+schedules the optimization again.
 
 The engine locks a shard's WAL, so only one process (one `EdgeVectorIndex`) may open a path.
 """
@@ -19,18 +36,20 @@ The engine locks a shard's WAL, so only one process (one `EdgeVectorIndex`) may 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numpy as np
 import qdrant_edge as qe
+import structlog
 
 from events.errors import InvalidInput, NotFound, SluiceError, TransientError
 from events.lifecycle import Health
@@ -45,11 +64,22 @@ from infra.vectors._validate import (
     check_spec,
     parse_where,
 )
-from infra.vectors.base import Hit, Point, VectorIndex, VectorSpec
+from infra.vectors.base import Hit, Point, Vector, VectorIndex, VectorSpec
 
 SPEC_FILE = "spec.json"
 SHARD_DIR = "shard"
 SPEC_FORMAT = 1
+OPTIMIZE_QUIET_S = 2.0
+"""Background optimization runs once a collection has had no write for this long."""
+OPTIMIZE_AFTER_POINTS = 100_000
+"""... or once this many points were written or deleted since the last run, quiet or not."""
+INLINE_SEARCH_PENDING = 10_000
+"""A search runs on the event loop, not in a worker thread, while at most this many points were
+written since the last optimize: the unindexed part is then small, the search takes about a
+millisecond, and a thread's hop would add a tenth of that. Beyond it (an exhaustive scan of many
+unindexed points) it runs in a thread, where the engine lets the loop go on."""
+
+log = structlog.get_logger("sluice.vectors.edge")
 
 T = TypeVar("T")
 
@@ -60,15 +90,27 @@ _DISTANCES = {"cosine": qe.Distance.Cosine, "euclid": qe.Distance.Euclid, "dot":
 class _Collection:
     shard: qe.EdgeShard
     spec: dict[str, VectorSpec]
+    pending: int = 0  # points written or deleted since the last optimize (1 after opening: unknown)
+    last_write: float = 0.0  # loop time of the last write
+    optimizer: asyncio.Task[None] | None = None  # the scheduled background optimize
+    due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes it before the quiet deadline
 
 
 class EdgeVectorIndex(VectorIndex):
     adapter_name = "qdrant-edge"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        optimize_quiet_s: float = OPTIMIZE_QUIET_S,
+        optimize_after_points: int = OPTIMIZE_AFTER_POINTS,
+    ) -> None:
         self._root = Path(path)
         self._open: dict[str, _Collection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._quiet_s = optimize_quiet_s
+        self._after_points = optimize_after_points
 
     @property
     def path(self) -> Path:
@@ -78,6 +120,11 @@ class EdgeVectorIndex(VectorIndex):
         await _run(self._root.mkdir, parents=True, exist_ok=True)
 
     async def _close(self) -> None:
+        # Scheduled runs end here; one inside the engine finishes first (`_run` waits for it).
+        optimizers = [c.optimizer for c in self._open.values() if c.optimizer is not None]
+        for task in optimizers:
+            task.cancel()
+        await asyncio.gather(*optimizers, return_exceptions=True)
         failures: list[SluiceError] = []
         for name in list(self._open):
             async with self._lock(name):  # waits for a call already running on this shard
@@ -91,7 +138,11 @@ class EdgeVectorIndex(VectorIndex):
             raise failures[0]
 
     async def _health(self) -> Health:
-        detail: dict[str, Any] = {"path": str(self._root), "open_collections": len(self._open)}
+        detail: dict[str, Any] = {
+            "path": str(self._root),
+            "open_collections": len(self._open),
+            "writes_awaiting_optimize": sum(c.pending for c in self._open.values()),
+        }
         if not (self._root.is_dir() and os.access(self._root, os.W_OK)):
             return Health(status="down", adapter=self.adapter_name, detail={**detail, "reason": "path not writable"})
         return Health(status="ok", adapter=self.adapter_name, detail=detail)
@@ -127,6 +178,8 @@ class EdgeVectorIndex(VectorIndex):
         check_collection_name(name)
         async with self._lock(name):
             collection = self._open.pop(name, None)
+            if collection is not None and collection.optimizer is not None:
+                collection.optimizer.cancel()  # waiting for this lock or asleep: it never touches the shard
             return await _run(self._drop, name, collection)
 
     # -- points ----------------------------------------------------------------------------------
@@ -136,15 +189,29 @@ class EdgeVectorIndex(VectorIndex):
         check_collection_name(name)
         async with self._lock(name):
             collection = await self._collection(name)
-            return await _run(_upsert, name, collection, points)
+            try:
+                written = await _run(_upsert, name, collection, points)
+            except asyncio.CancelledError:  # the batch may be written all the same
+                self._wrote(name, collection, len(points))
+                raise
+            self._wrote(name, collection, written)
+            return written
 
-    async def search(self, name: str, vector_name: str, vector: Sequence[float], *, limit: int = 10,
+    async def optimize(self, name: str) -> None:
+        self._require_connected()
+        check_collection_name(name)
+        async with self._lock(name):
+            await self._optimize(name, await self._collection(name))
+
+    async def search(self, name: str, vector_name: str, vector: Vector, *, limit: int = 10,
                      where: Mapping[str, Any] | None = None) -> list[Hit]:
         self._require_connected()
         check_collection_name(name)
         conditions = parse_where(where)
         async with self._lock(name):
             collection = await self._collection(name)
+            if collection.pending <= INLINE_SEARCH_PENDING:
+                return _search(name, collection, vector_name, vector, limit, conditions)
             return await _run(_search, name, collection, vector_name, vector, limit, conditions)
 
     async def count(self, name: str, where: Mapping[str, Any] | None = None) -> int:
@@ -180,8 +247,58 @@ class EdgeVectorIndex(VectorIndex):
         async with self._lock(name):
             collection = await self._collection(name)
             # a list[str] is a list of PointId; the stub's List[PointId] only rejects it by invariance
-            await _run(_write, name, collection.shard, qe.UpdateOperation.delete_points(cast("list[qe.PointId]", wanted)))
+            operation = qe.UpdateOperation.delete_points(cast("list[qe.PointId]", wanted))
+            try:
+                await _run(_engine_call, name, collection.shard.update, operation)
+            finally:  # cancelled or not, the ids may be gone: vacuuming is due
+                self._wrote(name, collection, len(wanted))
         return len(wanted)
+
+    # -- background optimization (on the event loop) --------------------------------------------
+
+    def _wrote(self, name: str, collection: _Collection, points: int) -> None:
+        """Count a write and make sure a background optimize is scheduled. Call under the lock."""
+        collection.pending += points
+        collection.last_write = asyncio.get_running_loop().time()
+        if collection.optimizer is None or collection.optimizer.done():
+            collection.optimizer = asyncio.create_task(
+                self._optimize_later(name, collection), name=f"edge-optimize-{name}"
+            )
+        if collection.pending >= self._after_points:
+            collection.due.set()
+
+    async def _optimize_later(self, name: str, collection: _Collection) -> None:
+        """Wait until writes have been quiet (or enough piled up), then optimize under the lock."""
+        loop = asyncio.get_running_loop()
+        try:
+            while collection.pending < self._after_points:
+                wait = collection.last_write + self._quiet_s - loop.time()
+                if wait <= 0:
+                    break
+                collection.due.clear()
+                try:
+                    await asyncio.wait_for(collection.due.wait(), wait)
+                except TimeoutError:
+                    pass
+            async with self._lock(name):
+                if self.connected and self._open.get(name) is collection and collection.pending:
+                    await self._optimize(name, collection)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a background task: report it, the next write retries
+            log.warning("edge.optimize_failed", collection=name, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if collection.optimizer is asyncio.current_task():
+                collection.optimizer = None
+
+    async def _optimize(self, name: str, collection: _Collection) -> None:
+        """Run the engine's optimizers now. Call under the collection's lock."""
+        pending, collection.pending = collection.pending, 0
+        try:
+            await _run(_optimize, name, collection.shard)
+        except BaseException:
+            collection.pending += pending
+            raise
 
     # -- files and shards (called in worker threads, under the collection's lock) ----------------
 
@@ -189,11 +306,13 @@ class EdgeVectorIndex(VectorIndex):
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def _collection(self, name: str) -> _Collection:
-        """The open collection; opens its shard on first use. Call under the collection's lock."""
+        """The open collection; opens its shard on first use (and schedules a background optimize
+        for whatever the last process left). Call under the collection's lock."""
         self._require_connected()  # close() may have run while this call waited for the lock
         collection = self._open.get(name)
         if collection is None:
             collection = await _run(self._load, name)
+            self._wrote(name, collection, 1)
         return collection
 
     def _read_spec(self, name: str) -> dict[str, VectorSpec] | None:
@@ -259,7 +378,7 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking call in a worker thread. An engine call cannot be interrupted, so a cancelled
     caller still waits for it to end: the collection's lock is never released while a call runs on
     its shard, and a shard opened for a cancelled caller is registered all the same."""
-    call = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    call = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
     try:
         return await asyncio.shield(call)
     except asyncio.CancelledError:
@@ -268,14 +387,20 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _upsert(name: str, collection: _Collection, points: Sequence[Point]) -> int:
-    check_points(name, collection.spec, points)  # the whole batch, before any of it is written
+    stacked = check_points(name, collection.spec, points)  # the whole batch, before any of it is written
     if not points:
         return 0
+    # The binding reads a vector as a sequence of Python floats: one `tolist()` per vector name
+    # for the batch is the cheapest way there (a numpy row is read element by element, slower).
+    vectors: list[dict[str, Any]] = [{} for _ in points]
+    for vector_name, checked in stacked.items():
+        for row, values in zip(checked.rows, checked.matrix.tolist(), strict=True):
+            vectors[row][vector_name] = values
     batch = [
-        qe.Point(p.id, {n: [float(x) for x in v] for n, v in p.vectors.items()}, dict(p.payload))
-        for p in points
+        qe.Point(p.id, v, p.payload if type(p.payload) is dict else dict(p.payload))
+        for p, v in zip(points, vectors, strict=True)
     ]
-    _write(name, collection.shard, qe.UpdateOperation.upsert_points(batch))
+    _engine_call(name, collection.shard.update, qe.UpdateOperation.upsert_points(batch))
     return len(points)
 
 
@@ -283,13 +408,13 @@ def _search(
     name: str,
     collection: _Collection,
     vector_name: str,
-    vector: Sequence[float],
+    vector: Vector,
     limit: int,
     conditions: list[Condition],
 ) -> list[Hit]:
-    check_search(name, collection.spec, vector_name, vector, limit)
+    query = check_search(name, collection.spec, vector_name, vector, limit)
     request = qe.SearchRequest(
-        query=qe.Query.Nearest([float(x) for x in vector], using=vector_name),
+        query=qe.Query.Nearest(query.tolist(), using=vector_name),
         limit=limit,
         filter=_filter(conditions),
         with_payload=True,
@@ -299,8 +424,7 @@ def _search(
     return [Hit(id=str(p.id), score=p.score, payload=dict(p.payload or {})) for p in scored]
 
 
-def _write(name: str, shard: qe.EdgeShard, operation: qe.UpdateOperation) -> None:
-    _engine_call(name, shard.update, operation)
+def _optimize(name: str, shard: qe.EdgeShard) -> None:
     # Edge optimizes only when asked (a no-op below thresholds). Segments an optimization replaced
     # stay on disk and mapped in memory until the next flush: flush when it did work, or a
     # long-open index at 100k points holds ~1.6 GB of dead segments (bench/vector_index.py).

@@ -6,7 +6,8 @@ Vector specs are cached per collection so a search or an upsert is checked witho
 a cached spec that rejects a request is fetched again before the request is refused (the
 collection may have been recreated elsewhere), and the server stays the final judge: its refusals
 are translated into Sluice errors (404 -> NotFound, 400/422 -> InvalidInput, 429/5xx and network
-failures -> TransientError).
+failures -> TransientError). The server indexes and vacuums in its own background, so `optimize`
+only checks that the collection exists.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from events.lifecycle import Health
 from infra.vectors._validate import (
     Condition,
     Equals,
+    Stacked,
     check_collection_name,
     check_ids,
     check_points,
@@ -32,7 +34,7 @@ from infra.vectors._validate import (
     check_spec,
     parse_where,
 )
-from infra.vectors.base import Distance, Hit, Point, VectorIndex, VectorSpec
+from infra.vectors.base import Distance, Hit, Point, Vector, VectorIndex, VectorSpec
 
 _TO_QDRANT: dict[Distance, models.Distance] = {
     "cosine": models.Distance.COSINE, "euclid": models.Distance.EUCLID, "dot": models.Distance.DOT
@@ -133,14 +135,16 @@ class QdrantVectorIndex(VectorIndex):
     async def upsert(self, name: str, points: Sequence[Point]) -> int:
         self._require_connected()
         check_collection_name(name)
-        await self._check(name, lambda spec: check_points(name, spec, points))
+        checked: dict[str, Stacked] = {}
+        await self._check(name, lambda spec: checked.update(check_points(name, spec, points)))
         if not points:
             return 0
+        vectors: list[dict[str, Any]] = [{} for _ in points]
+        for vector_name, stacked in checked.items():  # float32 matrices, as floats: one tolist() each
+            for row, values in zip(stacked.rows, stacked.matrix.tolist(), strict=True):
+                vectors[row][vector_name] = values
         batch = [
-            models.PointStruct(
-                id=p.id, vector={n: [float(x) for x in v] for n, v in p.vectors.items()}, payload=dict(p.payload)
-            )
-            for p in points
+            models.PointStruct(id=p.id, vector=v, payload=dict(p.payload)) for p, v in zip(points, vectors, strict=True)
         ]
         with self._errors(name):
             result = await self._qdrant.upsert(name, points=batch, wait=True)
@@ -151,16 +155,23 @@ class QdrantVectorIndex(VectorIndex):
             )
         return len(points)
 
-    async def search(self, name: str, vector_name: str, vector: Sequence[float], *, limit: int = 10,
+    async def optimize(self, name: str) -> None:
+        self._require_connected()
+        check_collection_name(name)
+        if await self._fetch_spec(name) is None:
+            raise NotFound(f"vector collection {name!r} does not exist", details={"collection": name})
+
+    async def search(self, name: str, vector_name: str, vector: Vector, *, limit: int = 10,
                      where: Mapping[str, Any] | None = None) -> list[Hit]:
         self._require_connected()
         check_collection_name(name)
         query_filter = _filter(parse_where(where))
-        await self._check(name, lambda spec: check_search(name, spec, vector_name, vector, limit))
+        checked: list[list[float]] = []
+        await self._check(name, lambda spec: checked.append(check_search(name, spec, vector_name, vector, limit).tolist()))
         with self._errors(name):
             response = await self._qdrant.query_points(
                 name,
-                query=[float(x) for x in vector],
+                query=checked[-1],
                 using=vector_name,
                 limit=limit,
                 query_filter=query_filter,

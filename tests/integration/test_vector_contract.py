@@ -1,7 +1,8 @@
 """One contract for the VectorIndex port, run against every adapter: Qdrant Edge on a temporary
 folder, and qdrant-client's local mode (the same client code that talks to a Qdrant server).
 
-Edge-only at the end: persistence across close and reopen, and a few thousand points.
+Edge-only at the end: persistence across close and reopen, a few thousand points, and the
+background optimize (never per write; once writes go quiet or pile up; dropped or awaited by close).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import infra.vectors.edge as edge_module
 from events.errors import Conflict, InvalidInput, NotConnected, NotFound
 from infra.vectors import EdgeVectorIndex, Point, QdrantVectorIndex, VectorIndex, VectorSpec, point_id
 
@@ -80,6 +82,8 @@ async def test_every_call_before_connect_raises_not_connected(make_index: Callab
         await index.search("c", "text", [1.0, 0.0, 0.0])
     with pytest.raises(NotConnected):
         await index.count("c")
+    with pytest.raises(NotConnected):
+        await index.optimize("c")
     assert (await index.health()).status == "down"
 
 
@@ -164,6 +168,8 @@ async def test_a_missing_collection_raises_not_found_naming_it(index: VectorInde
         await index.retrieve(name, [pid("a")])
     with pytest.raises(NotFound):
         await index.delete_points(name, [pid("a")])
+    with pytest.raises(NotFound):
+        await index.optimize(name)
 
 
 # -- upsert, count, retrieve -----------------------------------------------------------------------
@@ -280,6 +286,33 @@ async def test_delete_points_removes_them_and_reports_how_many_were_asked(index:
     assert await index.count(collection) == 2
     assert await index.retrieve(collection, [pid("0"), pid("1")]) == []
     assert [p.id for p in await index.retrieve(collection, [pid("2"), pid("3")])] == [pid("2"), pid("3")]
+
+
+async def test_numpy_arrays_are_written_and_searched_like_float_lists(index: VectorIndex, collection: str) -> None:
+    await index.upsert(collection, [
+        Point(pid("f32"), {"image": np.array([1.0, 2.0], dtype=np.float32)}, {"k": "f32"}),
+        Point(pid("f64"), {"image": np.array([3.0, 4.0])}, {"k": "f64"}),
+        Point(pid("list"), {"image": [5.0, 6.0]}, {"k": "list"}),
+    ])
+    hits = await index.search(collection, "image", np.array([2.9, 4.0], dtype=np.float32), limit=3)
+    assert [h.payload["k"] for h in hits] == ["f64", "f32", "list"]
+    (got,) = await index.retrieve(collection, [pid("f64")])
+    assert close_to(list(got.vectors["image"]), [3.0, 4.0])
+    with pytest.raises(InvalidInput) as caught:
+        await index.upsert(collection, [Point(pid("nan"), {"image": np.array([math.nan, 1.0], dtype=np.float32)})])
+    assert pid("nan") in caught.value.message
+    assert await index.count(collection) == 3
+
+
+async def test_optimize_leaves_every_point_where_it_was_and_deleted_points_gone(index: VectorIndex, collection: str) -> None:
+    await index.upsert(collection, [Point(pid(str(i)), {"image": [float(i), 0.0]}, {"i": i}) for i in range(50)])
+    await index.delete_points(collection, [pid(str(i)) for i in range(0, 50, 2)])
+    before = [h.id for h in await index.search(collection, "image", [10.2, 0.0], limit=5)]  # searchable before
+    assert before[0] == pid("11")
+    await index.optimize(collection)
+    await index.optimize(collection)  # idempotent
+    assert await index.count(collection) == 25
+    assert [h.id for h in await index.search(collection, "image", [10.2, 0.0], limit=5)] == before
 
 
 # -- search ----------------------------------------------------------------------------------------
@@ -456,3 +489,149 @@ async def test_edge_a_cancelled_call_ends_its_engine_work_before_letting_go_of_t
 
     async with EdgeVectorIndex(folder) as reopened:  # the shard was closed, not left locked
         assert await reopened.count(name) in (0, 2000)
+
+
+# -- edge only: the background optimize ------------------------------------------------------------
+
+
+@pytest.fixture
+def optimizes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The collections Edge optimized, in order (the engine's optimize still runs)."""
+    calls: list[str] = []
+    real = edge_module._optimize
+
+    def counting(name: str, shard: object) -> None:
+        calls.append(name)
+        real(name, shard)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(edge_module, "_optimize", counting)
+    return calls
+
+
+async def _settle(index: EdgeVectorIndex, seconds: float) -> None:
+    """Let background optimizes that are due run."""
+    await asyncio.sleep(seconds)
+    for collection in list(index._open.values()):
+        if collection.optimizer is not None:
+            await asyncio.wait_for(asyncio.shield(collection.optimizer), 10)
+
+
+async def test_edge_never_optimizes_per_write_and_searches_unoptimized_points_exactly(
+    tmp_path: Path, name: str, optimizes: list[str]
+) -> None:
+    async with EdgeVectorIndex(tmp_path / "vectors", optimize_quiet_s=60) as index:
+        await index.create_collection(name, {"v": VectorSpec(size=2, distance="euclid")})
+        for b in range(5):
+            await index.upsert(name, [Point(pid(f"{b}-{i}"), {"v": np.array([b, i], dtype=np.float32)}) for i in range(20)])
+        await index.delete_points(name, [pid("0-0")])
+        assert optimizes == []
+        assert await index.count(name) == 99
+        assert [h.id for h in await index.search(name, "v", [3.0, 7.1], limit=2)] == [pid("3-7"), pid("3-8")]
+        assert (await index.health()).detail["writes_awaiting_optimize"] == 101
+        await index.optimize(name)  # what a job calls once at its end
+        assert optimizes == [name]
+        assert (await index.health()).detail["writes_awaiting_optimize"] == 0
+        assert [h.id for h in await index.search(name, "v", [3.0, 7.1], limit=2)] == [pid("3-7"), pid("3-8")]
+
+
+async def test_edge_optimizes_once_in_the_background_after_writes_go_quiet(
+    tmp_path: Path, name: str, optimizes: list[str]
+) -> None:
+    async with EdgeVectorIndex(tmp_path / "vectors", optimize_quiet_s=0.2) as index:
+        await index.create_collection(name, {"v": VectorSpec(size=2)})
+        for b in range(4):
+            await index.upsert(name, [Point(pid(f"{b}-{i}"), {"v": [1.0, float(i + b)]}) for i in range(10)])
+            await asyncio.sleep(0.05)  # writes keep coming: not quiet yet
+        assert optimizes == []
+        await _settle(index, 0.4)
+        assert optimizes == [name]
+        await index.delete_points(name, [pid("0-0")])  # a delete schedules one too (vacuuming)
+        await _settle(index, 0.4)
+        assert optimizes == [name, name]
+        assert await index.count(name) == 39
+
+
+async def test_edge_optimizes_without_waiting_for_quiet_once_enough_points_piled_up(
+    tmp_path: Path, name: str, optimizes: list[str]
+) -> None:
+    async with EdgeVectorIndex(tmp_path / "vectors", optimize_quiet_s=60, optimize_after_points=25) as index:
+        await index.create_collection(name, {"v": VectorSpec(size=2)})
+        await index.upsert(name, [Point(pid(str(i)), {"v": [1.0, float(i)]}) for i in range(10)])
+        await asyncio.sleep(0.05)
+        assert optimizes == []
+        await index.upsert(name, [Point(pid(str(i)), {"v": [1.0, float(i)]}) for i in range(10, 30)])
+        await _settle(index, 0.05)  # woken before the quiet deadline
+        assert optimizes == [name]
+
+
+async def test_edge_close_drops_a_scheduled_optimize_and_keeps_every_acknowledged_write(
+    tmp_path: Path, name: str, optimizes: list[str]
+) -> None:
+    folder = tmp_path / "vectors"
+    index = EdgeVectorIndex(folder, optimize_quiet_s=60)
+    await index.connect()
+    await index.create_collection(name, {"v": VectorSpec(size=2)})
+    assert await index.upsert(name, [Point(pid(str(i)), {"v": [1.0, float(i)]}) for i in range(30)]) == 30
+    await index.delete_points(name, [pid("0")])
+    task = index._open[name].optimizer
+    assert task is not None and not task.done()
+    await index.close()
+    assert task.done() and optimizes == []
+    async with EdgeVectorIndex(folder, optimize_quiet_s=0.05) as reopened:
+        assert await reopened.count(name) == 29
+        await _settle(reopened, 0.3)
+        assert optimizes == [name]  # opening the shard scheduled what the last process left
+
+
+async def test_edge_close_waits_for_an_optimize_already_running(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real = edge_module._optimize
+
+    def slow(collection: str, shard: object) -> None:
+        events.append("started")
+        time.sleep(0.3)
+        real(collection, shard)  # type: ignore[arg-type]
+        events.append("done")
+
+    monkeypatch.setattr(edge_module, "_optimize", slow)
+    folder = tmp_path / "vectors"
+    index = EdgeVectorIndex(folder, optimize_quiet_s=0.01)
+    await index.connect()
+    await index.create_collection(name, {"v": VectorSpec(size=2)})
+    await index.upsert(name, [Point(pid(str(i)), {"v": [1.0, float(i)]}) for i in range(30)])
+    for _ in range(100):
+        if events:
+            break
+        await asyncio.sleep(0.01)
+    assert events == ["started"]
+    await index.close()
+    assert events == ["started", "done"]
+    async with EdgeVectorIndex(folder) as reopened:
+        assert await reopened.count(name) == 30
+
+
+async def test_edge_a_failed_background_optimize_is_retried_after_the_next_write(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = edge_module._optimize
+
+    def flaky(collection: str, shard: object) -> None:
+        calls.append(collection)
+        if len(calls) == 1:
+            raise edge_module.SluiceError("disk full")
+        real(collection, shard)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(edge_module, "_optimize", flaky)
+    async with EdgeVectorIndex(tmp_path / "vectors", optimize_quiet_s=0.05) as index:
+        await index.create_collection(name, {"v": VectorSpec(size=2)})
+        await index.upsert(name, [Point(pid("a"), {"v": [1.0, 0.0]})])
+        await _settle(index, 0.2)
+        assert calls == [name]
+        assert index._open[name].pending == 1  # the failed run's write is still owed
+        await index.upsert(name, [Point(pid("b"), {"v": [0.0, 1.0]})])
+        await _settle(index, 0.2)
+        assert calls == [name, name] and index._open[name].pending == 0
+        assert await index.count(name) == 2

@@ -1,6 +1,7 @@
 """bench/vector_index.py runs end to end at a tiny size: every adapter is upserted, counted and
-searched through the port, the table and the ratio lines are printed, recall is high, and the
-temporary folders are gone afterwards. No timing is judged here."""
+searched through the port (and the bare Edge engine beside it), the table, the ratio lines and the
+port-against-bare targets are printed, recall is high, and the temporary folders are gone
+afterwards. No timing is judged here."""
 
 from __future__ import annotations
 
@@ -54,11 +55,11 @@ def table_rows(out: str) -> dict[str, list[str]]:
 def test_the_benchmark_measures_each_adapter_and_prints_the_table_and_ratios(
     bench: ModuleType, scratch: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench.main([*TINY, "--adapters", "edge,qdrant-local,qdrant-memory"]) == 0
+    assert bench.main([*TINY, "--adapters", "edge,bare,qdrant-local,qdrant-memory"]) == 0
     out = capsys.readouterr().out
 
     rows = table_rows(out)
-    assert list(rows) == ["edge", "qdrant-local", "qdrant-memory"]
+    assert list(rows) == ["edge", "bare", "qdrant-local", "qdrant-memory"]
     header = next(line for line in out.splitlines() if line.startswith("adapter "))
     for column in ("points", "upsert/s", "search p50", "p95", "recall@10"):
         assert column in header
@@ -70,10 +71,15 @@ def test_the_benchmark_measures_each_adapter_and_prints_the_table_and_ratios(
         assert f"{adapter:13}: 500 points upserted in" in out
         assert re.search(rf"^{re.escape(adapter)}\s*: recall@10 mean [01]\.\d{{3}}, min [01]\.\d\d over 10 queries$", out, re.M)
 
-    for other in ("qdrant-local", "qdrant-memory"):
+    for other in ("bare", "qdrant-local", "qdrant-memory"):
         assert re.search(rf"^edge upsert / {other} upsert = \d+\.\d\dx", out, re.M)
         assert re.search(rf"^{other} p50 / edge p50 = \d+\.\d\dx", out, re.M)
         assert re.search(rf"^{other} p95 / edge p95 = \d+\.\d\dx", out, re.M)
+    assert re.search(r"^edge upsert / bare upsert = \d+\.\d\dx   \(target >= 0\.9x: (met|MISSED);", out, re.M)
+    assert re.search(r"^edge search p50 - bare search p50 = [+-]\d+\.\d\d ms   \(target <= 0\.2 ms: (met|MISSED)\)$", out, re.M)
+    assert re.search(r"^  writes alone: edge / bare = \d+\.\d\dx", out, re.M)
+    assert re.search(r"^  on the port.s own shard, query by query: port p50 [\d.]+ ms, shard.search p50 [\d.]+ ms: [+-]", out, re.M)
+    assert re.search(r"^edge         : 500 points upserted in [\d.]+ s \([\d.]+ s of writes, [\d.]+ s to optimize\)", out, re.M)
     assert "NOTE" not in out
     assert list(scratch.iterdir()) == []
 
