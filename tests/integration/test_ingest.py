@@ -122,7 +122,8 @@ async def running_stack(data_dir: Path, namespaces: tuple[str, ...] = ("acme",),
     """The embedded platform on a real local Ray, REST in-process, with `namespaces` created and
     the ingest events collected. Uploads one after another join one task (a loaded 2-CPU runner
     can space them past the default settle time)."""
-    config = Settings(data_dir=data_dir, bus="memory", compute="ray", admin_key=ADMIN, **{"ingest_max_delay_s": 1.0, "ingest_settle_s": 1.0, **settings})
+    config = Settings(data_dir=data_dir, bus="memory", compute="ray", admin_key=ADMIN,
+                      **{"ingest_max_delay_s": 1.0, "ingest_settle_s": 1.0, **settings})
     async with bootstrap(config) as platform, running_functions(platform) as scheduler:
         transport = httpx.ASGITransport(app=create_app(platform), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://sluice.test", timeout=180) as client:
