@@ -28,10 +28,7 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-ADMIN = "sk_bench_query-0123456789abcdef01"
+from bench.server import ADMIN, Server  # noqa: E402
+
 NAMESPACE, BUCKET, COLLECTION = "bench", "bench-docs", "bench"
 LICENSES = Path("/usr/share/common-licenses")
 
@@ -77,12 +75,6 @@ def queries_for(docs: list[str], count: int) -> list[str]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -103,39 +95,6 @@ async def run_clients(call, queries: list[str], concurrency: int) -> tuple[list[
     started = time.perf_counter()
     await asyncio.gather(*[client() for _ in range(concurrency)])
     return latencies, time.perf_counter() - started
-
-
-class Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | {"SLUICE_ADMIN_KEY": ADMIN}
-        self.log = open(data_dir.parent / "server.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "functions.cli", "up", "--data-dir", str(data_dir), "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"sluice up exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"sluice up was not ready in {timeout}s; see {self.log.name}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
 
 
 async def prepare_server(server: Server, data_dir: Path, docs: list[str], plugin: str) -> tuple[dict, bytes]:
