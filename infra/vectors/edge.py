@@ -69,8 +69,11 @@ from infra.vectors.base import Hit, Point, Vector, VectorIndex, VectorSpec
 SPEC_FILE = "spec.json"
 SHARD_DIR = "shard"
 SPEC_FORMAT = 1
-OPTIMIZE_QUIET_S = 2.0
-"""Background optimization runs once a collection has had no write for this long."""
+OPTIMIZE_QUIET_S = 30.0
+"""Background optimization runs once a collection has had no write for this long: longer than the
+gap between two output batches of an ingest job, so a job's writes are never interrupted by an
+optimize that freezes the process (and with it the job's driver); searches meanwhile are exact
+over the segments not yet indexed."""
 OPTIMIZE_AFTER_POINTS = 100_000
 """... or once this many points were written or deleted since the last run, quiet or not."""
 INLINE_SEARCH_PENDING = 10_000
