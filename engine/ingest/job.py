@@ -40,6 +40,13 @@ def plan_steps(spec: PluginSpec, *, timeout_s: float = 300.0) -> list[StepPlan]:
     return ray.get(remote.remote(spec), timeout=timeout_s)
 
 
+def with_archive_ref(spec: PluginSpec) -> PluginSpec:
+    """`spec` with its archive in Ray's object store (one copy however many actors get it)."""
+    import ray
+
+    return spec if not isinstance(spec.archive, (bytes, bytearray)) else replace(spec, archive=ray.put(spec.archive))
+
+
 def cluster_resources() -> dict[str, float]:
     import ray
 
@@ -144,7 +151,7 @@ def run_job(
     cpus, gpus = max(1.0, total.get("CPU", 1.0) * share), total.get("GPU", 0.0)
     if free.get("CPU", 0.0) < 1:
         log.info("ingest job waits for CPUs: the cluster has %.1f of %.1f free", free.get("CPU", 0.0), cpus)
-    spec_ref = replace(spec, archive=spec.archive if not isinstance(spec.archive, (bytes, bytearray)) else ray.put(spec.archive))
+    spec_ref = with_archive_ref(spec)
     blocks = max(1, min(len(rows) // 8, 256))
     dataset: ray.data.Dataset = ray.data.from_items(list(rows), override_num_blocks=blocks)
     groups = group_steps(steps)

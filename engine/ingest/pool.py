@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -244,7 +244,7 @@ class WarmPools:
     def _make(self, key: str, spec: PluginSpec, steps: Sequence[StepPlan], *, share: float) -> Pool:
         import ray
 
-        from engine.ingest.job import _stage_options, cluster_resources, group_steps
+        from engine.ingest.job import _stage_options, cluster_resources, group_steps, with_archive_ref
 
         total = cluster_resources()
         share = min(1.0, max(share, 0.0)) or 1.0
@@ -256,7 +256,7 @@ class WarmPools:
         need_cpus = sum(o["num_cpus"] for o in options)
         need_gpus = sum(o.get("num_gpus", 0.0) for o in options)
         self.release_idle(keep=key, need_cpus=need_cpus, need_gpus=need_gpus)
-        spec_ref = replace(spec, archive=spec.archive if not isinstance(spec.archive, (bytes, bytearray)) else ray.put(spec.archive))
+        spec_ref = with_archive_ref(spec)
         actor_class = ray.remote(WarmStage)
         actors = []
         for n, (group, opts) in enumerate(zip(groups, options, strict=True)):

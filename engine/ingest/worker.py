@@ -373,8 +373,8 @@ class PluginStage:
                                    ERROR_COLUMN: pa.array([f[1][:2000] for f in failures], pa.string()),
                                    STEP_COLUMN: pa.array(["read"] * len(failures), pa.string())})
         try:
-            if table.num_rows == 0 and unread is not None:
-                out = unread.slice(0, 0)
+            if table.num_rows == 0 and unread is not None:  # every row failed its read: nothing for the host
+                out, unread = unread, None
             else:
                 if self.host is None:
                     self._open()

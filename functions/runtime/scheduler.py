@@ -542,7 +542,7 @@ class IngestScheduler:
                 plugin = await self._plugin(collection)
                 await self._check_vectors(collection, plugin)
                 spec, steps, warnings = await self._prepare(collection, plugin, deadline=deadline)
-                sources, rows, read_failures = await self._inputs(collection, plugin, entries)
+                sources, rows, read_failures = self._inputs(collection, plugin, entries)
                 if first:
                     await self._publish(task, IngestStarted(task_id=task_id, collection_id=collection_id, objects=len(entries)))
                 writer = TaskWriter(
@@ -631,7 +631,7 @@ class IngestScheduler:
             log.warning("ingest.resource_fallback", detail=warning)
         return spec, steps, warnings
 
-    async def _inputs(
+    def _inputs(
         self, collection: dict, plugin: dict, entries: Sequence[dict],
     ) -> tuple[dict[str, Source], list[dict], list[tuple[str, str]]]:
         """One row per object, its bytes not read here: `data` is the object's URL (what
