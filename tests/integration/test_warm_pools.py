@@ -81,10 +81,11 @@ async def test_a_task_over_the_warm_limit_runs_as_a_pipeline_and_idle_pools_give
         await asyncio.gather(*(stack.put("notes-bucket", f"big/{i}.txt", f"note {i} of a bigger task".encode()) for i in range(6)))
         done = await stack.finished(collection_id, after=1)
         assert done.type == "IngestCompleted", done.payload
-        written = done.payload.documents_written
-        while written < 6:  # the burst may have been cut in two tasks
-            more = await stack.finished(collection_id, after=2)
-            written += more.payload.documents_written
+        written, seen = done.payload.documents_written, 2
+        while written < 6:  # the burst may have been cut in several tasks
+            more = await stack.finished(collection_id, after=seen)
+            assert more.type == "IngestCompleted", more.payload
+            written, seen = written + more.payload.documents_written, seen + 1
         assert not stack.scheduler.pools.stats()  # the idle pool went before the pipeline started
         assert await stack.counts(collection_id) == (7, 7)
 
